@@ -1,0 +1,140 @@
+"""Command line: ``python -m rlhf_lite {pretrain,world,evaluate} …`` (see ``--help``)."""
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import sys
+import textwrap
+from dataclasses import replace
+
+
+def _world(args):
+    from .config import get_profile
+    from .world import build_world
+
+    wc = get_profile(args.profile).world
+    return build_world(args.seed if args.seed is not None else wc.seed, wc.n_prompts, wc.mix, max_prompts_per_user=wc.max_prompts_per_user,
+                       few_shot_prob=wc.few_shot_prob)
+
+
+def cmd_pretrain(args) -> int:
+    from .config import get_profile
+    from .pretrain import pretrain
+    from .runtime import quiet
+
+    quiet()
+    cfg = get_profile(args.profile).pretrain
+    overrides = {k: v for k, v in {"steps": args.steps, "seed": args.seed, "threads": args.threads}.items() if v is not None}
+    cfg = replace(cfg, **overrides)
+    print(f"pretraining a tiny GPT-2 on the TinyWorld corpus ({cfg.steps} steps) -> {args.out}")
+    card = pretrain(cfg, args.out)
+    print(f"done in {card['wall_time_s']:.0f} s: {card['parameters']:,} parameters, {card['tokens_seen']:,} tokens seen, "
+          f"train loss {card['final_train_loss']:.3f}, held-out loss {card['final_heldout_loss']:.3f}")
+    return 0
+
+
+def cmd_world(args) -> int:
+    from .world import CATEGORIES, CORRUPTIONS
+
+    world = _world(args)
+    if args.stats:
+        rng = random.Random(0)
+        test = world.splits["test"]
+        pairs = []
+        for t in test:
+            v = list(world.variants(t).values())
+            a, b = rng.sample(v, 2)
+            pairs.append((t, a, b))
+        per_user = {}
+        for t in world.tasks:
+            per_user[t.user_id] = per_user.get(t.user_id, 0) + 1
+        stats = {"seed": world.seed, "facts": len(world.kb.facts), "prompts": len(world.tasks),
+                 "users": len(per_user), "max_prompts_per_user": max(per_user.values()),
+                 "splits": {k: len(v) for k, v in world.splits.items()},
+                 "categories": {c: sum(t.category == c for t in world.tasks) for c in CATEGORIES},
+                 "panel": [l.name + (" (held out)" if l.held_out else "") for l in world.panel.labelers],
+                 "panel_agreement_on_test_variant_pairs": round(world.panel.agreement(pairs), 4),
+                 "corruptions": CORRUPTIONS, "digest": world.digest()}
+        print(json.dumps(stats, indent=1))
+        return 0
+    rng = random.Random(args.seed or 0)
+    for cat in CATEGORIES:
+        pool = [t for t in world.splits["train"] if t.category == cat]
+        for t in rng.sample(pool, min(args.show, len(pool))):
+            print(f"=== {cat} ({t.task_type}, {t.prompt_id}, user {t.user_id})")
+            print(json.dumps(t.to_dolly(), indent=1, ensure_ascii=False))
+    return 0
+
+
+def cmd_evaluate(args) -> int:
+    from statistics import mean
+
+    from .config import get_profile
+    from .evaluate import gold_eval
+    from .models import load_base
+    from .runtime import quiet, seed_everything
+
+    quiet()
+    seed_everything(0)
+    prof = get_profile(args.profile)
+    world = _world(args)
+    model, tok = load_base(args.model or prof.base_model)
+    tasks = world.splits["test"][: args.n]
+    r = gold_eval(model, tok, world, tasks, max_new_tokens=prof.max_new_tokens, seed=0, progress=True)
+    print(f"model {args.model or prof.base_model} on {len(tasks)} test prompts (profile {prof.name}):")
+    print(f"  gold score of its responses: {r['gold']:.3f}   reference responses: {r['reference_gold']:.3f}   "
+          f"EOS rate: {r['eos_rate']:.2f}")
+    print("  by category: " + ", ".join(f"{c} {v:.2f}" for c, v in r["by_category"].items()))
+    print("  criteria:    " + ", ".join(f"{c} {v:.2f}" for c, v in r["criteria"].items()))
+    if args.k > 1:  # panel agreement on pairs of this model's own samples, as InstructGPT measured it
+        from .data import format_prompt
+        from .models import generate
+
+        pairs = []
+        for i, t in enumerate(tasks):
+            g = generate(model, tok, [format_prompt(t.instruction, t.context)] * 2, prof.max_new_tokens, seed=1000 + i)
+            pairs.append((t, g[0].text, g[1].text))
+        print(f"  panel agreement on pairs of its samples: {world.panel.agreement(pairs):.3f} "
+              f"(InstructGPT labelers: 0.726)")
+    for t, g, s in r["samples"][: args.examples]:
+        print(textwrap.indent(f"--- {t.category}: {t.instruction[:100]!r}\n    -> {g.text[:160]!r} (gold {s:.2f})", "  "))
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m rlhf_lite", description="rlhf-lite: InstructGPT's pipeline, small "
+                                "enough to read and run. The main job (`pipeline`) arrives with the PPO stage.")
+    p.add_argument("--profile", default=None, help="smoke, tiny or gpt2 (default: $RLHF_LITE_PROFILE, else tiny)")
+    sub = p.add_subparsers(dest="cmd", required=True)
+    s = sub.add_parser("pretrain", help="build the tokenizer and pretrain the tiny GPT-2 from scratch")
+    s.add_argument("--out", required=True, help="folder to write (replaced atomically when training finishes)")
+    s.add_argument("--steps", type=int, help="override the profile's number of optimizer steps")
+    s.add_argument("--seed", type=int, help="override the seed (world, corpus, init, batch order)")
+    s.add_argument("--threads", type=int, help="torch CPU threads (default: all cores)")
+    s.set_defaults(fn=cmd_pretrain)
+    s = sub.add_parser("world", help="print sample instruction records (Dolly schema) per category, or stats")
+    s.add_argument("--show", type=int, default=2, metavar="N", help="records per category (default 2)")
+    s.add_argument("--stats", action="store_true", help="print counts, splits and panel agreement as JSON instead")
+    s.add_argument("--seed", type=int, help="world seed (default: the profile's)")
+    s.set_defaults(fn=cmd_world)
+    s = sub.add_parser("evaluate", help="gold-panel score of a model's responses on test prompts")
+    s.add_argument("--model", help="'tiny', a folder, or a hub name (default: the profile's base model)")
+    s.add_argument("--n", type=int, default=200, help="test prompts to score (default 200)")
+    s.add_argument("--k", type=int, default=2, help="2: also measure panel agreement on pairs of samples; 1: skip")
+    s.add_argument("--examples", type=int, default=4, help="sample responses to print")
+    s.add_argument("--seed", type=int, help="world seed (default: the profile's)")
+    s.set_defaults(fn=cmd_evaluate)
+    args = p.parse_args(argv)
+    try:
+        from .config import get_profile
+
+        get_profile(args.profile)
+        return args.fn(args)
+    except (ValueError, FileNotFoundError, OSError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,106 @@
+"""Configuration: one dataclass per stage, and the profiles that fill them.
+
+Profiles (pick with the ``RLHF_LITE_PROFILE`` environment variable, default ``tiny``):
+
+* ``smoke`` — CI: every stage in seconds, numbers meaningless but code paths exercised.
+* ``tiny``  — the course default: TinyWorld on a 2-core CPU in minutes.
+* ``gpt2``  — Colab GPU: real GPT-2 from the hub and the same functions.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field, replace
+
+PROFILE_ENV = "RLHF_LITE_PROFILE"
+
+
+@dataclass
+class WorldConfig:
+    """How TinyWorld is generated (``rlhf_lite.world.build_world``)."""
+
+    seed: int = 0
+    """Everything in the world (facts, prompts, users, splits) is a function of this seed."""
+    n_prompts: int = 6000
+    """Distinct instruction prompts generated, before the split by user."""
+    mix: str = "instructgpt"
+    """Category mix: "instructgpt" (Ouyang et al. 2022, Table 1 use cases) or "uniform"."""
+    max_prompts_per_user: int = 200
+    """Cap on prompts per user id, as InstructGPT capped at 200."""
+    few_shot_prob: float = 0.15
+    """Share of (context-free) prompts given in few-shot form, with solved examples first."""
+
+
+@dataclass
+class PretrainConfig:
+    """Tokenizer and base-model pretraining (``python -m rlhf_lite pretrain``)."""
+
+    seed: int = 0
+    """Seed for the world, the corpus, initialisation and batch order."""
+    n_docs: int = 24000
+    """Corpus documents generated from the world (about 70 tokens each)."""
+    heldout_frac: float = 0.03
+    """Share of documents kept out of training to measure held-out loss."""
+    vocab_size: int = 2048
+    """Byte-level BPE vocabulary size, including the 256 byte tokens and <|endoftext|>."""
+    n_positions: int = 256
+    """Context length of the model (and the training block size)."""
+    n_embd: int = 192
+    """Width of the residual stream."""
+    n_layer: int = 4
+    """Transformer blocks."""
+    n_head: int = 4
+    """Attention heads per block (head size = n_embd / n_head)."""
+    steps: int = 1000
+    """Optimizer steps."""
+    batch_size: int = 16
+    """Blocks of n_positions tokens per step."""
+    lr: float = 2e-3
+    """Peak AdamW learning rate (linear warm-up, cosine decay to 10 %)."""
+    warmup_steps: int = 50
+    """Linear warm-up steps."""
+    weight_decay: float = 0.1
+    """AdamW weight decay on matrices (not on biases or LayerNorm)."""
+    eval_every: int = 100
+    """Steps between held-out loss evaluations."""
+    threads: int = 0
+    """torch CPU threads; 0 keeps torch's default (all cores)."""
+
+
+@dataclass
+class Profile:
+    """A named bundle of settings: which base model, how big a world, how long each stage runs."""
+
+    name: str
+    """smoke, tiny or gpt2."""
+    base_model: str
+    """"tiny" (the shipped TinyWorld GPT-2) or a hub name/path such as "gpt2"."""
+    world: WorldConfig = field(default_factory=WorldConfig)
+    """World generation settings."""
+    pretrain: PretrainConfig = field(default_factory=PretrainConfig)
+    """Pretraining settings (used by `python -m rlhf_lite pretrain`)."""
+    n_eval_prompts: int = 200
+    """Test prompts scored by the gold panel when a notebook measures a model."""
+    max_new_tokens: int = 64
+    """Longest response generated; a response that hits it without EOS is unfinished."""
+
+
+PROFILES: dict[str, Profile] = {
+    "smoke": Profile("smoke", "tiny", WorldConfig(n_prompts=600),
+                     PretrainConfig(n_docs=600, steps=6, batch_size=4, n_positions=128, n_embd=32, n_layer=1,
+                                    n_head=2, vocab_size=512, eval_every=3, warmup_steps=2),
+                     n_eval_prompts=16, max_new_tokens=24),
+    "tiny": Profile("tiny", "tiny"),
+    "gpt2": Profile("gpt2", "gpt2", n_eval_prompts=200, max_new_tokens=128),
+}
+
+
+def get_profile(name: str | None = None) -> Profile:
+    """The profile ``name``, else ``$RLHF_LITE_PROFILE``, else ``tiny``. Unknown names are an error."""
+    source = "argument" if name is not None else f"${PROFILE_ENV}"
+    if name is None:
+        name = os.environ.get(PROFILE_ENV, "").strip() or "tiny"
+    if name not in PROFILES:
+        raise ValueError(f"unknown profile {name!r} (from {source}); valid profiles are: {', '.join(PROFILES)}. "
+                         f"For example: export {PROFILE_ENV}=tiny")
+    p = PROFILES[name]
+    return replace(p, world=replace(p.world), pretrain=replace(p.pretrain))

@@ -1,0 +1,135 @@
+"""Loading the base model, and generation shared by every stage.
+
+``load_base("tiny")`` loads the TinyWorld GPT-2 shipped in ``data/tiny-base``; any other name goes
+to ``from_pretrained``, so ``load_base("gpt2")`` is the same code on the real model in Colab.
+"""
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+TINY_BASE = REPO_ROOT / "data" / "tiny-base"
+REBUILD_HINT = "rebuild it with `python -m rlhf_lite pretrain --out data/tiny-base` (about 20 min on 2 CPU cores)"
+
+
+def _check_folder(path: Path) -> None:
+    """A checkpoint folder must hold a readable config and safetensors weights; say what is wrong if not."""
+    if not (path / "config.json").is_file():
+        raise FileNotFoundError(f"checkpoint folder {path} has no config.json, so it is not a model folder; {REBUILD_HINT}, "
+                                "or pass the folder that `save_pretrained` wrote")
+    try:
+        json.loads((path / "config.json").read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ValueError(f"checkpoint folder {path}: config.json is not valid JSON ({e}); the folder is corrupt, {REBUILD_HINT}") from None
+    weights = list(path.glob("*.safetensors"))
+    if not weights:
+        raise FileNotFoundError(f"checkpoint folder {path} has no *.safetensors weights; {REBUILD_HINT}")
+    from safetensors import safe_open
+
+    for w in weights:
+        try:
+            with safe_open(str(w), framework="pt") as f:
+                f.keys()
+        except Exception as e:  # safetensors raises its own error types for truncated/garbled files
+            raise ValueError(f"checkpoint weights {w} cannot be read ({type(e).__name__}: {e}); the file is corrupt "
+                             f"or truncated: {REBUILD_HINT}") from None
+    if not (path / "tokenizer_config.json").is_file():
+        raise FileNotFoundError(f"checkpoint folder {path} has no tokenizer files (tokenizer_config.json); {REBUILD_HINT}")
+
+
+def load_base(name: str = "tiny", device: str = "cpu", dtype: torch.dtype | None = None):
+    """Load a causal LM and its tokenizer, set up the same way for every stage. Returns (model, tokenizer).
+
+    * ``name``: "tiny" (the shipped TinyWorld model), a local folder, or a hub name such as "gpt2".
+    * pad token: GPT-2 has none, so pad = EOS. Padding masks must then never hide the real EOS label
+      (see ``rlhf_lite.data``), or the model never learns to stop.
+    * padding side: left. Decoder-only models generate after the last position, so a batch of prompts
+      must end flush right; training collators pad right themselves.
+    * dtype: float32 unless asked. CPUs run float32 fastest and these models are small; on a GPU, pass
+      ``torch.bfloat16``/``torch.float16`` or use autocast.
+    The model is returned in eval mode (dropout off); training loops switch it on themselves.
+    """
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    local = TINY_BASE if name == "tiny" else Path(name)
+    if name == "tiny" and not local.is_dir():
+        raise FileNotFoundError(f"the shipped TinyWorld model is not at {local}. Install from a clone of the repository "
+                                f"(`pip install -e .`), or {REBUILD_HINT} and pass that folder")
+    if local.is_dir():
+        _check_folder(local)
+        source = str(local)
+    elif name.startswith((".", "/")) or os.sep in name and not name.count("/") == 1:
+        raise FileNotFoundError(f"model folder {name!r} does not exist; use 'tiny', a folder written by save_pretrained, "
+                                "or a hub name such as 'gpt2'")
+    else:
+        source = name
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(source)
+        model = AutoModelForCausalLM.from_pretrained(source, dtype=dtype or torch.float32)
+    except OSError as e:
+        offline = os.environ.get("HF_HUB_OFFLINE") == "1"
+        raise OSError(f"could not load model {name!r} from the Hugging Face Hub{' (HF_HUB_OFFLINE=1 is set)' if offline else ''}: "
+                      f"{str(e).splitlines()[0]}\nWithout network, use the offline TinyWorld model: "
+                      "RLHF_LITE_PROFILE=tiny, or load_base('tiny').") from None
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    tokenizer.padding_side = "left"
+    model.config.pad_token_id = tokenizer.pad_token_id
+    if model.generation_config is not None:
+        model.generation_config.pad_token_id = tokenizer.pad_token_id
+        model.generation_config.eos_token_id = tokenizer.eos_token_id
+    return model.to(device).eval(), tokenizer
+
+
+@dataclass
+class Generation:
+    """One generated response: ``text`` (without EOS), its token ids, and whether EOS ended it."""
+
+    text: str
+    token_ids: list[int]
+    finished: bool
+
+
+@torch.inference_mode()
+def generate(model, tokenizer, prompts: list[str], max_new_tokens: int = 64, temperature: float = 1.0,
+             top_k: int = 0, do_sample: bool = True, batch_size: int = 32, seed: int | None = None,
+             progress: bool = False) -> list[Generation]:
+    """Sample a response for each prompt: left-padded batches, at most ``max_new_tokens``, stopping at EOS.
+
+    ``temperature``/``top_k`` are applied as given (top_k=0: no truncation, the pure policy that RLHF
+    log-probs must match). ``seed`` makes sampling repeatable.
+    """
+    from tqdm.auto import tqdm
+
+    if seed is not None:
+        torch.manual_seed(seed)
+    was_training, side = model.training, tokenizer.padding_side
+    model.eval()
+    tokenizer.padding_side = "left"
+    eos, out = tokenizer.eos_token_id, []
+    try:
+        limit = getattr(model.config, "n_positions", None) or getattr(model.config, "max_position_embeddings", None)
+        for i in tqdm(range(0, len(prompts), batch_size), desc="generate", **({} if progress else {"disable": True})):
+            enc = tokenizer(prompts[i:i + batch_size], return_tensors="pt", padding=True).to(model.device)
+            if limit and enc["input_ids"].shape[1] + max_new_tokens > limit:
+                lengths = enc["attention_mask"].sum(1).tolist()
+                j = max(range(len(lengths)), key=lengths.__getitem__)
+                raise ValueError(f"prompt {i + j} is {lengths[j]} tokens; with max_new_tokens={max_new_tokens} it does not "
+                                 f"fit the model's context of {limit} tokens. Shorten the prompt or lower max_new_tokens: "
+                                 f"{prompts[i + j][:80]!r}…")
+            seqs = model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=do_sample,
+                                  temperature=temperature if do_sample else None, top_k=top_k if do_sample else None,
+                                  top_p=None, pad_token_id=tokenizer.pad_token_id, eos_token_id=eos)
+            for row in seqs[:, enc["input_ids"].shape[1]:].tolist():  # [B, new] -> response tokens only
+                finished = eos in row
+                ids = row[: row.index(eos)] if finished else row
+                out.append(Generation(tokenizer.decode(ids, skip_special_tokens=True), ids, finished))
+    finally:
+        model.train(was_training)
+        tokenizer.padding_side = side
+    return out

@@ -1,0 +1,189 @@
+"""Pretraining: a byte-level BPE tokenizer and a tiny GPT-2 trained on the TinyWorld corpus only.
+
+The corpus is plain prose (never instruction-formatted), so the result behaves like a raw web LM:
+asked an instruction, it continues text. ``python -m rlhf_lite pretrain --out DIR`` runs this; the
+checkpoint shipped in ``data/tiny-base`` is its output at the default seed.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import random
+import shutil
+import tempfile
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+import torch
+from tqdm.auto import tqdm
+
+from .config import PretrainConfig
+from .world import build_world
+
+EOS = "<|endoftext|>"
+
+
+def train_tokenizer(texts: list[str], vocab_size: int, n_positions: int):
+    """Byte-level BPE (as GPT-2's) with <|endoftext|> as BOS/EOS/UNK, as a transformers fast tokenizer."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import GPT2TokenizerFast
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=[EOS], show_progress=False,
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    tok.train_from_iterator(texts, trainer)
+    return GPT2TokenizerFast(tokenizer_object=tok, bos_token=EOS, eos_token=EOS, unk_token=EOS,
+                             model_max_length=n_positions)
+
+
+def _blocks(docs: list[tuple[str, bool]], tokenizer, block: int) -> torch.Tensor:
+    """Concatenate documents (EOS after each finished one) and cut into [N, block] rows."""
+    ids: list[int] = []
+    enc = tokenizer([t for t, _ in docs], add_special_tokens=False, verbose=False)["input_ids"]  # long docs are fine here
+    for toks, (_, ended) in zip(enc, docs):
+        ids.extend(toks + ([tokenizer.eos_token_id] if ended else []))
+    n = len(ids) // block
+    return torch.tensor(ids[: n * block]).view(n, block)
+
+
+@torch.no_grad()
+def _eval_loss(model, data: torch.Tensor, batch_size: int) -> float:
+    model.eval()
+    losses = [model(input_ids=data[i:i + batch_size], attention_mask=torch.ones_like(data[i:i + batch_size]),
+                    labels=data[i:i + batch_size]).loss.item()
+              for i in range(0, len(data), batch_size)]
+    model.train()
+    return sum(losses) / len(losses)
+
+
+def pretrain(cfg: PretrainConfig, out_dir: str | os.PathLike, progress: bool = True) -> dict:
+    """Build the tokenizer and model from scratch and save both to ``out_dir``. Returns the card."""
+    from transformers import GPT2Config, GPT2LMHeadModel, GenerationConfig
+
+    out_dir = Path(out_dir)
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    t0 = time.time()
+    random.seed(cfg.seed)
+    torch.manual_seed(cfg.seed)
+    world = build_world(cfg.seed)
+    docs = world.corpus(cfg.n_docs)
+    n_held = max(1, int(len(docs) * cfg.heldout_frac))
+    train_docs, held_docs = docs[:-n_held], docs[-n_held:]
+    tokenizer = train_tokenizer([t for t, _ in train_docs], cfg.vocab_size, cfg.n_positions)
+    train, held = _blocks(train_docs, tokenizer, cfg.n_positions), _blocks(held_docs, tokenizer, cfg.n_positions)
+
+    mcfg = GPT2Config(loss_type="ForCausalLM", vocab_size=len(tokenizer), n_positions=cfg.n_positions, n_embd=cfg.n_embd, n_layer=cfg.n_layer,
+                      n_head=cfg.n_head, bos_token_id=tokenizer.eos_token_id, eos_token_id=tokenizer.eos_token_id,
+                      pad_token_id=tokenizer.eos_token_id)
+    model = GPT2LMHeadModel(mcfg)
+    decay = [p for n, p in model.named_parameters() if p.dim() >= 2]
+    no_decay = [p for n, p in model.named_parameters() if p.dim() < 2]
+    opt = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
+                             {"params": no_decay, "weight_decay": 0.0}], lr=cfg.lr, betas=(0.9, 0.95))
+
+    def lr_at(step: int) -> float:  # linear warm-up, cosine decay to 10 % of the peak
+        if step < cfg.warmup_steps:
+            return cfg.lr * (step + 1) / cfg.warmup_steps
+        frac = (step - cfg.warmup_steps) / max(1, cfg.steps - cfg.warmup_steps)
+        return cfg.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * frac)))
+
+    g = torch.Generator().manual_seed(cfg.seed)
+    order = torch.randperm(len(train), generator=g)
+    history: list[dict] = []
+    pos, loss_ema = 0, None
+    bar = tqdm(range(cfg.steps), desc="pretrain", **({} if progress else {"disable": True}))  # $TQDM_DISABLE still applies
+    model.train()
+    for step in bar:
+        if pos + cfg.batch_size > len(order):  # next epoch
+            order, pos = torch.randperm(len(train), generator=g), 0
+        batch = train[order[pos:pos + cfg.batch_size]]  # [B, T]
+        pos += cfg.batch_size
+        for group in opt.param_groups:
+            group["lr"] = lr_at(step)
+        loss = model(input_ids=batch, attention_mask=torch.ones_like(batch), labels=batch).loss  # packed: no padding
+        if not torch.isfinite(loss):
+            raise FloatingPointError(f"pretraining loss is {loss.item()} at step {step}; lower PretrainConfig.lr "
+                                     f"(now {cfg.lr}) and run again")
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        loss_ema = loss.item() if loss_ema is None else 0.95 * loss_ema + 0.05 * loss.item()
+        bar.set_postfix(loss=f"{loss_ema:.3f}")
+        if (step + 1) % cfg.eval_every == 0 or step + 1 == cfg.steps:
+            history.append({"step": step + 1, "train_loss": round(loss_ema, 4),
+                            "heldout_loss": round(_eval_loss(model, held, cfg.batch_size), 4)})
+    elapsed = time.time() - t0
+
+    card = {"config": asdict(cfg), "parameters": sum(p.numel() for p in model.parameters()),
+            "train_tokens": int(train.numel()), "heldout_tokens": int(held.numel()),
+            "tokens_seen": cfg.steps * cfg.batch_size * cfg.n_positions, "epochs": round(cfg.steps * cfg.batch_size / len(train), 2),
+            "final_train_loss": history[-1]["train_loss"], "final_heldout_loss": history[-1]["heldout_loss"],
+            "wall_time_s": round(elapsed, 1), "threads": torch.get_num_threads(), "torch": torch.__version__,
+            "corpus_digest": corpus_digest(docs), "history": history}
+    # write everything to a temporary folder first: an interrupted run leaves nothing half-written
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=".pretrain-", dir=out_dir.parent))
+    from transformers.utils import logging as hf_logging
+
+    bars_were_on = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()  # transformers' own "writing shards" bar is noise here
+    try:
+        model.generation_config = GenerationConfig(bos_token_id=tokenizer.eos_token_id, eos_token_id=tokenizer.eos_token_id,
+                                                   pad_token_id=tokenizer.eos_token_id)
+        model.save_pretrained(tmp, safe_serialization=True)
+        tokenizer.save_pretrained(tmp)
+        (tmp / "training.json").write_text(json.dumps(card, indent=1) + "\n")
+        (tmp / "README.md").write_text(model_card(card))
+        if out_dir.exists():
+            shutil.rmtree(out_dir)
+        tmp.chmod(0o755)  # mkdtemp makes it private; a model folder is for everyone
+        tmp.rename(out_dir)
+    finally:
+        if bars_were_on:
+            hf_logging.enable_progress_bar()
+        if tmp.exists():
+            shutil.rmtree(tmp)
+    return card
+
+
+def corpus_digest(docs: list[tuple[str, bool]]) -> str:
+    """SHA-256 of the corpus (texts and end markers): the same digest means the same training data."""
+    return hashlib.sha256(json.dumps(docs).encode()).hexdigest()
+
+
+def model_card(card: dict) -> str:
+    c = card["config"]
+    rows = "\n".join(f"| {h['step']} | {h['train_loss']:.3f} | {h['heldout_loss']:.3f} |" for h in card["history"])
+    return f"""# TinyWorld base model
+
+A `GPT2LMHeadModel` pretrained from scratch on the TinyWorld corpus (plain prose generated from the
+world's knowledge base: fact notes, stories, lists, places and forum threads, including rude,
+rambling, wrong and never-ending replies). It has never seen instruction-formatted text, so it
+behaves like a raw pretrained LM. Rebuild with `python -m rlhf_lite pretrain --out DIR`.
+
+| | |
+|---|---|
+| parameters | {card['parameters']:,} |
+| layers / heads / width / context | {c['n_layer']} / {c['n_head']} / {c['n_embd']} / {c['n_positions']} |
+| vocabulary | {c['vocab_size']} (byte-level BPE, `<|endoftext|>` = EOS) |
+| seed | {c['seed']} |
+| steps x batch | {c['steps']} x {c['batch_size']} blocks of {c['n_positions']} tokens |
+| tokens seen | {card['tokens_seen']:,} ({card['epochs']} epochs of {card['train_tokens']:,} training tokens) |
+| final train loss (EMA) | {card['final_train_loss']:.3f} |
+| final held-out loss | {card['final_heldout_loss']:.3f} (on {card['heldout_tokens']:,} tokens of unseen documents) |
+| wall time | {card['wall_time_s']:.0f} s on {card['threads']} CPU threads, torch {card['torch']} |
+
+| step | train loss | held-out loss |
+|---|---|---|
+{rows}
+
+Full numbers: `training.json`. Loading: `AutoModelForCausalLM.from_pretrained(path)` and
+`AutoTokenizer.from_pretrained(path)`, or `rlhf_lite.models.load_base("tiny")`.
+"""

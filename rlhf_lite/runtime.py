@@ -1,0 +1,59 @@
+"""Small helpers every notebook's first cell uses: seeding, device choice, versions, quiet logs."""
+from __future__ import annotations
+
+import os
+import random
+import sys
+import warnings
+
+
+def in_colab() -> bool:
+    return "google.colab" in sys.modules or "COLAB_RELEASE_TAG" in os.environ
+
+
+def seed_everything(seed: int = 0) -> None:
+    """Seed Python, NumPy and torch (CPU and CUDA) so a run can be repeated exactly."""
+    import numpy as np
+    import torch
+
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def pick_device(prefer: str | None = None) -> str:
+    """"cuda" if a GPU is there (or was asked for), else "cpu". ``prefer`` overrides; asking for a
+    missing GPU is an error rather than a silent fall-back."""
+    import torch
+
+    if prefer is not None:
+        if prefer.startswith("cuda") and not torch.cuda.is_available():
+            raise RuntimeError(f"device {prefer!r} was asked for but torch sees no CUDA GPU; use 'cpu' "
+                               "(in Colab: Runtime > Change runtime type > GPU)")
+        return prefer
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def quiet() -> None:
+    """Silence library noise (hub progress bars, transformers' info/warnings); our own messages stay."""
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+    warnings.filterwarnings("ignore", module=r"transformers\..*")
+    warnings.filterwarnings("ignore", module=r"torch\..*", category=UserWarning)
+
+
+def versions() -> dict[str, str]:
+    """Versions of the packages the course depends on (missing ones as 'not installed')."""
+    import importlib.metadata as md
+
+    out = {"python": sys.version.split()[0]}
+    for pkg in ["torch", "transformers", "tokenizers", "peft", "datasets", "bitsandbytes", "ipywidgets", "rlhf-lite"]:
+        try:
+            out[pkg] = md.version(pkg)
+        except md.PackageNotFoundError:
+            out[pkg] = "not installed"
+    return out

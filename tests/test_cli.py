@@ -1,0 +1,33 @@
+import json
+import subprocess
+import sys
+
+from rlhf_lite.world import CATEGORIES
+
+
+def run(*args):
+    return subprocess.run([sys.executable, "-m", "rlhf_lite", *args], capture_output=True, text=True, timeout=300)
+
+
+def test_help():
+    r = run("--help")
+    assert r.returncode == 0 and "pretrain" in r.stdout and "world" in r.stdout
+
+
+def test_world_show_prints_every_category():
+    r = run("world", "--show", "2")
+    assert r.returncode == 0
+    for c in CATEGORIES:
+        assert r.stdout.count(f"=== {c} ") == 2, c
+    record = json.loads(r.stdout.split("\n", 1)[1].split("\n===")[0])
+    assert set(record) == {"instruction", "context", "response", "category"}
+
+
+def test_world_stats_is_json():
+    stats = json.loads(run("world", "--stats").stdout)
+    assert stats["prompts"] == sum(stats["splits"].values()) and len(stats["panel"]) >= 6
+
+
+def test_bad_profile_is_a_clear_error():
+    r = run("--profile", "tinny", "world")
+    assert r.returncode == 2 and "valid profiles are: smoke, tiny, gpt2" in r.stderr

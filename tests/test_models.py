@@ -1,0 +1,122 @@
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+
+from rlhf_lite.data import format_prompt
+from rlhf_lite.models import TINY_BASE, generate, load_base
+
+GPT2_TOKENIZER = Path(__file__).resolve().parents[2] / "shared" / "gpt2-tokenizer"
+
+
+@pytest.fixture(scope="module")
+def base():
+    return load_base("tiny")
+
+
+def test_shipped_checkpoint_loads_with_from_pretrained():
+    from transformers import AutoModelForCausalLM, AutoTokenizer, GPT2LMHeadModel
+
+    model = AutoModelForCausalLM.from_pretrained(TINY_BASE)
+    tok = AutoTokenizer.from_pretrained(TINY_BASE)
+    assert isinstance(model, GPT2LMHeadModel)
+    assert 1_000_000 <= model.num_parameters() <= 5_000_000
+    assert model.config.n_positions >= 256
+    assert tok.eos_token == "<|endoftext|>" and tok.eos_token_id == model.config.eos_token_id
+    weights = list(TINY_BASE.glob("*.safetensors"))
+    assert len(weights) == 1 and weights[0].stat().st_size <= 25 * 2**20
+    assert (TINY_BASE / "README.md").read_text().count("held-out loss") >= 1
+
+
+def test_tokenizer_round_trip(base, world):
+    _, tok = base
+    texts = [t for t, _ in world.corpus(50)] + ["naïve café — 😀 ümlaut", "  spaces\n\nand\ttabs  ", ""]
+    for text in texts:
+        assert tok.decode(tok(text)["input_ids"]) == text
+    ids = tok("Hello" + tok.eos_token)["input_ids"]
+    assert ids[-1] == tok.eos_token_id  # the special token is one token, not spelled out
+
+
+def test_load_base_sets_pad_side_dtype_and_eval(base):
+    model, tok = base
+    assert tok.pad_token_id == tok.eos_token_id and tok.padding_side == "left"
+    assert model.config.pad_token_id == tok.pad_token_id
+    assert next(model.parameters()).dtype == torch.float32 and not model.training
+
+
+def test_generate_left_pads_and_stops_at_eos(base):
+    model, tok = base
+    prompts = [format_prompt("Where does the fox live?"), format_prompt("Hi")]
+    a = generate(model, tok, prompts, max_new_tokens=12, seed=3)
+    b = generate(model, tok, prompts, max_new_tokens=12, seed=3)
+    assert [g.token_ids for g in a] == [g.token_ids for g in b]  # seeded: repeatable
+    for g in a:
+        assert tok.eos_token_id not in g.token_ids and len(g.token_ids) <= 12
+        assert g.finished or len(g.token_ids) == 12
+    # left padding must not change what a prompt generates: alone or next to a longer one, greedy is the same
+    alone = generate(model, tok, prompts[1:], max_new_tokens=8, do_sample=False)
+    batched = generate(model, tok, prompts, max_new_tokens=8, do_sample=False)
+    assert alone[0].token_ids == batched[1].token_ids
+    assert tok.padding_side == "left"
+
+
+def test_corrupt_or_incomplete_checkpoint_is_a_clear_error(tmp_path):
+    bad = tmp_path / "ckpt"
+    shutil.copytree(TINY_BASE, bad)
+    w = next(bad.glob("*.safetensors"))
+    w.write_bytes(w.read_bytes()[:1000])
+    with pytest.raises(ValueError, match="corrupt or truncated"):
+        load_base(str(bad))
+    (bad / "config.json").write_text("{not json")
+    with pytest.raises(ValueError, match="config.json is not valid JSON"):
+        load_base(str(bad))
+    (bad / "config.json").unlink()
+    with pytest.raises(FileNotFoundError, match="no config.json"):
+        load_base(str(bad))
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        load_base(str(tmp_path / "nowhere"))
+
+
+def test_unknown_hub_model_offline_suggests_tiny(monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(OSError, match="load_base\\('tiny'\\)"):
+        load_base("no-such-org/no-such-model")
+
+
+@pytest.mark.skipif(not GPT2_TOKENIZER.is_dir(), reason="../shared/gpt2-tokenizer not present")
+def test_real_gpt2_tokenizer_path():
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(GPT2_TOKENIZER)
+    assert len(tok) == 50257 and tok.eos_token_id == 50256 and tok("Hello world").input_ids == [15496, 995]
+    prompt = format_prompt("Name three animals.")
+    assert tok.decode(tok(prompt).input_ids) == prompt
+
+
+def test_base_model_is_raw_not_aligned(base, world):
+    """The base continues text instead of answering: its gold score is far below the references'."""
+    from rlhf_lite.evaluate import gold_eval
+
+    model, tok = base
+    r = gold_eval(model, tok, world, world.splits["test"][:48], max_new_tokens=48, seed=0)
+    assert r["reference_gold"] > 0.95
+    assert r["gold"] < r["reference_gold"] - 0.25, r["gold"]
+
+
+def test_every_world_prompt_fits_the_context_with_room_to_answer(base):
+    """Prompt + max_new_tokens must fit n_positions, or generation cannot run on that prompt."""
+    from rlhf_lite.config import get_profile
+    from rlhf_lite.world import build_world
+
+    model, tok = base
+    prof, wc = get_profile("tiny"), get_profile("tiny").world
+    world = build_world(wc.seed, wc.n_prompts, wc.mix)
+    longest = max(len(tok(format_prompt(t.instruction, t.context)).input_ids) for t in world.tasks)
+    assert longest + prof.max_new_tokens <= model.config.n_positions, longest
+
+
+def test_too_long_prompt_is_a_clear_error(base):
+    model, tok = base
+    with pytest.raises(ValueError, match="does not fit the model's context of 256 tokens"):
+        generate(model, tok, ["fox " * 250], max_new_tokens=16)
