@@ -102,6 +102,97 @@ def cmd_evaluate(args) -> int:
     return 0
 
 
+def cmd_sft(args) -> int:
+    import shutil
+    import tempfile
+    from dataclasses import asdict
+    from pathlib import Path
+
+    from .config import get_profile
+    from .data import load_instruction_dataset
+    from .evaluate import gold_eval, win_rate
+    from .models import load_base
+    from .runtime import hf_bars_off, quiet, seed_everything
+    from .sft import add_lora, count_parameters, load_quantized, train_sft
+
+    quiet()
+    prof = get_profile(args.profile)
+    cfg = replace(prof.sft, **{k: v for k, v in {"n_train": args.n_train, "max_steps": args.max_steps,
+                                                   "epochs": args.epochs}.items() if v is not None})
+    if args.full:
+        cfg = replace(cfg, lora=False, lr=cfg.lr / 4)
+    seed_everything(cfg.seed)
+    source = "dolly" if prof.name == "gpt2" else "tinyworld"
+    data = load_instruction_dataset(source)
+    if cfg.quantization != "none":
+        model, tok, _ = load_quantized(prof.base_model, cfg.quantization)
+    else:
+        model, tok = load_base(prof.base_model)
+    model = add_lora(model, cfg) if cfg.lora else model
+    params = count_parameters(model)
+    print(f"SFT on {source} ({len(data['train'])} train examples) with {'LoRA' if cfg.lora else 'full fine-tuning'}: "
+          f"{params['trainable']:,} of {params['total']:,} parameters train")
+    history = train_sft(model, tok, data, cfg)
+    metrics = {"profile": prof.name, "wall_time_s": round(history["wall_time_s"], 1), "steps": len(history["train"]),
+               "train_tokens": history["tokens"], "trainable_parameters": params["trainable"],
+               "final_validation_loss": history["eval"][-1]["loss"] if history["eval"] else None}
+    print(f"trained {metrics['steps']} steps in {metrics['wall_time_s']:.0f} s; validation loss "
+          f"{history['eval'][0]['loss']:.3f} -> {history['eval'][-1]['loss']:.3f}")
+    if source == "tinyworld":
+        world = _world(args)
+        tasks = world.splits["test"][: args.n]
+        sft = gold_eval(model, tok, world, tasks, prof.max_new_tokens, seed=0, fmt=cfg.prompt_format, progress=True)
+        ctx = model.disable_adapter() if cfg.lora else None
+        if ctx is None:
+            base_model, _ = load_base(prof.base_model)
+        with (ctx or _null()):
+            base = gold_eval(model if cfg.lora else base_model, tok, world, tasks, prof.max_new_tokens, seed=0,
+                             fmt=cfg.prompt_format, progress=True)
+        wins = win_rate(tasks, [g for _, g, _ in sft["samples"]], [g for _, g, _ in base["samples"]], world.panel.held_out)
+        metrics.update(n_test_prompts=len(tasks), gold_sft=round(sft["gold"], 4), gold_base=round(base["gold"], 4),
+                       gold_reference=round(sft["reference_gold"], 4), win_rate_vs_base_held_out=round(wins, 4),
+                       eos_rate_sft=round(sft["eos_rate"], 3), eos_rate_base=round(base["eos_rate"], 3),
+                       criteria_sft={k: round(v, 3) for k, v in sft["criteria"].items()},
+                       by_category_sft={k: round(v, 3) for k, v in sft["by_category"].items()})
+        print(f"gold score on {len(tasks)} test-user prompts: SFT {sft['gold']:.3f} | base {base['gold']:.3f} | "
+              f"reference {sft['reference_gold']:.3f}")
+        print(f"win rate SFT vs base, held-out labelers: {wins:.1%}   EOS rate SFT {sft['eos_rate']:.2f} "
+              f"(base {base['eos_rate']:.2f})")
+    if args.out:
+        out = Path(args.out)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=".sft-", dir=out.parent))
+        try:
+            with hf_bars_off():
+                if cfg.lora:
+                    model.save_pretrained(tmp / "adapter")
+                    merged = model.merge_and_unload()
+                else:
+                    merged = model
+                merged.save_pretrained(tmp / "merged")
+            tok.save_pretrained(tmp / "merged")
+            (tmp / "metrics.json").write_text(json.dumps({**metrics, "config": asdict(cfg)}, indent=1, default=str) + "\n")
+            (tmp / "history.json").write_text(json.dumps({k: v for k, v in history.items() if k != "config"},
+                                                         default=str) + "\n")
+            if out.exists():
+                shutil.rmtree(out)
+            tmp.chmod(0o755)
+            tmp.rename(out)
+        finally:
+            if tmp.exists():
+                shutil.rmtree(tmp)
+        print(f"saved adapter, merged model and metrics to {out}")
+    return 0
+
+
+class _null:
+    def __enter__(self):
+        return None
+
+    def __exit__(self, *exc):
+        return False
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m rlhf_lite", description="rlhf-lite: InstructGPT's pipeline, small "
                                 "enough to read and run. The main job (`pipeline`) arrives with the PPO stage.")
@@ -118,6 +209,15 @@ def main(argv: list[str] | None = None) -> int:
     s.add_argument("--stats", action="store_true", help="print counts, splits and panel agreement as JSON instead")
     s.add_argument("--seed", type=int, help="world seed (default: the profile's)")
     s.set_defaults(fn=cmd_world)
+    s = sub.add_parser("sft", help="supervised fine-tuning (LoRA by default), then gold score and win rate vs base")
+    s.add_argument("--out", help="folder for the adapter, the merged model and metrics.json (optional)")
+    s.add_argument("--n", type=int, default=200, help="test prompts for the gold evaluation (default 200)")
+    s.add_argument("--n-train", type=int, help="train on the first N examples only (LIMA-style experiments)")
+    s.add_argument("--epochs", type=int, help="override the profile's epochs")
+    s.add_argument("--max-steps", type=int, help="override the profile's step limit")
+    s.add_argument("--full", action="store_true", help="full fine-tuning instead of LoRA (learning rate / 4)")
+    s.add_argument("--seed", type=int, help="world seed (default: the profile's)")
+    s.set_defaults(fn=cmd_sft)
     s = sub.add_parser("evaluate", help="gold-panel score of a model's responses on test prompts")
     s.add_argument("--model", help="'tiny', a folder, or a hub name (default: the profile's base model)")
     s.add_argument("--n", type=int, default=200, help="test prompts to score (default 200)")

@@ -67,6 +67,54 @@ class PretrainConfig:
 
 
 @dataclass
+class SFTConfig:
+    """Supervised fine-tuning on demonstrations (``rlhf_lite.sft.train_sft``)."""
+
+    prompt_format: str = "alpaca"
+    """How prompts are rendered: "alpaca" (### Instruction/### Response) or a chat template: "chatml", "llama2"."""
+    max_length: int = 256
+    """Longest example in tokens (prompt + response + EOS); longer ones lose prompt tokens from the left."""
+    n_train: int = 0
+    """Use only the first n_train training examples (0: all). The LIMA-style experiment varies this."""
+    epochs: int = 3
+    """Passes over the training examples (ignored when max_steps > 0)."""
+    max_steps: int = 0
+    """Stop after this many optimizer steps (0: run all epochs)."""
+    batch_size: int = 16
+    """Examples per optimizer step."""
+    lr: float = 2e-3
+    """Peak AdamW learning rate (linear warm-up, then linear decay to 0). LoRA tolerates a higher one."""
+    warmup_steps: int = 20
+    """Linear warm-up steps."""
+    weight_decay: float = 0.0
+    """AdamW weight decay."""
+    grad_clip: float = 1.0
+    """Clip the gradient's global norm to this."""
+    lora: bool = True
+    """Train low-rank adapters (peft) instead of all weights."""
+    lora_r: int = 16
+    """LoRA rank r: adapter matrices are (d x r) and (r x k)."""
+    lora_alpha: int = 32
+    """LoRA scale numerator: the update is (alpha / r) * B @ A."""
+    lora_dropout: float = 0.05
+    """Dropout on the LoRA input."""
+    lora_targets: tuple[str, ...] = ("c_attn", "c_proj", "c_fc")
+    """Modules that get adapters. GPT-2: c_attn (q,k,v), c_proj (attention and MLP outputs), c_fc (MLP input)."""
+    quantization: str = "none"
+    """QLoRA: "4bit" (NF4) or "8bit" base weights via bitsandbytes, or "none"."""
+    eval_every: int = 100
+    """Steps between validation-loss evaluations and sample generations."""
+    eval_examples: int = 128
+    """Validation examples used for the validation loss."""
+    n_samples: int = 2
+    """Validation prompts whose generations are logged at each evaluation."""
+    max_new_tokens: int = 64
+    """Length limit for the logged sample generations."""
+    seed: int = 0
+    """Seed for data order, dropout and sampling."""
+
+
+@dataclass
 class Profile:
     """A named bundle of settings: which base model, how big a world, how long each stage runs."""
 
@@ -78,6 +126,8 @@ class Profile:
     """World generation settings."""
     pretrain: PretrainConfig = field(default_factory=PretrainConfig)
     """Pretraining settings (used by `python -m rlhf_lite pretrain`)."""
+    sft: SFTConfig = field(default_factory=SFTConfig)
+    """Supervised fine-tuning settings."""
     n_eval_prompts: int = 200
     """Test prompts scored by the gold panel when a notebook measures a model."""
     max_new_tokens: int = 64
@@ -88,9 +138,13 @@ PROFILES: dict[str, Profile] = {
     "smoke": Profile("smoke", "tiny", WorldConfig(n_prompts=600),
                      PretrainConfig(n_docs=600, steps=6, batch_size=4, n_positions=128, n_embd=32, n_layer=1,
                                     n_head=2, vocab_size=512, eval_every=3, warmup_steps=2),
+                     SFTConfig(epochs=1, max_steps=40, batch_size=16, eval_every=20, eval_examples=16, n_samples=1,
+                               max_new_tokens=24, lr=3e-3),
                      n_eval_prompts=16, max_new_tokens=24),
     "tiny": Profile("tiny", "tiny"),
-    "gpt2": Profile("gpt2", "gpt2", n_eval_prompts=200, max_new_tokens=128),
+    "gpt2": Profile("gpt2", "gpt2", sft=SFTConfig(max_length=512, epochs=1, batch_size=8, lr=2e-4, eval_every=200,
+                                                  max_new_tokens=128),
+                    n_eval_prompts=200, max_new_tokens=128),
 }
 
 
@@ -103,4 +157,4 @@ def get_profile(name: str | None = None) -> Profile:
         raise ValueError(f"unknown profile {name!r} (from {source}); valid profiles are: {', '.join(PROFILES)}. "
                          f"For example: export {PROFILE_ENV}=tiny")
     p = PROFILES[name]
-    return replace(p, world=replace(p.world), pretrain=replace(p.pretrain))
+    return replace(p, world=replace(p.world), pretrain=replace(p.pretrain), sft=replace(p.sft))

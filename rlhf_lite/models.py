@@ -12,6 +12,8 @@ from pathlib import Path
 
 import torch
 
+from .runtime import hf_bars_off
+
 REPO_ROOT = Path(__file__).resolve().parent.parent
 TINY_BASE = REPO_ROOT / "data" / "tiny-base"
 REBUILD_HINT = "rebuild it with `python -m rlhf_lite pretrain --out data/tiny-base` (about 20 min on 2 CPU cores)"
@@ -42,7 +44,7 @@ def _check_folder(path: Path) -> None:
         raise FileNotFoundError(f"checkpoint folder {path} has no tokenizer files (tokenizer_config.json); {REBUILD_HINT}")
 
 
-def load_base(name: str = "tiny", device: str = "cpu", dtype: torch.dtype | None = None):
+def load_base(name: str = "tiny", device: str = "cpu", dtype: torch.dtype | None = None, **kwargs):
     """Load a causal LM and its tokenizer, set up the same way for every stage. Returns (model, tokenizer).
 
     * ``name``: "tiny" (the shipped TinyWorld model), a local folder, or a hub name such as "gpt2".
@@ -53,6 +55,7 @@ def load_base(name: str = "tiny", device: str = "cpu", dtype: torch.dtype | None
     * dtype: float32 unless asked. CPUs run float32 fastest and these models are small; on a GPU, pass
       ``torch.bfloat16``/``torch.float16`` or use autocast.
     The model is returned in eval mode (dropout off); training loops switch it on themselves.
+    Extra keyword arguments go to ``from_pretrained`` (e.g. ``quantization_config``).
     """
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -70,7 +73,8 @@ def load_base(name: str = "tiny", device: str = "cpu", dtype: torch.dtype | None
         source = name
     try:
         tokenizer = AutoTokenizer.from_pretrained(source)
-        model = AutoModelForCausalLM.from_pretrained(source, dtype=dtype or torch.float32)
+        with hf_bars_off():
+            model = AutoModelForCausalLM.from_pretrained(source, dtype=dtype or torch.float32, **kwargs)
     except OSError as e:
         offline = os.environ.get("HF_HUB_OFFLINE") == "1"
         raise OSError(f"could not load model {name!r} from the Hugging Face Hub{' (HF_HUB_OFFLINE=1 is set)' if offline else ''}: "
@@ -83,7 +87,9 @@ def load_base(name: str = "tiny", device: str = "cpu", dtype: torch.dtype | None
     if model.generation_config is not None:
         model.generation_config.pad_token_id = tokenizer.pad_token_id
         model.generation_config.eos_token_id = tokenizer.eos_token_id
-    return model.to(device).eval(), tokenizer
+    if "quantization_config" not in kwargs:  # quantized weights are placed by from_pretrained itself
+        model = model.to(device)
+    return model.eval(), tokenizer
 
 
 @dataclass

@@ -21,6 +21,7 @@ import torch
 from tqdm.auto import tqdm
 
 from .config import PretrainConfig
+from .runtime import hf_bars_off
 from .world import build_world
 
 EOS = "<|endoftext|>"
@@ -130,14 +131,11 @@ def pretrain(cfg: PretrainConfig, out_dir: str | os.PathLike, progress: bool = T
     # write everything to a temporary folder first: an interrupted run leaves nothing half-written
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=".pretrain-", dir=out_dir.parent))
-    from transformers.utils import logging as hf_logging
-
-    bars_were_on = hf_logging.is_progress_bar_enabled()
-    hf_logging.disable_progress_bar()  # transformers' own "writing shards" bar is noise here
     try:
         model.generation_config = GenerationConfig(bos_token_id=tokenizer.eos_token_id, eos_token_id=tokenizer.eos_token_id,
                                                    pad_token_id=tokenizer.eos_token_id)
-        model.save_pretrained(tmp, safe_serialization=True)
+        with hf_bars_off():
+            model.save_pretrained(tmp, safe_serialization=True)
         tokenizer.save_pretrained(tmp)
         (tmp / "training.json").write_text(json.dumps(card, indent=1) + "\n")
         (tmp / "README.md").write_text(model_card(card))
@@ -146,8 +144,6 @@ def pretrain(cfg: PretrainConfig, out_dir: str | os.PathLike, progress: bool = T
         tmp.chmod(0o755)  # mkdtemp makes it private; a model folder is for everyone
         tmp.rename(out_dir)
     finally:
-        if bars_were_on:
-            hf_logging.enable_progress_bar()
         if tmp.exists():
             shutil.rmtree(tmp)
     return card

@@ -1,6 +1,7 @@
 """Small helpers every notebook's first cell uses: seeding, device choice, versions, quiet logs."""
 from __future__ import annotations
 
+import contextlib
 import os
 import random
 import sys
@@ -44,6 +45,20 @@ def quiet() -> None:
     hf_logging.disable_progress_bar()
     warnings.filterwarnings("ignore", module=r"transformers\..*")
     warnings.filterwarnings("ignore", module=r"torch\..*", category=UserWarning)
+
+
+@contextlib.contextmanager
+def hf_bars_off():
+    """Hide transformers' own progress bars ("Loading weights", "Writing shards") inside the block."""
+    from transformers.utils import logging as hf_logging
+
+    was_on = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if was_on:
+            hf_logging.enable_progress_bar()
 
 
 def versions() -> dict[str, str]:

@@ -108,3 +108,10 @@ def test_make_task_rejects_unknown_category(world):
     import random
     with pytest.raises(KeyError):
         make_task(world.kb, random.Random(0), "chitchat")
+
+
+def test_inverted_task_types_are_flagged():
+    flagged = {n for n, t in TASK_TYPES.items() if t.inverted}
+    assert len(flagged) >= 2
+    w = build_world(0, n_prompts=2000, mix="uniform")
+    assert {t.task_type for t in w.tasks if t.meta.get("inverted")} == flagged

@@ -270,6 +270,7 @@ class TaskType:
     make: Callable
     templates: tuple[str, ...]
     example_format: str  # how a solved example is shown in a few-shot prompt: {instruction} / {response}
+    inverted: bool = False  # input inversion (Flan): the source task with its input and output swapped
 
 
 _Q = "Q: {instruction}\nA: {response}"
@@ -282,7 +283,8 @@ TASK_TYPES: dict[str, TaskType] = {t.name: t for t in [
         "Write a question whose answer is: {answer}", "Here is an answer: \"{answer}\" What was the question?",
         "Make up the question that this sentence answers. {answer}", "Answer: {answer} Question?",
         "Turn this statement into a question about it: {answer}", "What question would you ask to get this answer? {answer}",
-        "Invert this: given the answer \"{answer}\", write the question.", "Someone replied \"{answer}\" What did they ask?"), _Q),
+        "Invert this: given the answer \"{answer}\", write the question.", "Someone replied \"{answer}\" What did they ask?"), _Q,
+        inverted=True),
     TaskType("describe", "general_qa", make_general_qa, (
         "Tell me about {subject}.", "What do you know about {subject}?", "Describe {subject}.",
         "Give me some facts about {subject}.", "I want to learn about {subject}. What can you tell me?",
@@ -307,7 +309,7 @@ TASK_TYPES: dict[str, TaskType] = {t.name: t for t in [
         "Expand this summary into three sentences: {summary}", "Write a short passage that this summary could describe. {summary}",
         "Turn the summary into a longer text. {summary}", "Summary: {summary} Now write the full text.",
         "Reverse summarization: {summary}", "Write the text behind this one-line summary: {summary}",
-        "Given this gist, write a short story in three sentences: {summary}"), "{instruction}\n{response}"),
+        "Given this gist, write a short story in three sentences: {summary}"), "{instruction}\n{response}", inverted=True),
     TaskType("list_things", "brainstorming", make_brainstorming, (
         "List {n} {things}.", "Name {n} {things}.", "Give me {n} {things}.", "Can you think of {n} {things}?",
         "Brainstorm {n} {things}, one per line.", "I need {n} {things}. Any ideas?", "Write down {n} {things}.",
