@@ -103,16 +103,13 @@ def cmd_evaluate(args) -> int:
 
 
 def cmd_sft(args) -> int:
-    import shutil
-    import tempfile
     from dataclasses import asdict
-    from pathlib import Path
 
     from .config import get_profile
     from .data import load_instruction_dataset
     from .evaluate import gold_eval, win_rate
     from .models import load_base
-    from .runtime import hf_bars_off, quiet, seed_everything
+    from .runtime import atomic_dir, hf_bars_off, quiet, seed_everything
     from .sft import add_lora, count_parameters, load_quantized, train_sft
 
     quiet()
@@ -142,11 +139,11 @@ def cmd_sft(args) -> int:
         world = _world(args)
         tasks = world.splits["test"][: args.n]
         sft = gold_eval(model, tok, world, tasks, prof.max_new_tokens, seed=0, fmt=cfg.prompt_format, progress=True)
-        ctx = model.disable_adapter() if cfg.lora else None
-        if ctx is None:
-            base_model, _ = load_base(prof.base_model)
-        with (ctx or _null()):
-            base = gold_eval(model if cfg.lora else base_model, tok, world, tasks, prof.max_new_tokens, seed=0,
+        if cfg.lora:  # the base model is the same weights with the adapter switched off
+            with model.disable_adapter():
+                base = gold_eval(model, tok, world, tasks, prof.max_new_tokens, seed=0, fmt=cfg.prompt_format, progress=True)
+        else:
+            base = gold_eval(load_base(prof.base_model)[0], tok, world, tasks, prof.max_new_tokens, seed=0,
                              fmt=cfg.prompt_format, progress=True)
         wins = win_rate(tasks, [g for _, g, _ in sft["samples"]], [g for _, g, _ in base["samples"]], world.panel.held_out)
         metrics.update(n_test_prompts=len(tasks), gold_sft=round(sft["gold"], 4), gold_base=round(base["gold"], 4),
@@ -159,38 +156,18 @@ def cmd_sft(args) -> int:
         print(f"win rate SFT vs base, held-out labelers: {wins:.1%}   EOS rate SFT {sft['eos_rate']:.2f} "
               f"(base {base['eos_rate']:.2f})")
     if args.out:
-        out = Path(args.out)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=".sft-", dir=out.parent))
-        try:
+        with atomic_dir(args.out) as tmp:  # nothing half-written if saving fails
             with hf_bars_off():
                 if cfg.lora:
-                    model.save_pretrained(tmp / "adapter")
-                    merged = model.merge_and_unload()
-                else:
-                    merged = model
+                    model.save_pretrained(tmp / "adapter")  # first: merging folds the adapter away
+                merged = model.merge_and_unload() if cfg.lora else model
                 merged.save_pretrained(tmp / "merged")
             tok.save_pretrained(tmp / "merged")
             (tmp / "metrics.json").write_text(json.dumps({**metrics, "config": asdict(cfg)}, indent=1, default=str) + "\n")
             (tmp / "history.json").write_text(json.dumps({k: v for k, v in history.items() if k != "config"},
                                                          default=str) + "\n")
-            if out.exists():
-                shutil.rmtree(out)
-            tmp.chmod(0o755)
-            tmp.rename(out)
-        finally:
-            if tmp.exists():
-                shutil.rmtree(tmp)
-        print(f"saved adapter, merged model and metrics to {out}")
+        print(f"saved adapter, merged model and metrics to {args.out}")
     return 0
-
-
-class _null:
-    def __enter__(self):
-        return None
-
-    def __exit__(self, *exc):
-        return False
 
 
 def main(argv: list[str] | None = None) -> int:

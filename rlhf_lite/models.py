@@ -12,7 +12,7 @@ from pathlib import Path
 
 import torch
 
-from .runtime import hf_bars_off
+from .runtime import hf_bars_off, progress_bar
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 TINY_BASE = REPO_ROOT / "data" / "tiny-base"
@@ -110,8 +110,6 @@ def generate(model, tokenizer, prompts: list[str], max_new_tokens: int = 64, tem
     ``temperature``/``top_k`` are applied as given (top_k=0: no truncation, the pure policy that RLHF
     log-probs must match). ``seed`` makes sampling repeatable.
     """
-    from tqdm.auto import tqdm
-
     if seed is not None:
         torch.manual_seed(seed)
     was_training, side = model.training, tokenizer.padding_side
@@ -120,7 +118,7 @@ def generate(model, tokenizer, prompts: list[str], max_new_tokens: int = 64, tem
     eos, out = tokenizer.eos_token_id, []
     try:
         limit = getattr(model.config, "n_positions", None) or getattr(model.config, "max_position_embeddings", None)
-        for i in tqdm(range(0, len(prompts), batch_size), desc="generate", **({} if progress else {"disable": True})):
+        for i in progress_bar(range(0, len(prompts), batch_size), desc="generate", enabled=progress):
             enc = tokenizer(prompts[i:i + batch_size], return_tensors="pt", padding=True).to(model.device)
             if limit and enc["input_ids"].shape[1] + max_new_tokens > limit:
                 lengths = enc["attention_mask"].sum(1).tolist()

@@ -11,17 +11,14 @@ import json
 import math
 import os
 import random
-import shutil
-import tempfile
 import time
 from dataclasses import asdict
 from pathlib import Path
 
 import torch
-from tqdm.auto import tqdm
 
 from .config import PretrainConfig
-from .runtime import hf_bars_off
+from .runtime import atomic_dir, hf_bars_off, progress_bar
 from .world import build_world
 
 EOS = "<|endoftext|>"
@@ -98,7 +95,7 @@ def pretrain(cfg: PretrainConfig, out_dir: str | os.PathLike, progress: bool = T
     order = torch.randperm(len(train), generator=g)
     history: list[dict] = []
     pos, loss_ema = 0, None
-    bar = tqdm(range(cfg.steps), desc="pretrain", **({} if progress else {"disable": True}))  # $TQDM_DISABLE still applies
+    bar = progress_bar(range(cfg.steps), desc="pretrain", enabled=progress)
     model.train()
     for step in bar:
         if pos + cfg.batch_size > len(order):  # next epoch
@@ -129,9 +126,7 @@ def pretrain(cfg: PretrainConfig, out_dir: str | os.PathLike, progress: bool = T
             "wall_time_s": round(elapsed, 1), "threads": torch.get_num_threads(), "torch": torch.__version__,
             "corpus_digest": corpus_digest(docs), "history": history}
     # write everything to a temporary folder first: an interrupted run leaves nothing half-written
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=".pretrain-", dir=out_dir.parent))
-    try:
+    with atomic_dir(out_dir) as tmp:
         model.generation_config = GenerationConfig(bos_token_id=tokenizer.eos_token_id, eos_token_id=tokenizer.eos_token_id,
                                                    pad_token_id=tokenizer.eos_token_id)
         with hf_bars_off():
@@ -139,13 +134,6 @@ def pretrain(cfg: PretrainConfig, out_dir: str | os.PathLike, progress: bool = T
         tokenizer.save_pretrained(tmp)
         (tmp / "training.json").write_text(json.dumps(card, indent=1) + "\n")
         (tmp / "README.md").write_text(model_card(card))
-        if out_dir.exists():
-            shutil.rmtree(out_dir)
-        tmp.chmod(0o755)  # mkdtemp makes it private; a model folder is for everyone
-        tmp.rename(out_dir)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp)
     return card
 
 

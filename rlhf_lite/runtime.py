@@ -4,8 +4,11 @@ from __future__ import annotations
 import contextlib
 import os
 import random
+import shutil
 import sys
+import tempfile
 import warnings
+from pathlib import Path
 
 
 def in_colab() -> bool:
@@ -47,6 +50,15 @@ def quiet() -> None:
     warnings.filterwarnings("ignore", module=r"torch\..*", category=UserWarning)
 
 
+def progress_bar(iterable=None, *, desc: str, enabled: bool = True, **kwargs):
+    """A tqdm.auto bar (a widget in Jupyter, text elsewhere), off when ``enabled`` is False or when the
+    environment sets ``TQDM_DISABLE=1`` (CI, and the runs that produce the committed notebooks)."""
+    from tqdm.auto import tqdm
+
+    disable = not enabled or os.environ.get("TQDM_DISABLE", "").lower() in ("1", "true")
+    return tqdm(iterable, desc=desc, disable=disable, **kwargs)
+
+
 @contextlib.contextmanager
 def hf_bars_off():
     """Hide transformers' own progress bars ("Loading weights", "Writing shards") inside the block."""
@@ -59,6 +71,24 @@ def hf_bars_off():
     finally:
         if was_on:
             hf_logging.enable_progress_bar()
+
+
+@contextlib.contextmanager
+def atomic_dir(out: str | os.PathLike):
+    """Yield a fresh temporary folder beside ``out``. If the block succeeds, the folder replaces ``out``;
+    if it fails or is interrupted, the folder is removed: nothing half-written is ever left at ``out``."""
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
+    try:
+        yield tmp
+        if out.exists():
+            shutil.rmtree(out)
+        tmp.chmod(0o755)  # mkdtemp makes it private; an output folder is for everyone
+        tmp.rename(out)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp)
 
 
 def versions() -> dict[str, str]:

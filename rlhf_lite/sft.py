@@ -14,11 +14,11 @@ from typing import Sequence
 
 import torch
 import torch.nn.functional as F
-from tqdm.auto import tqdm
 
 from .config import SFTConfig
 from .data import IGNORE_INDEX, SFTCollator, TruncationWarning, render_prompt, sft_example
 from .models import Generation, generate  # noqa: F401  (re-exported: the generation helper of every stage)
+from .runtime import progress_bar
 
 
 def sft_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -46,6 +46,7 @@ def add_lora(model, cfg: SFTConfig):
     GPT-2 implements its projections with ``transformers.Conv1D``, whose weight is stored (in, out),
     transposed relative to ``nn.Linear``. peft must know, or the adapter is applied the wrong way
     round: ``fan_in_fan_out=True``. We detect it from the target modules, so other models work too.
+    The adapters' random initialisation is seeded with ``cfg.seed``: the same config gives the same run.
     """
     from peft import LoraConfig, get_peft_model
     from transformers.pytorch_utils import Conv1D
@@ -57,7 +58,9 @@ def add_lora(model, cfg: SFTConfig):
     lcfg = LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
                       target_modules=list(cfg.lora_targets), fan_in_fan_out=isinstance(targets[0], Conv1D),
                       bias="none", task_type="CAUSAL_LM")
-    return get_peft_model(model, lcfg)
+    with torch.random.fork_rng(devices=[]):  # A's random init depends on cfg.seed only, not on what ran before
+        torch.manual_seed(cfg.seed)
+        return get_peft_model(model, lcfg)
 
 
 def count_parameters(model) -> dict[str, int]:
@@ -193,7 +196,7 @@ def train_sft(model, tokenizer, dataset, cfg: SFTConfig, progress: bool = True) 
     # 3. the loop
     model.train()
     log_eval(0)
-    step, bar = 0, tqdm(total=total_steps, desc="sft", **({} if progress else {"disable": True}))
+    step, bar = 0, progress_bar(total=total_steps, desc="sft", enabled=progress)
     while step < total_steps:
         for idx in length_grouped_batches([len(e["input_ids"]) for e in train], cfg.batch_size, g):
             batch = {k: v.to(device) for k, v in collate([train[j] for j in idx]).items()}

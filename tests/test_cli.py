@@ -31,3 +31,16 @@ def test_world_stats_is_json():
 def test_bad_profile_is_a_clear_error():
     r = run("--profile", "tinny", "world")
     assert r.returncode == 2 and "valid profiles are: smoke, tiny, gpt2" in r.stderr
+
+
+def test_sft_command_trains_evaluates_and_saves(tmp_path):
+    r = run("sft", "--out", str(tmp_path / "sft"), "--n", "8")
+    assert r.returncode == 0, r.stderr
+    assert "win rate SFT vs base" in r.stdout
+    metrics = json.loads((tmp_path / "sft" / "metrics.json").read_text())
+    assert metrics["steps"] == 40 and 0 <= metrics["win_rate_vs_base_held_out"] <= 1
+    from rlhf_lite.models import load_base
+    model, tok = load_base(str(tmp_path / "sft" / "merged"))  # a plain model: the adapter is merged in
+    assert not any("lora" in n for n, _ in model.named_parameters())
+    assert (tmp_path / "sft" / "adapter" / "adapter_config.json").is_file()
+    assert not [p for p in tmp_path.iterdir() if "partial" in p.name]

@@ -120,3 +120,16 @@ def test_qlora_loads_and_trains_or_says_why_not(bits, capsys):
     assert all(p.grad is not None for n, p in peft_model.named_parameters() if p.requires_grad)
     if mode != "none":
         assert model.get_memory_footprint() < load_base("tiny")[0].get_memory_footprint() / 2
+
+
+def test_adapter_init_is_seeded_and_leaves_global_rng_alone():
+    torch.manual_seed(123)
+    a = add_lora(load_base("tiny")[0], SFTConfig(seed=7))
+    state = torch.random.get_rng_state()
+    torch.rand(5)  # consume global randomness between the two
+    b = add_lora(load_base("tiny")[0], SFTConfig(seed=7))
+    pa = {n: p for n, p in a.named_parameters() if "lora_A" in n}
+    pb = {n: p for n, p in b.named_parameters() if "lora_A" in n}
+    assert pa and all(torch.equal(pa[n], pb[n]) for n in pa)
+    torch.manual_seed(123)
+    assert torch.equal(torch.random.get_rng_state(), state)  # add_lora did not advance the caller's RNG
