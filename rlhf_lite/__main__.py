@@ -68,7 +68,6 @@ def cmd_world(args) -> int:
 
 
 def cmd_evaluate(args) -> int:
-    from statistics import mean
 
     from .config import get_profile
     from .evaluate import gold_eval

@@ -66,7 +66,7 @@ def load_base(name: str = "tiny", device: str = "cpu", dtype: torch.dtype | None
     if local.is_dir():
         _check_folder(local)
         source = str(local)
-    elif name.startswith((".", "/")) or os.sep in name and not name.count("/") == 1:
+    elif name.startswith((".", "/", "~")) or name.count("/") > 1:  # a path, not a hub id ("gpt2", "org/name")
         raise FileNotFoundError(f"model folder {name!r} does not exist; use 'tiny', a folder written by save_pretrained, "
                                 "or a hub name such as 'gpt2'")
     else:

@@ -3,7 +3,6 @@ import warnings
 from pathlib import Path
 
 import pytest
-import torch
 
 from rlhf_lite.data import (CHAT_TEMPLATES, IGNORE_INDEX, DataFormatError, SFTCollator, TruncationWarning,
                             build_chat_example, build_sft_example, format_prompt, load_instruction_dataset, render_prompt,

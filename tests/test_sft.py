@@ -8,7 +8,7 @@ import torch
 from rlhf_lite.config import SFTConfig, get_profile
 from rlhf_lite.data import SFTCollator, build_sft_example, format_prompt, load_instruction_dataset
 from rlhf_lite.models import load_base
-from rlhf_lite.sft import add_lora, count_parameters, evaluate_loss, load_quantized, sft_loss, train_sft
+from rlhf_lite.sft import add_lora, count_parameters, load_quantized, sft_loss, train_sft
 
 GPT2_DIR = Path(__file__).resolve().parents[2] / "shared" / "gpt2-tokenizer"
 

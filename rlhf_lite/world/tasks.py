@@ -12,7 +12,7 @@ import re
 from dataclasses import asdict, dataclass, field
 from typing import Callable
 
-from .kb import ANIMALS, COLOURS, DIETS, HABITATS, JOBS, TASTES, Fact, KnowledgeBase, make_names, person_facts, state
+from .kb import COLOURS, DIETS, HABITATS, JOBS, TASTES, Fact, KnowledgeBase, make_names, person_facts, state
 
 CATEGORIES = ["open_qa", "general_qa", "closed_qa", "information_extraction", "summarization", "brainstorming",
               "classification", "creative_writing"]
