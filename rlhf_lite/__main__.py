@@ -11,11 +11,9 @@ from dataclasses import replace
 
 def _world(args):
     from .config import get_profile
-    from .world import build_world
+    from .world import world_from_config
 
-    wc = get_profile(args.profile).world
-    return build_world(args.seed if args.seed is not None else wc.seed, wc.n_prompts, wc.mix, max_prompts_per_user=wc.max_prompts_per_user,
-                       few_shot_prob=wc.few_shot_prob)
+    return world_from_config(get_profile(args.profile).world, seed=args.seed)
 
 
 def cmd_pretrain(args) -> int:

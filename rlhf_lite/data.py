@@ -351,11 +351,9 @@ def load_instruction_dataset(source: str = "tinyworld"):
 
     if source == "tinyworld":
         from .config import get_profile
-        from .world import build_world
+        from .world import world_from_config
 
-        wc = get_profile().world
-        world = build_world(wc.seed, wc.n_prompts, wc.mix, max_prompts_per_user=wc.max_prompts_per_user,
-                            few_shot_prob=wc.few_shot_prob)
+        world = world_from_config(get_profile().world)
         return DatasetDict({s: Dataset.from_list([{**t.to_dolly(), "prompt_id": t.prompt_id, "user_id": t.user_id,
                                                    "task_type": t.task_type} for t in tasks])
                             for s, tasks in world.splits.items()})

@@ -197,8 +197,9 @@ def train_sft(model, tokenizer, dataset, cfg: SFTConfig, progress: bool = True) 
     model.train()
     log_eval(0)
     step, bar = 0, progress_bar(total=total_steps, desc="sft", enabled=progress)
+    lengths = [len(e["input_ids"]) for e in train]
     while step < total_steps:
-        for idx in length_grouped_batches([len(e["input_ids"]) for e in train], cfg.batch_size, g):
+        for idx in length_grouped_batches(lengths, cfg.batch_size, g):
             batch = {k: v.to(device) for k, v in collate([train[j] for j in idx]).items()}
             logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits  # [B, T, V]
             loss = sft_loss(logits, batch["labels"])

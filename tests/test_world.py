@@ -115,3 +115,12 @@ def test_inverted_task_types_are_flagged():
     assert len(flagged) >= 2
     w = build_world(0, n_prompts=2000, mix="uniform")
     assert {t.task_type for t in w.tasks if t.meta.get("inverted")} == flagged
+
+
+def test_world_from_config_matches_build_world():
+    from rlhf_lite.config import WorldConfig
+    from rlhf_lite.world import world_from_config
+
+    wc = WorldConfig(n_prompts=300, mix="uniform", max_prompts_per_user=20)
+    assert world_from_config(wc).digest() == build_world(0, 300, "uniform", max_prompts_per_user=20).digest()
+    assert world_from_config(wc, seed=2).digest() == build_world(2, 300, "uniform", max_prompts_per_user=20).digest()

@@ -19,7 +19,7 @@ from .kb import ClaimExtractor, Fact, KnowledgeBase, build_kb, index_facts, stat
 from .labelers import CRITERIA, Labeler, Panel, Score
 from .tasks import CATEGORIES, CORRUPTIONS, MIXES, TASK_TYPES, Task, corrupt, make_task
 
-__all__ = ["World", "build_world", "Task", "Fact", "KnowledgeBase", "Labeler", "Panel", "Score", "CATEGORIES",
+__all__ = ["World", "build_world", "world_from_config", "Task", "Fact", "KnowledgeBase", "Labeler", "Panel", "Score", "CATEGORIES",
            "CRITERIA", "CORRUPTIONS", "MIXES", "TASK_TYPES", "state"]
 
 SPLITS = ("train", "validation", "test")
@@ -124,3 +124,14 @@ def build_world(seed: int = 0, n_prompts: int = 6000, mix: str | dict[str, float
     for s in SPLITS:
         splits[s].sort(key=lambda t: t.prompt_id)
     return World(seed, kb, tasks, splits, mix_)
+
+
+def world_from_config(cfg, seed: int | None = None) -> World:
+    """The world a :class:`rlhf_lite.config.WorldConfig` describes (its fields are build_world's arguments);
+    ``seed`` overrides the config's."""
+    from dataclasses import asdict
+
+    kwargs = asdict(cfg)
+    if seed is not None:
+        kwargs["seed"] = seed
+    return build_world(**kwargs)
