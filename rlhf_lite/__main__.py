@@ -103,11 +103,10 @@ def cmd_sft(args) -> int:
     from dataclasses import asdict
 
     from .config import get_profile
-    from .data import load_instruction_dataset
     from .evaluate import gold_eval, win_rate
     from .models import load_base
-    from .runtime import atomic_dir, hf_bars_off, quiet, seed_everything
-    from .sft import add_lora, count_parameters, load_quantized, train_sft
+    from .runtime import atomic_dir, hf_bars_off, quiet
+    from .sft import train_sft_model
 
     quiet()
     prof = get_profile(args.profile)
@@ -115,18 +114,11 @@ def cmd_sft(args) -> int:
                                                    "epochs": args.epochs}.items() if v is not None})
     if args.full:
         cfg = replace(cfg, lora=False, lr=cfg.lr / 4)
-    seed_everything(cfg.seed)
     source = "dolly" if prof.name == "gpt2" else "tinyworld"
-    data = load_instruction_dataset(source)
-    if cfg.quantization != "none":
-        model, tok, _ = load_quantized(prof.base_model, cfg.quantization)
-    else:
-        model, tok = load_base(prof.base_model)
-    model = add_lora(model, cfg) if cfg.lora else model
-    params = count_parameters(model)
-    print(f"SFT on {source} ({len(data['train'])} train examples) with {'LoRA' if cfg.lora else 'full fine-tuning'}: "
-          f"{params['trainable']:,} of {params['total']:,} parameters train")
-    history = train_sft(model, tok, data, cfg)
+    print(f"SFT on {source} with {'LoRA' if cfg.lora else 'full fine-tuning'}")
+    model, tok, history = train_sft_model(prof, cfg)
+    params = history["parameters"]
+    print(f"{params['trainable']:,} of {params['total']:,} parameters trained on {history['n_train_examples']} examples")
     metrics = {"profile": prof.name, "wall_time_s": round(history["wall_time_s"], 1), "steps": len(history["train"]),
                "train_tokens": history["tokens"], "trainable_parameters": params["trainable"],
                "final_validation_loss": history["eval"][-1]["loss"] if history["eval"] else None}
@@ -167,6 +159,37 @@ def cmd_sft(args) -> int:
     return 0
 
 
+def cmd_reward(args) -> int:
+    from .config import get_profile
+    from .reward import save_reward_model, train_reward_stage
+    from .runtime import quiet, seed_everything
+    from .sft import sft_checkpoint
+
+    quiet()
+    prof = get_profile(args.profile)
+    cfg = replace(prof.reward, **{k: v for k, v in {"n_prompts": args.n_prompts, "grouped": False if args.shuffled else None,
+                                                   "lora": False if args.full else None}.items() if v is not None})
+    prof = replace(prof, reward=cfg)
+    seed_everything(cfg.seed)
+    print(f"reward model for profile {prof.name}: comparisons from {cfg.source}, "
+          f"{'K-choose-2 batches' if cfg.grouped else 'shuffled pairs (ablation)'}, {'LoRA' if cfg.lora else 'full fine-tuning'}")
+    rm, tok, metrics, history = train_reward_stage(prof)
+    print(f"trained on {metrics['comparisons']:,} comparisons from {metrics['prompts']:,} prompts in {metrics['wall_time_s']:.0f} s; "
+          f"validation loss {history['eval'][0]['loss']:.3f} -> {metrics['validation_loss']:.3f}")
+    if "accuracy_train_labelers" in metrics:
+        print(f"pairwise accuracy on held-out users' pairs: training labelers {metrics['accuracy_train_labelers']:.3f}, "
+              f"held-out labelers {metrics['accuracy_heldout_labelers']:.3f}; labelers agree with each other "
+              f"{metrics['panel_agreement']:.3f}; the gold score itself reaches {metrics['gold_ceiling']:.3f}")
+        v = metrics["variant_pairs"]
+        print(f"on reference-vs-corruption answers: held-out labelers {v['accuracy_heldout_labelers']:.3f}, "
+              f"labelers agree {v['panel_agreement']:.3f}")
+    if args.out:
+        save_reward_model(rm, args.out, base=sft_checkpoint(prof), extra={"metrics": metrics, "history": history})
+        print(f"saved to {args.out}")
+    print(json.dumps(metrics))
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m rlhf_lite", description="rlhf-lite: InstructGPT's pipeline, small "
                                 "enough to read and run. The main job (`pipeline`) arrives with the PPO stage.")
@@ -192,6 +215,12 @@ def main(argv: list[str] | None = None) -> int:
     s.add_argument("--full", action="store_true", help="full fine-tuning instead of LoRA (learning rate / 4)")
     s.add_argument("--seed", type=int, help="world seed (default: the profile's)")
     s.set_defaults(fn=cmd_sft)
+    s = sub.add_parser("reward", help="comparisons from the SFT model, then the reward model, measured on held-out users")
+    s.add_argument("--out", help="folder for the reward model (adapter or weights, head, metrics)")
+    s.add_argument("--n-prompts", type=int, help="override the number of ranked training prompts")
+    s.add_argument("--shuffled", action="store_true", help="the ablation: pairs shuffled as independent examples")
+    s.add_argument("--full", action="store_true", help="full fine-tuning instead of LoRA")
+    s.set_defaults(fn=cmd_reward)
     s = sub.add_parser("evaluate", help="gold-panel score of a model's responses on test prompts")
     s.add_argument("--model", help="'tiny', a folder, or a hub name (default: the profile's base model)")
     s.add_argument("--n", type=int, default=200, help="test prompts to score (default 200)")

@@ -116,6 +116,51 @@ class SFTConfig:
 
 
 @dataclass
+class RewardConfig:
+    """Comparison data and reward-model training (``rlhf_lite.feedback``, ``rlhf_lite.reward``)."""
+
+    source: str = "tinyworld"
+    """Comparisons: "tinyworld" (SFT samples ranked by the labeler panel), "hh-rlhf", or a local preference file."""
+    n_prompts: int = 1200
+    """Training prompts that get a ranking (each one: K responses, C(K,2) comparisons)."""
+    n_eval_prompts: int = 200
+    """Prompts of held-out (validation) users whose comparisons measure the reward model."""
+    k_min: int = 4
+    """Fewest responses ranked per prompt (InstructGPT: 4)."""
+    k_max: int = 9
+    """Most responses ranked per prompt (InstructGPT: 9); K is drawn uniformly per prompt."""
+    temperature: float = 1.0
+    """Sampling temperature of the SFT model when producing the responses to rank."""
+    max_length: int = 256
+    """Longest prompt + response in tokens; longer ones lose prompt tokens from the left."""
+    lora: bool = True
+    """Train LoRA adapters (plus the scalar head) instead of all weights."""
+    lora_r: int = 16
+    """LoRA rank of the reward model's adapters."""
+    lora_alpha: int = 32
+    """LoRA scale numerator (update = alpha / r * B @ A)."""
+    epochs: int = 1
+    """Passes over the comparisons. InstructGPT trains one: a second overfits (Ouyang et al. 2022, App. C.2)."""
+    batch_size: int = 8
+    """Prompts per optimizer step; all K responses of a prompt go in one forward pass."""
+    lr: float = 1e-3
+    """Peak AdamW learning rate (linear warm-up, linear decay to 0)."""
+    warmup_steps: int = 10
+    """Linear warm-up steps."""
+    weight_decay: float = 0.0
+    """AdamW weight decay."""
+    grad_clip: float = 1.0
+    """Clip the gradient's global norm to this."""
+    grouped: bool = True
+    """True: a prompt's C(K,2) pairs share one batch element (K forward passes). False: the ablation that
+    shuffles pairs as independent examples (2 forward passes per pair)."""
+    eval_every: int = 50
+    """Optimizer steps between validation evaluations."""
+    seed: int = 0
+    """Seed for sampling, labeler assignment, head initialisation and batch order."""
+
+
+@dataclass
 class Profile:
     """A named bundle of settings: which base model, how big a world, how long each stage runs."""
 
@@ -129,6 +174,8 @@ class Profile:
     """Pretraining settings (used by `python -m rlhf_lite pretrain`)."""
     sft: SFTConfig = field(default_factory=SFTConfig)
     """Supervised fine-tuning settings."""
+    reward: RewardConfig = field(default_factory=RewardConfig)
+    """Comparison collection and reward-model settings."""
     n_eval_prompts: int = 200
     """Test prompts scored by the gold panel when a notebook measures a model."""
     max_new_tokens: int = 64
@@ -141,10 +188,13 @@ PROFILES: dict[str, Profile] = {
                                     n_head=2, vocab_size=512, eval_every=3, warmup_steps=2),
                      SFTConfig(epochs=1, max_steps=40, batch_size=16, eval_every=20, eval_examples=16, n_samples=1,
                                max_new_tokens=24, lr=3e-3),
+                     RewardConfig(n_prompts=48, n_eval_prompts=16, k_min=4, k_max=5, lr=3e-3, eval_every=3),
                      n_eval_prompts=32, max_new_tokens=24),
     "tiny": Profile("tiny", "tiny"),
     "gpt2": Profile("gpt2", "gpt2", sft=SFTConfig(max_length=512, epochs=1, batch_size=8, lr=2e-4, eval_every=200,
                                                   max_new_tokens=128),
+                    reward=RewardConfig(source="hh-rlhf", n_prompts=20000, n_eval_prompts=1000, lr=1e-4,
+                                        max_length=512, eval_every=200),
                     n_eval_prompts=200, max_new_tokens=128),
 }
 
@@ -158,4 +208,4 @@ def get_profile(name: str | None = None) -> Profile:
         raise ValueError(f"unknown profile {name!r} (from {source}); valid profiles are: {', '.join(PROFILES)}. "
                          f"For example: export {PROFILE_ENV}=tiny")
     p = PROFILES[name]
-    return replace(p, world=replace(p.world), pretrain=replace(p.pretrain), sft=replace(p.sft))
+    return replace(p, world=replace(p.world), pretrain=replace(p.pretrain), sft=replace(p.sft), reward=replace(p.reward))

@@ -10,6 +10,8 @@ import torch
 import torch.nn.functional as F
 
 from .data import IGNORE_INDEX, build_sft_example, format_prompt
+from .feedback import ranking_to_pairs
+from .reward import pairwise_loss, ranking_loss
 from .sft import sft_loss
 
 
@@ -19,6 +21,17 @@ class ExerciseError(AssertionError):
 
 def _close(a, b) -> bool:
     return torch.is_tensor(a) and a.shape == b.shape and torch.allclose(a.float(), b.float(), atol=1e-5, rtol=1e-4)
+
+
+def _scalar_call(fn, name: str, *args) -> torch.Tensor:
+    """Call the learner's loss on one case; a crash or a non-scalar result becomes an explained error."""
+    try:
+        got = fn(*args)
+    except Exception as e:
+        raise ExerciseError(f"case '{name}': your function raised {type(e).__name__}: {e}") from None
+    if not torch.is_tensor(got) or got.dim() != 0:
+        raise ExerciseError(f"case '{name}': expected a scalar tensor, got {got!r:.80}")
+    return got
 
 
 def _sft_cases() -> list[tuple[str, torch.Tensor, torch.Tensor]]:
@@ -102,3 +115,80 @@ def check_build_sft_example(fn, tokenizer) -> None:
         if got["labels"] != want["labels"]:
             raise ExerciseError(f"{where}: labels should be -100 on the prompt and equal to input_ids on the response and EOS")
     print(f"✓ build_sft_example: all {len(cases)} cases match the reference")
+
+
+def check_pairwise_loss(fn) -> None:
+    """Check ``fn(chosen_rewards [B], rejected_rewards [B]) -> scalar`` against :func:`rlhf_lite.reward.pairwise_loss`."""
+    cases = [("one pair, chosen ahead by 1", torch.tensor([1.0]), torch.tensor([0.0])),
+             ("a batch of three with a wrong-way pair", torch.tensor([1.0, 0.0, -2.0]), torch.tensor([0.0, 0.0, 1.0])),
+             ("large margins (numerical stability)", torch.tensor([60.0, -60.0]), torch.tensor([-60.0, 60.0]))]
+    for name, c, r in cases:
+        want = pairwise_loss(c, r)
+        got = _scalar_call(fn, name, c.clone(), r.clone())
+        if _close(got, want):
+            continue
+        if _close(got, pairwise_loss(r, c)):
+            why = "the sign is flipped: the loss must be small when the chosen reward is the larger one, −log σ(r_c − r_r)"
+        elif _close(got, -F.logsigmoid(c - r).sum()):
+            why = "you summed over pairs; take the mean"
+        elif not torch.isfinite(got):
+            why = "it is not finite for large margins: use F.logsigmoid(x) rather than torch.log(torch.sigmoid(x))"
+        elif _close(got, F.logsigmoid(c - r).mean()):
+            why = "you forgot the minus sign: minimise −log σ(r_c − r_r)"
+        else:
+            why = "the value differs from mean(−log σ(r_chosen − r_rejected))"
+        raise ExerciseError(f"case '{name}': got {got.item():.5f}, expected {want.item():.5f}: {why}")
+    print(f"✓ pairwise_loss: all {len(cases)} cases match the reference")
+
+
+def check_ranking_loss(fn) -> None:
+    """Check ``fn(rewards [K], ranking) -> scalar`` against :func:`rlhf_lite.reward.ranking_loss` (eq. 1 of InstructGPT)."""
+    cases = [("K = 3, ranked best to worst 2, 1, 0", torch.tensor([0.0, 1.0, 3.0]), [2, 1, 0]),
+             ("K = 4, a ranking that disagrees with the rewards", torch.tensor([0.5, -1.0, 2.0, 0.0]), [1, 3, 0, 2]),
+             ("K = 2", torch.tensor([0.3, 0.1]), [0, 1])]
+    for name, rewards, ranking in cases:
+        want = ranking_loss(rewards, ranking)
+        got = _scalar_call(fn, name, rewards.clone(), list(ranking))
+        if _close(got, want):
+            continue
+        k = len(ranking)
+        adjacent = -F.logsigmoid(torch.stack([rewards[ranking[i]] - rewards[ranking[i + 1]] for i in range(k - 1)])).mean()
+        if _close(got, ranking_loss(rewards, list(reversed(ranking)))):
+            why = "the order is reversed: ranking lists indices from best to worst, so ranking[0] wins every pair it is in"
+        elif _close(got, want * k * (k - 1) / 2):
+            why = "you summed over the C(K,2) pairs; divide by their number (eq. 1's 1/C(K,2))"
+        elif k > 2 and _close(got, adjacent):
+            why = "you only used neighbouring pairs; a ranking implies all C(K,2) pairs (itertools.combinations)"
+        else:
+            why = "the value differs from the mean over all (winner, loser) pairs of −log σ(r_w − r_l)"
+        raise ExerciseError(f"case '{name}': got {got.item():.5f}, expected {want.item():.5f}: {why}")
+    print(f"✓ ranking_loss: all {len(cases)} cases match the reference")
+
+
+def check_ranking_to_pairs(fn) -> None:
+    """Check ``fn(ranking) -> [(winner, loser), ...]`` against :func:`rlhf_lite.feedback.ranking_to_pairs`
+    (order of the pairs does not matter; flat rankings only)."""
+    cases = [[0, 1], [2, 0, 1], [3, 1, 0, 2], list(range(9))[::-1]]
+    for ranking in cases:
+        want = set(ranking_to_pairs(ranking))
+        try:
+            got = fn(list(ranking))
+        except Exception as e:
+            raise ExerciseError(f"ranking {ranking}: your function raised {type(e).__name__}: {e}") from None
+        got_set = {tuple(int(x) for x in p) for p in got}
+        if got_set == want and len(got) == len(want):
+            continue
+        k = len(ranking)
+        if got_set == {(l, w) for w, l in want}:
+            why = "winner and loser are swapped: ranking[0] is the best response, so it is the winner of its pairs"
+        elif got_set < want and len(got_set) == k - 1:
+            why = f"only neighbouring pairs: a ranking of {k} implies all C({k},2) = {len(want)} pairs"
+        elif len(got) != len(got_set):
+            why = "some pairs appear twice"
+        elif len(got_set) > len(want):
+            why = f"too many pairs ({len(got_set)}): each unordered pair once, C({k},2) = {len(want)}"
+        else:
+            missing = sorted(want - got_set)[:3]
+            why = f"missing pairs such as {missing}: every earlier response beats every later one"
+        raise ExerciseError(f"ranking {ranking}: {why}")
+    print(f"✓ ranking_to_pairs: all {len(cases)} rankings give the right pairs")

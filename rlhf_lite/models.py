@@ -92,6 +92,32 @@ def load_base(name: str = "tiny", device: str = "cpu", dtype: torch.dtype | None
     return model.eval(), tokenizer
 
 
+def position_ids_from_mask(attention_mask: torch.Tensor) -> torch.Tensor:
+    """Position of each token counting real tokens only: [B, T] mask -> [B, T] positions (0 on pads).
+
+    GPT-2 numbers positions 0..T-1 regardless of padding unless told otherwise, so a left-padded
+    sequence would start at position 3 instead of 0 and get different hidden states than the same
+    sequence right-padded. ``generate`` passes these positions itself; any forward pass over a padded
+    batch (reward model, value head, PPO log-probs) must pass them too.
+    """
+    return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
+
+
+def last_token_index(attention_mask: torch.Tensor) -> torch.Tensor:
+    """Index of the last real token of each row: [B, T] mask -> [B]. Works for left and right padding:
+    right-padded ``[1 1 1 0]`` -> 2, left-padded ``[0 1 1 1]`` -> 3."""
+    t = attention_mask.size(-1)
+    return t - 1 - attention_mask.long().flip(-1).argmax(-1)
+
+
+def transformer_body(model):
+    """The transformer without its LM head (``GPT2Model`` inside ``GPT2LMHeadModel``), looking through a
+    peft wrapper; injected LoRA layers stay active inside it."""
+    if hasattr(model, "get_base_model"):
+        model = model.get_base_model()
+    return getattr(model, model.base_model_prefix, model)
+
+
 @dataclass
 class Generation:
     """One generated response: ``text`` (without EOS), its token ids, and whether EOS ended it."""

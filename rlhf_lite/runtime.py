@@ -102,3 +102,33 @@ def versions() -> dict[str, str]:
         except md.PackageNotFoundError:
             out[pkg] = "not installed"
     return out
+
+
+def runs_dir() -> Path:
+    """Where runs and cached stage outputs go: ``$RLHF_LITE_RUNS``, else ``runs/`` in the repository
+    (a clone or an editable install), else ``runs/`` in the current folder."""
+    if os.environ.get("RLHF_LITE_RUNS"):
+        return Path(os.environ["RLHF_LITE_RUNS"])
+    repo = Path(__file__).resolve().parent.parent
+    return repo / "runs" if (repo / "pyproject.toml").is_file() else Path.cwd() / "runs"
+
+
+def config_key(*configs) -> str:
+    """A short hash of dataclass configs: cached stage outputs are reused only for identical settings."""
+    import dataclasses
+    import hashlib
+    import json
+
+    blob = json.dumps([dataclasses.asdict(c) if dataclasses.is_dataclass(c) else c for c in configs], sort_keys=True,
+                      default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:10]
+
+
+def warmup_linear_schedule(optimizer, warmup_steps: int, total_steps: int):
+    """Learning rate: linear warm-up over ``warmup_steps``, then linear decay to 0 at ``total_steps``."""
+    import torch
+
+    def factor(step: int) -> float:
+        return min((step + 1) / max(warmup_steps, 1), max(0.0, (total_steps - step) / max(total_steps - warmup_steps, 1)))
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)

@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from .config import SFTConfig
 from .data import IGNORE_INDEX, SFTCollator, TruncationWarning, render_prompt, sft_example
 from .models import Generation, generate  # noqa: F401  (re-exported: the generation helper of every stage)
-from .runtime import progress_bar
+from .runtime import progress_bar, warmup_linear_schedule
 
 
 def sft_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -181,8 +181,7 @@ def train_sft(model, tokenizer, dataset, cfg: SFTConfig, progress: bool = True) 
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     steps_per_epoch = math.ceil(len(train) / cfg.batch_size)
     total_steps = cfg.max_steps or cfg.epochs * steps_per_epoch
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min((s + 1) / max(cfg.warmup_steps, 1),
-                                                                 max(0.0, (total_steps - s) / max(total_steps - cfg.warmup_steps, 1))))
+    sched = warmup_linear_schedule(opt, cfg.warmup_steps, total_steps)
     history: dict = {"train": [], "eval": [], "samples": [], "config": cfg, "tokens": 0}
     g = torch.Generator().manual_seed(cfg.seed)
 
@@ -223,3 +222,48 @@ def train_sft(model, tokenizer, dataset, cfg: SFTConfig, progress: bool = True) 
     model.eval()
     history["wall_time_s"] = time.time() - t0
     return history
+
+
+def train_sft_model(profile, cfg: SFTConfig | None = None, progress: bool = True):
+    """The whole SFT stage for a profile: load the base model (quantized if asked), add LoRA, train on
+    the profile's demonstrations (TinyWorld, or Dolly-15k for ``gpt2``). Returns (model, tokenizer, history)."""
+    from .data import load_instruction_dataset
+    from .models import load_base
+    from .runtime import seed_everything
+
+    cfg = cfg or profile.sft
+    seed_everything(cfg.seed)
+    data = load_instruction_dataset("dolly" if profile.name == "gpt2" else "tinyworld")
+    if cfg.quantization != "none":
+        model, tok, _ = load_quantized(profile.base_model, cfg.quantization)
+    else:
+        model, tok = load_base(profile.base_model)
+    model = add_lora(model, cfg) if cfg.lora else model
+    history = train_sft(model, tok, data, cfg, progress=progress)
+    history["parameters"] = count_parameters(model)
+    history["n_train_examples"] = len(data["train"])
+    return model, tok, history
+
+
+def sft_checkpoint(profile=None, progress: bool = True):
+    """Folder of the profile's SFT model (adapters merged), trained and cached under ``runs/cache`` on
+    first use. Later stages (comparisons, reward model, PPO) and notebooks start from it, so each notebook
+    runs on its own and none retrains what an earlier one already built with the same settings."""
+    import json
+
+    from .config import get_profile
+    from .runtime import atomic_dir, config_key, hf_bars_off, runs_dir
+
+    profile = profile or get_profile()
+    out = runs_dir() / "cache" / f"sft-{profile.name}-{config_key(profile.base_model, profile.world, profile.sft)}"
+    if (out / "config.json").is_file():
+        return out
+    print(f"no SFT model for profile {profile.name!r} yet: training one (cached in {out})")
+    model, tok, history = train_sft_model(profile, progress=progress)
+    with atomic_dir(out) as tmp, hf_bars_off():
+        merged = model.merge_and_unload() if profile.sft.lora else model
+        merged.save_pretrained(tmp)
+        tok.save_pretrained(tmp)
+        (tmp / "history.json").write_text(json.dumps({k: v for k, v in history.items() if k != "config"}, default=str))
+    print(f"trained the SFT model in {history['wall_time_s']:.0f} s")
+    return out

@@ -44,3 +44,16 @@ def test_sft_command_trains_evaluates_and_saves(tmp_path):
     assert not any("lora" in n for n, _ in model.named_parameters())
     assert (tmp_path / "sft" / "adapter" / "adapter_config.json").is_file()
     assert not [p for p in tmp_path.iterdir() if "partial" in p.name]
+
+
+def test_reward_command_trains_measures_and_saves(tmp_path):
+    r = run("reward", "--out", str(tmp_path / "rm"))
+    assert r.returncode == 0, r.stderr
+    metrics = json.loads(r.stdout.strip().splitlines()[-1])
+    for key in ("accuracy_train_labelers", "accuracy_heldout_labelers", "panel_agreement", "gold_ceiling"):
+        assert 0 <= metrics[key] <= 1, key
+    assert metrics["comparisons"] > metrics["prompts"] == 48
+    from rlhf_lite.reward import load_reward_model
+
+    rm, _ = load_reward_model(tmp_path / "rm")
+    assert rm.head.out_features == 1

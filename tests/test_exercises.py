@@ -47,3 +47,63 @@ def test_build_sft_example_mistakes_are_explained():
                         (prompt_supervised, "prompt positions must have label -100")]:
         with pytest.raises(ExerciseError, match=message):
             check_build_sft_example(fn, tok)
+
+
+def test_reward_checkers_accept_the_reference(capsys):
+    from rlhf_lite.exercises import check_pairwise_loss, check_ranking_loss
+    from rlhf_lite.reward import pairwise_loss, ranking_loss
+
+    check_pairwise_loss(pairwise_loss)
+    check_ranking_loss(ranking_loss)
+    assert capsys.readouterr().out.count("✓") == 2
+
+
+@pytest.mark.parametrize("wrong,message", [
+    (lambda c, r: -F.logsigmoid(r - c).mean(), "sign is flipped"),
+    (lambda c, r: -F.logsigmoid(c - r).sum(), "summed"),
+    (lambda c, r: -torch.log(torch.sigmoid(c - r)).mean(), "logsigmoid"),
+    (lambda c, r: F.logsigmoid(c - r).mean(), "minus sign"),
+])
+def test_pairwise_loss_mistakes_are_explained(wrong, message):
+    from rlhf_lite.exercises import check_pairwise_loss
+
+    with pytest.raises(ExerciseError, match=message):
+        check_pairwise_loss(wrong)
+
+
+def _adjacent_only(rewards, ranking):
+    return -torch.stack([F.logsigmoid(rewards[a] - rewards[b]) for a, b in zip(ranking, ranking[1:])]).mean()
+
+
+def _reversed(rewards, ranking):
+    from rlhf_lite.reward import ranking_loss
+
+    return ranking_loss(rewards, ranking[::-1])
+
+
+def _summed(rewards, ranking):
+    from itertools import combinations
+
+    return -sum(F.logsigmoid(rewards[w] - rewards[l]) for w, l in combinations(ranking, 2))
+
+
+@pytest.mark.parametrize("wrong,message", [(_adjacent_only, "neighbouring"), (_reversed, "reversed"), (_summed, "summed")])
+def test_ranking_loss_mistakes_are_explained(wrong, message):
+    from rlhf_lite.exercises import check_ranking_loss
+
+    with pytest.raises(ExerciseError, match=message):
+        check_ranking_loss(wrong)
+
+
+@pytest.mark.parametrize("wrong,message", [
+    (lambda r: [(b, a) for i, a in enumerate(r) for b in r[i + 1:]], "swapped"),
+    (lambda r: list(zip(r, r[1:])), "neighbouring"),
+    (lambda r: [(a, b) for a in r for b in r if a != b], "too many"),
+])
+def test_ranking_to_pairs_mistakes_are_explained(wrong, message, capsys):
+    from rlhf_lite.exercises import check_ranking_to_pairs
+    from rlhf_lite.feedback import ranking_to_pairs
+
+    check_ranking_to_pairs(ranking_to_pairs)
+    with pytest.raises(ExerciseError, match=message):
+        check_ranking_to_pairs(wrong)

@@ -41,6 +41,7 @@ class World:
         self.kb_index = index_facts(self.kb.facts)
         self.kb_subjects = set(self.kb.people + self.kb.animals + self.kb.towns + self.kb.foods)
         self._lookup = {(t.instruction, t.context): t for t in self.tasks}
+        self.tasks_by_id = {t.prompt_id: t for t in self.tasks}
         self.panel = Panel(self)
 
     def lookup(self, instruction: str, context: str = "") -> Task:

@@ -1,0 +1,518 @@
+"""Comparison data: step 2 of InstructGPT begins with people ranking a model's answers.
+
+For each prompt the SFT model samples K responses (InstructGPT: K between 4 and 9) and one labeler
+orders them best → worst. A ranking of K gives C(K,2) (winner, loser) pairs at the price of reading
+K answers once: that is why the paper collected rankings rather than pairs.
+
+This module holds that stage (notebook 03):
+
+* :func:`ranking_to_pairs`, the one index manipulation everything downstream relies on;
+* :class:`RankingStore`, a JSON-lines file that never loses a ranking once it was reported saved;
+* :func:`collect_comparisons`, the synthetic labeler panel ranking SFT samples at scale;
+* :func:`load_preference_dataset`, real preference data (HH-RLHF dialogues, TRL prompt/chosen/rejected)
+  turned into the same records (K = 2);
+* :class:`RankingSession` and :func:`ranking_widget`, the "you are the labeler" interface: the logic
+  runs headless (tests drive it), the widget is a thin ipywidgets shell around it.
+
+A comparison record is one JSON object::
+
+    {"prompt_id", "user_id", "labeler", "prompt", "responses": [K texts], "ranking": [K indices, best first],
+     "finished": [K bools: did the response end with EOS]}
+
+``prompt`` is the text the models read (already in the prompt format); ``ranking`` may group tied
+responses in a nested list, e.g. ``[2, [0, 3], 1]``; pairs inside a tie carry no preference and are dropped.
+"""
+from __future__ import annotations
+
+import html
+import itertools
+import json
+import os
+import random
+import warnings
+from pathlib import Path
+from typing import Callable, Sequence
+
+from .data import DataFormatError, render_prompt
+from .models import generate
+
+HH_HUMAN, HH_ASSISTANT = "\n\nHuman:", "\n\nAssistant:"
+RECORD_FIELDS = ("prompt", "responses", "ranking")
+
+
+# ---------------------------------------------------------------------------------------------
+# Rankings → pairs
+# ---------------------------------------------------------------------------------------------
+def ranking_to_pairs(ranking: Sequence[int | Sequence[int]]) -> list[tuple[int, int]]:
+    """All (winner, loser) pairs implied by a ranking listed best → worst.
+
+    ``[2, 0, 1]`` → ``[(2, 0), (2, 1), (0, 1)]``: every earlier index beats every later one, C(K,2)
+    pairs for K responses. A nested list is a tie: ``[2, [0, 1]]`` → ``[(2, 0), (2, 1)]``; the pair
+    (0, 1) is dropped, as InstructGPT dropped ties. Indices must be distinct.
+    """
+    groups = [list(g) if isinstance(g, (list, tuple)) else [g] for g in ranking]
+    flat = [i for g in groups for i in g]
+    if len(set(flat)) != len(flat):
+        raise ValueError(f"ranking {list(ranking)} lists a response more than once")
+    return [(w, l) for a, b in itertools.combinations(range(len(groups)), 2) for w in groups[a] for l in groups[b]]
+
+
+def flat_ranking(ranking: Sequence[int | Sequence[int]]) -> list[int]:
+    """The response indices in ranked order, ties flattened: ``[2, [0, 3], 1]`` → ``[2, 0, 3, 1]``."""
+    return [i for g in ranking for i in (g if isinstance(g, (list, tuple)) else [g])]
+
+
+# ---------------------------------------------------------------------------------------------
+# Storage: one JSON line per ranking, flushed and fsynced before we say "saved"
+# ---------------------------------------------------------------------------------------------
+def validate_comparison(rec: dict, where: str) -> dict:
+    """Check one comparison record; the error names the record and the field."""
+    if not isinstance(rec, dict):
+        raise DataFormatError(f"{where}: expected a JSON object, got {type(rec).__name__}")
+    for f in RECORD_FIELDS:
+        if f not in rec:
+            raise DataFormatError(f"{where}: missing field '{f}'; a comparison needs {list(RECORD_FIELDS)}")
+    if not isinstance(rec["prompt"], str) or not rec["prompt"].strip():
+        raise DataFormatError(f"{where}: field 'prompt' must be non-empty text")
+    resp = rec["responses"]
+    if not isinstance(resp, list) or len(resp) < 2 or not all(isinstance(r, str) for r in resp):
+        raise DataFormatError(f"{where}: field 'responses' must be a list of at least 2 texts")
+    try:
+        flat = flat_ranking(rec["ranking"])
+    except TypeError:
+        raise DataFormatError(f"{where}: field 'ranking' must be a list of response indices (best first)") from None
+    if sorted(flat) != list(range(len(resp))):
+        raise DataFormatError(f"{where}: field 'ranking' {rec['ranking']} must order each of the {len(resp)} responses "
+                              f"exactly once (indices 0..{len(resp) - 1}, best first)")
+    fin = rec.setdefault("finished", [True] * len(resp))
+    if not isinstance(fin, list) or len(fin) != len(resp) or not all(isinstance(f, bool) for f in fin):
+        raise DataFormatError(f"{where}: field 'finished' must be a list of {len(resp)} booleans")
+    return rec
+
+
+class RankingStore:
+    """Append-only JSON-lines file of comparison records.
+
+    ``append`` writes one line, flushes and fsyncs before returning: a ranking reported as saved
+    survives a killed kernel or a lost Colab session. A crash *during* a write can leave a torn last
+    line; opening the store cuts it off (with a warning that names it) so later appends stay valid.
+    """
+
+    def __init__(self, path: str | os.PathLike):
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._repair()
+
+    def _repair(self) -> None:
+        if not self.path.exists():
+            return
+        raw = self.path.read_bytes()
+        if raw and not raw.endswith(b"\n"):
+            keep = raw.rfind(b"\n") + 1
+            line = raw[:keep].count(b"\n") + 1
+            warnings.warn(f"{self.path}, line {line}: incomplete last record ({len(raw) - keep} bytes, an interrupted "
+                          "write); removed it, the records before it are intact", stacklevel=3)
+            with open(self.path, "r+b") as f:
+                f.truncate(keep)
+
+    def append(self, record: dict) -> None:
+        """Validate ``record`` and write it durably (one line; flush + fsync)."""
+        validate_comparison(dict(record), f"{self.path}, new record")
+        line = json.dumps(record, ensure_ascii=False) + "\n"
+        with open(self.path, "a", encoding="utf-8") as f:
+            f.write(line)
+            f.flush()
+            os.fsync(f.fileno())
+
+    def extend(self, records: Sequence[dict]) -> None:
+        """Append many records with a single fsync at the end (bulk collection by the synthetic panel)."""
+        with open(self.path, "a", encoding="utf-8") as f:
+            for r in records:
+                validate_comparison(dict(r), f"{self.path}, new record")
+                f.write(json.dumps(r, ensure_ascii=False) + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+
+    def load(self) -> list[dict]:
+        return read_comparisons(self.path) if self.path.exists() else []
+
+    def __len__(self) -> int:
+        return len(self.load())
+
+
+def read_comparisons(path: str | os.PathLike) -> list[dict]:
+    """All records of a comparisons file. A torn *last* line (a crash mid-write) is skipped with a
+    warning naming it; a broken line anywhere else is an error naming the line."""
+    p = Path(path)
+    if not p.is_file():
+        raise FileNotFoundError(f"comparisons file {p} does not exist")
+    lines = p.read_text(encoding="utf-8").split("\n")
+    torn_tail = lines[-1] != ""  # a complete file ends with a newline
+    out = []
+    for n, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            rec = json.loads(line)
+        except json.JSONDecodeError as e:
+            if n == len(lines) and torn_tail:
+                warnings.warn(f"{p}, line {n}: skipped an incomplete last record (an interrupted write)", stacklevel=2)
+                continue
+            raise DataFormatError(f"{p}, line {n}: invalid JSON ({e.msg} at column {e.colno})") from None
+        out.append(validate_comparison(rec, f"{p}, line {n}"))
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# The synthetic panel labels at scale
+# ---------------------------------------------------------------------------------------------
+def collect_comparisons(model, tokenizer, world, tasks, labelers, k_min: int = 4, k_max: int = 9,
+                        max_new_tokens: int = 64, temperature: float = 1.0, fmt: str = "alpaca", seed: int = 0,
+                        store: RankingStore | None = None, batch_size: int = 64, progress: bool = True) -> list[dict]:
+    """Sample K ∈ [k_min, k_max] responses per task from ``model`` and have one of ``labelers`` rank them.
+
+    Labelers take turns in a seeded random order (each prompt is ranked by one labeler, as in
+    InstructGPT). Rankings are Plackett–Luce draws from each labeler's scores (their own noise).
+    Records go to ``store`` if given. Returns the records.
+    """
+    if not labelers:
+        raise ValueError("collect_comparisons: no labelers given")
+    if not 2 <= k_min <= k_max:
+        raise ValueError(f"need 2 <= k_min <= k_max, got k_min={k_min}, k_max={k_max}")
+    rng = random.Random(f"comparisons-{seed}")
+    ks = [rng.randint(k_min, k_max) for _ in tasks]
+    prompts = [render_prompt(tokenizer, t.instruction, t.context, fmt) for t in tasks]
+    flat = [p for p, k in zip(prompts, ks) for _ in range(k)]
+    gens = generate(model, tokenizer, flat, max_new_tokens, temperature=temperature, seed=seed, batch_size=batch_size,
+                    progress=progress)
+    records, i = [], 0
+    for t, prompt, k in zip(tasks, prompts, ks):
+        g = gens[i:i + k]
+        i += k
+        lab = labelers[rng.randrange(len(labelers))]
+        ranking = lab.rank(t.instruction, t.context, [x.text for x in g], rng, task=t, finished=[x.finished for x in g])
+        records.append({"prompt_id": t.prompt_id, "user_id": t.user_id, "labeler": lab.name, "prompt": prompt,
+                        "responses": [x.text for x in g], "ranking": ranking, "finished": [x.finished for x in g]})
+    if store is not None:
+        store.extend(records)
+    return records
+
+
+def variant_comparisons(world, tasks, labelers, tokenizer=None, fmt: str = "alpaca", seed: int = 0) -> list[dict]:
+    """Comparisons of each task's reference answer and its six corruptions (wrong fact, rude, rambling,
+    invented, unending, bad format), ranked by one of ``labelers`` per task. Quality differs a lot
+    within these sets, so labelers agree about as often as InstructGPT's did (about 0.71): a second
+    yardstick for a reward model, next to the subtler pairs of SFT samples."""
+    rng = random.Random(f"variant-comparisons-{seed}")
+    out = []
+    for t in tasks:
+        v = world.variants(t, seed)
+        names = list(v)
+        fin = [k != "unending" for k in names]  # the never-ending answer never emits EOS
+        lab = labelers[rng.randrange(len(labelers))]
+        out.append({"prompt_id": t.prompt_id, "user_id": t.user_id, "labeler": lab.name,
+                    "prompt": render_prompt(tokenizer, t.instruction, t.context, fmt), "responses": [v[k] for k in names],
+                    "ranking": lab.rank(t.instruction, t.context, [v[k] for k in names], rng, task=t, finished=fin),
+                    "finished": fin, "kinds": names})
+    return out
+
+
+def expected_agreement(world, records: Sequence[dict], a: Callable | object, b: Callable | object) -> float:
+    """How often two judges pick the same winner, in expectation, over all distinct-response pairs of
+    ``records``. A judge is a :class:`~rlhf_lite.world.Labeler` (a Bradley–Terry chooser) or a function
+    ``scores(record) -> [K floats]`` that picks the higher score (ties: half)."""
+    total, n = 0.0, 0
+    for rec in records:
+        pa, pb = _pref_probs(world, rec, a), _pref_probs(world, rec, b)
+        for (i, j), x, y in zip(_distinct_pairs(rec), pa, pb):
+            total += x * y + (1 - x) * (1 - y)
+            n += 1
+    return total / max(n, 1)
+
+
+def _distinct_pairs(rec: dict) -> list[tuple[int, int]]:
+    r, f = rec["responses"], rec.get("finished") or [True] * len(rec["responses"])
+    return [(i, j) for i, j in itertools.combinations(range(len(r)), 2) if (r[i], f[i]) != (r[j], f[j])]
+
+
+def _pref_probs(world, rec: dict, judge) -> list[float]:
+    """P(judge prefers i over j) for each distinct pair (i, j) of ``rec``."""
+    from .world.labelers import Labeler, prefer_prob
+
+    pairs = _distinct_pairs(rec)
+    if isinstance(judge, Labeler):
+        t = world.tasks_by_id[rec["prompt_id"]]
+        s = [judge.score(t.instruction, t.context, r, f, task=t).total for r, f in zip(rec["responses"], rec["finished"])]
+        return [prefer_prob(s[i], s[j], judge.temperature) for i, j in pairs]
+    s = judge(rec)
+    return [1.0 if s[i] > s[j] else 0.0 if s[i] < s[j] else 0.5 for i, j in pairs]
+
+
+def agreement_matrix(world, records: Sequence[dict], labelers) -> list[list[float]]:
+    """Expected agreement of every pair of ``labelers`` on the pairs of ``records`` (diagonal: each
+    labeler against a fresh draw of their own noise)."""
+    return [[expected_agreement(world, records, a, b) for b in labelers] for a in labelers]
+
+
+# ---------------------------------------------------------------------------------------------
+# Real preference data (gpt2 profile): HH-RLHF and TRL's prompt/chosen/rejected
+# ---------------------------------------------------------------------------------------------
+def split_hh(chosen: str, rejected: str, where: str = "row") -> tuple[str, str, str]:
+    """Split an HH-RLHF pair of full dialogues into (shared prompt, chosen reply, rejected reply).
+
+    Both dialogues repeat the same conversation and differ only in the final Assistant turn. The
+    prompt is everything up to and including the last ``"\\n\\nAssistant:"`` that both share.
+    """
+    for name, text in (("chosen", chosen), ("rejected", rejected)):
+        if not isinstance(text, str) or not text.strip():
+            raise DataFormatError(f"{where}: field '{name}' must be non-empty text")
+        if HH_ASSISTANT not in text:
+            raise DataFormatError(f"{where}: field '{name}' has no {HH_ASSISTANT!r} turn; HH-RLHF dialogues alternate "
+                                  f"{HH_HUMAN!r} and {HH_ASSISTANT!r}. For separate prompt/chosen/rejected columns use "
+                                  "the TRL format")
+    common = os.path.commonprefix([chosen, rejected])
+    cut = common.rfind(HH_ASSISTANT)
+    if cut < 0:
+        raise DataFormatError(f"{where}: 'chosen' and 'rejected' share no conversation up to an Assistant turn; "
+                              "they must be two replies to the same dialogue")
+    cut += len(HH_ASSISTANT)
+    prompt, c, r = chosen[:cut], chosen[cut:].strip(), rejected[cut:].strip()
+    if not c or not r:
+        raise DataFormatError(f"{where}: the {'chosen' if not c else 'rejected'} reply after the shared prompt is empty")
+    return prompt, c, r
+
+
+def preference_records(rows: Sequence[dict], source: str) -> list[dict]:
+    """Rows of HH-RLHF (``chosen``/``rejected`` dialogues) or TRL (``prompt``/``chosen``/``rejected``)
+    format → comparison records with K = 2 (response 0 = chosen, ranking [0, 1])."""
+    out = []
+    for n, row in enumerate(rows):
+        where = f"{source}, row {n}"
+        if not isinstance(row, dict):
+            raise DataFormatError(f"{where}: expected an object with 'chosen' and 'rejected', got {type(row).__name__}")
+        missing = [f for f in ("chosen", "rejected") if f not in row]
+        if missing:
+            raise DataFormatError(f"{where}: missing field(s) {missing}; preference data needs 'chosen' and 'rejected' "
+                                  f"(and optionally 'prompt'); found {sorted(row)}")
+        if row.get("prompt") is not None:
+            prompt, c, r = row["prompt"], row["chosen"], row["rejected"]
+            for name, v in (("prompt", prompt), ("chosen", c), ("rejected", r)):
+                if isinstance(v, list):
+                    raise DataFormatError(f"{where}: field '{name}' is a list of messages (TRL's conversational format); "
+                                          "render it to text first with tokenizer.apply_chat_template(..., tokenize=False)")
+                if not isinstance(v, str) or not v.strip():
+                    raise DataFormatError(f"{where}: field '{name}' must be non-empty text")
+        else:
+            prompt, c, r = split_hh(row["chosen"], row["rejected"], where)
+        out.append({"prompt_id": str(row.get("id", n)), "user_id": None, "labeler": source, "prompt": prompt,
+                    "responses": [c, r], "ranking": [0, 1], "finished": [True, True]})
+    return out
+
+
+def load_preference_dataset(source: str = "hh-rlhf", split: str = "train") -> list[dict]:
+    """Preference pairs as comparison records. ``source``: "hh-rlhf" (Anthropic/hh-rlhf from the Hub)
+    or a local .json/.jsonl/.parquet file in HH-RLHF or TRL format; both load the same way."""
+    if source == "hh-rlhf":
+        from datasets import load_dataset
+
+        name = "Anthropic/hh-rlhf"
+        try:
+            ds = load_dataset(name, split=split)
+        except Exception as e:  # offline, DNS, 404: the same advice
+            raise ConnectionError(f"could not load {name} from the Hugging Face Hub ({type(e).__name__}: "
+                                  f"{str(e).splitlines()[0][:200]}). Without network, use TinyWorld's comparisons "
+                                  "(RLHF_LITE_PROFILE=tiny) or pass a local file") from None
+        return preference_records(list(ds), name)
+    p = Path(source)
+    if not p.is_file():
+        raise FileNotFoundError(f"preference data {source!r}: no such file; use 'hh-rlhf' or a .json/.jsonl/.parquet path")
+    if p.suffix == ".jsonl":
+        rows = []
+        for n, line in enumerate(p.read_text(encoding="utf-8").splitlines(), 1):
+            if line.strip():
+                try:
+                    rows.append(json.loads(line))
+                except json.JSONDecodeError as e:
+                    raise DataFormatError(f"{p}, line {n}: invalid JSON ({e.msg} at column {e.colno})") from None
+    elif p.suffix == ".json":
+        try:
+            rows = json.loads(p.read_text(encoding="utf-8"))
+        except json.JSONDecodeError as e:
+            raise DataFormatError(f"{p}, line {e.lineno}: invalid JSON ({e.msg})") from None
+        if not isinstance(rows, list):
+            raise DataFormatError(f"{p}: expected a JSON list of rows, got a JSON {type(rows).__name__}")
+    elif p.suffix == ".parquet":
+        import pyarrow.parquet as pq
+
+        rows = pq.read_table(p).to_pylist()
+    else:
+        raise DataFormatError(f"{p}: unsupported file type {p.suffix!r}; use .json, .jsonl or .parquet")
+    if not rows:
+        raise DataFormatError(f"{p}: no rows")
+    return preference_records(rows, str(p))
+
+
+# ---------------------------------------------------------------------------------------------
+# You are the labeler: a ranking session (headless) and its widget
+# ---------------------------------------------------------------------------------------------
+class RankingSession:
+    """A person ranks K responses per prompt; every ranking is saved at once; agreement with the gold
+    panel is kept as they go. Drive it with :meth:`submit` (tests, scripts) or :func:`ranking_widget`.
+
+    ``items``: comparison records without a ranking (``prompt_id``, ``prompt``, ``responses``,
+    ``finished``), e.g. from :func:`collect_comparisons`. Items already in ``store`` are skipped, so
+    a session resumed after a crash continues where it stopped.
+    """
+
+    def __init__(self, world, items: Sequence[dict], store: RankingStore, labeler: str = "you"):
+        self.world, self.store, self.labeler = world, store, labeler
+        done = {r["prompt_id"] for r in store.load() if r.get("labeler") == labeler}
+        self.items = [it for it in items if it["prompt_id"] not in done]
+        self.n_done, self.pos = len(done), 0
+        self.agree, self.n_pairs = 0.0, 0
+
+    @property
+    def current(self) -> dict | None:
+        return self.items[self.pos] if self.pos < len(self.items) else None
+
+    def gold_scores(self, item: dict) -> list[float]:
+        t = self.world.tasks_by_id[item["prompt_id"]]
+        return [self.world.panel.gold_score(t.instruction, t.context, r, f, task=t)
+                for r, f in zip(item["responses"], item["finished"])]
+
+    def submit(self, ranking: Sequence[int | Sequence[int]]) -> dict:
+        """Save the person's ranking of the current item (best first; a nested list is a tie) and move on.
+        Returns ``{"saved", "agreement" (this item), "agreement_overall", "done", "left"}``."""
+        item = self.current
+        if item is None:
+            raise IndexError("this session has no items left")
+        rec = {k: item[k] for k in ("prompt_id", "user_id", "prompt", "responses", "finished") if k in item}
+        rec.update(labeler=self.labeler, ranking=[list(g) if isinstance(g, (list, tuple)) else int(g) for g in ranking])
+        validate_comparison(dict(rec), "your ranking")
+        self.store.append(rec)
+        gold = self.gold_scores(item)
+        hits = [1.0 if gold[w] > gold[l] else 0.5 if gold[w] == gold[l] else 0.0 for w, l in ranking_to_pairs(ranking)]
+        self.agree += sum(hits)
+        self.n_pairs += len(hits)
+        self.pos += 1
+        self.n_done += 1
+        return {"saved": str(self.store.path), "agreement": sum(hits) / len(hits) if hits else None,
+                "agreement_overall": self.agree / self.n_pairs if self.n_pairs else None,
+                "done": self.n_done, "left": len(self.items) - self.pos}
+
+    def skip(self) -> None:
+        self.pos += 1
+
+
+def ranks_to_ranking(ranks: Sequence[int]) -> list[int | list[int]]:
+    """Per-response ranks (1 = best; equal ranks = a tie) → a ranking best first: ``[2, 1, 2]`` → ``[1, [0, 2]]``."""
+    out: list[int | list[int]] = []
+    for r in sorted(set(ranks)):
+        group = [i for i, x in enumerate(ranks) if x == r]
+        out.append(group[0] if len(group) == 1 else group)
+    return out
+
+
+def ranking_widget(session: RankingSession):
+    """The crowdworker interface in core ipywidgets (7.7 in Colab, 8 in JupyterLab): the prompt, K
+    responses with a rank drop-down each (equal ranks = tie), or two buttons when K = 2; Submit saves
+    at once and shows progress and your agreement with the gold panel."""
+    import ipywidgets as w
+
+    title, body, status = w.HTML(), w.VBox(), w.HTML()
+    bar = w.IntProgress(min=0, max=max(session.n_done + len(session.items), 1), value=session.n_done,
+                        description="ranked")
+
+    def box(text: str, finished: bool, label: str) -> str:
+        tail = "" if finished else " <i style='color:#a33'>[cut off: no end-of-text]</i>"
+        return (f"<div style='border:1px solid #ccc;padding:6px;margin:2px 0;white-space:pre-wrap'><b>{label}</b> "
+                f"{html.escape(text) or '<i>(empty)</i>'}{tail}</div>")
+
+    def after(result: dict) -> None:
+        bar.value = result["done"]
+        agree = result["agreement_overall"]
+        status.value = (f"saved to <code>{html.escape(result['saved'])}</code> · {result['done']} ranked, {result['left']} left"
+                        + (f" · your agreement with the gold panel: <b>{agree:.0%}</b> (labelers agree with each "
+                           "other about 70 % of the time)" if agree is not None else ""))
+        show()
+
+    def show() -> None:
+        item = session.current
+        if item is None:
+            title.value, body.children = "<b>All done — thank you!</b>", []
+            return
+        k = len(item["responses"])
+        title.value = f"<pre style='white-space:pre-wrap;background:#f6f6f6;padding:6px'>{html.escape(item['prompt'])}</pre>"
+        letters = [chr(65 + i) for i in range(k)]
+        texts = [w.HTML(box(r, f, letters[i])) for i, (r, f) in enumerate(zip(item["responses"], item["finished"]))]
+        skip = w.Button(description="Skip")
+        skip.on_click(lambda _: (session.skip(), show()))
+        if k == 2:
+            a, b = w.Button(description="A is better", button_style="success"), w.Button(description="B is better",
+                                                                                         button_style="success")
+            a.on_click(lambda _: after(session.submit([0, 1])))
+            b.on_click(lambda _: after(session.submit([1, 0])))
+            body.children = texts + [w.HBox([a, b, skip])]
+            return
+        drops = [w.Dropdown(options=list(range(1, k + 1)), value=i + 1, description=f"rank of {letters[i]}")
+                 for i in range(k)]
+        submit = w.Button(description="Submit ranking", button_style="success")
+        submit.on_click(lambda _: after(session.submit(ranks_to_ranking([d.value for d in drops]))))
+        body.children = [w.HBox([t, d]) for t, d in zip(texts, drops)] + [w.HBox([submit, skip])]
+
+    show()
+    ui = w.VBox([w.HTML("<b>Rank the responses from best (1) to worst.</b> Equal ranks mean a tie."), title, body,
+                 bar, status])
+    ui.session = session  # tests and curious learners can reach the logic behind the buttons
+    return ui
+
+
+# ---------------------------------------------------------------------------------------------
+# The stage, cached: comparisons for a profile
+# ---------------------------------------------------------------------------------------------
+def comparison_data(profile=None, progress: bool = True) -> dict[str, list[dict]]:
+    """The profile's comparisons: ``{"train": [...], "validation": [...]}``, built once and cached.
+
+    TinyWorld: the SFT model (:func:`rlhf_lite.sft.sft_checkpoint`) samples K responses per prompt;
+    training prompts are ranked by the training labelers, one labeler per prompt; validation prompts
+    (held-out users) too, to measure the reward model on people it has not seen. Held-out labelers
+    never rank anything here: they only judge. Real data (``source`` "hh-rlhf" or a file): its own splits.
+    """
+    import time
+
+    from .config import get_profile
+    from .runtime import atomic_dir, config_key, runs_dir
+
+    profile = profile or get_profile()
+    cfg = profile.reward
+    if cfg.source != "tinyworld":
+        train = load_preference_dataset(cfg.source, "train")
+        if cfg.source == "hh-rlhf":
+            val = load_preference_dataset(cfg.source, "test")
+        else:
+            rng = random.Random(cfg.seed)
+            rng.shuffle(train)
+            val, train = train[: max(1, len(train) // 10)], train[max(1, len(train) // 10):]
+        return {"train": train[: cfg.n_prompts], "validation": val[: cfg.n_eval_prompts]}
+    from .models import load_base
+    from .sft import sft_checkpoint
+    from .world import world_from_config
+
+    sft_dir = sft_checkpoint(profile, progress=progress)
+    collection = {k: getattr(cfg, k) for k in ("source", "n_prompts", "n_eval_prompts", "k_min", "k_max", "temperature", "seed")}
+    key = config_key(sft_dir.name, profile.world, collection, profile.max_new_tokens, profile.sft.prompt_format)
+    out = runs_dir() / "cache" / f"comparisons-{profile.name}-{key}"
+    if not (out / "train.jsonl").is_file():
+        t0 = time.time()
+        print(f"no comparisons for profile {profile.name!r} yet: sampling {cfg.k_min}-{cfg.k_max} answers for "
+              f"{cfg.n_prompts + cfg.n_eval_prompts} prompts and ranking them")
+        world = world_from_config(profile.world)
+        model, tok = load_base(str(sft_dir))
+        with atomic_dir(out) as tmp:
+            for split, n, seed in (("train", cfg.n_prompts, cfg.seed), ("validation", cfg.n_eval_prompts, cfg.seed + 1)):
+                collect_comparisons(model, tok, world, world.splits[split][:n], world.panel.train, cfg.k_min, cfg.k_max,
+                                    profile.max_new_tokens, cfg.temperature, profile.sft.prompt_format, seed,
+                                    store=RankingStore(tmp / f"{split}.jsonl"), progress=progress)
+            (tmp / "info.json").write_text(json.dumps({"seconds": round(time.time() - t0, 1), "sft": str(sft_dir)}))
+        print(f"sampled and ranked the comparisons in {time.time() - t0:.0f} s (cached in {out})")
+    return {split: read_comparisons(out / f"{split}.jsonl") for split in ("train", "validation")}

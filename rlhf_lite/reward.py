@@ -1,0 +1,454 @@
+"""Step 2 of InstructGPT: a reward model trained on rankings.
+
+The SFT model with its softmax over words replaced by one scalar (Ouyang et al. 2022, §3.5): the
+reward of (prompt, response) is a linear head on the transformer's last hidden state, read at the
+last real token, the response's EOS. Trained on all C(K,2) pairs of each ranking at once with
+
+    loss(θ) = − 1/C(K,2) · E_(x, y_w, y_l) [ log σ(r_θ(x, y_w) − r_θ(x, y_l)) ]      (eq. 1)
+
+then shifted so that the demonstrations (reference responses) score 0 on average.
+
+Read top to bottom: the two losses, the model, tokenization and batching, the training loop,
+normalisation, then measurement (accuracy against labelers, calibration) and saving/loading.
+"""
+from __future__ import annotations
+
+import json
+import math
+import random
+import time
+from pathlib import Path
+from typing import Sequence
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from .config import RewardConfig
+from .feedback import _distinct_pairs, _pref_probs, flat_ranking, ranking_to_pairs
+from .models import last_token_index, position_ids_from_mask, transformer_body
+from .runtime import progress_bar, warmup_linear_schedule
+
+
+# ---------------------------------------------------------------------------------------------
+# 1. The losses
+# ---------------------------------------------------------------------------------------------
+def pairwise_loss(chosen_rewards: torch.Tensor, rejected_rewards: torch.Tensor) -> torch.Tensor:
+    """Bradley–Terry loss of a batch of comparisons.
+
+    chosen_rewards, rejected_rewards: [B] rewards of the preferred and the other response of each pair.
+    Returns the scalar  mean_b −log σ(r_c[b] − r_r[b])  (Stiennon et al. 2020, eq. 1; Ouyang et al.
+    2022, eq. 1 with K = 2). ``logsigmoid`` keeps it finite for large margins.
+    """
+    if chosen_rewards.shape != rejected_rewards.shape or chosen_rewards.dim() != 1:
+        raise ValueError(f"pairwise_loss expects two [B] tensors, got {tuple(chosen_rewards.shape)} and "
+                         f"{tuple(rejected_rewards.shape)}")
+    return -F.logsigmoid(chosen_rewards - rejected_rewards).mean()
+
+
+def ranking_loss(rewards: torch.Tensor, ranking: Sequence[int]) -> torch.Tensor:
+    """InstructGPT's loss for one ranked prompt (Ouyang et al. 2022, eq. 1).
+
+    rewards: [K], the reward of each of the K responses; ranking: response indices best → worst
+    (a nested list is a tie, see :func:`rlhf_lite.feedback.ranking_to_pairs`). Returns the scalar
+
+        − 1/C(K,2) · Σ_{(w, l)} log σ(r_w − r_l)
+
+    over every (winner, loser) pair the ranking implies (tied pairs dropped). All pairs share the K
+    rewards of a single forward pass: the efficiency, and the reason it does not overfit, that the
+    paper gives for keeping a prompt's pairs together.
+    """
+    pairs = ranking_to_pairs(ranking)
+    if len(flat_ranking(ranking)) != rewards.numel():
+        raise ValueError(f"ranking {list(ranking)} orders {len(flat_ranking(ranking))} responses but there are "
+                         f"{rewards.numel()} rewards")
+    if not pairs:  # everything tied: no preference, no gradient
+        return rewards.sum() * 0.0
+    w, l = torch.tensor(pairs, device=rewards.device).T  # [P], [P]
+    return -F.logsigmoid(rewards[w] - rewards[l]).mean()
+
+
+# ---------------------------------------------------------------------------------------------
+# 2. The model
+# ---------------------------------------------------------------------------------------------
+class RewardModel(nn.Module):
+    """A causal LM's transformer body (optionally with LoRA adapters) and a scalar head.
+
+    ``forward(input_ids [B,T], attention_mask [B,T]) -> rewards [B]`` reads the head at each row's last
+    real token, so left and right padding give the same reward. ``token_values`` gives the head at
+    every position ([B, T]): the shape a PPO value function needs, which InstructGPT initialised from
+    the reward model. The LM head is never run (for GPT-2 it is tied to the embeddings, so it costs
+    no memory either).
+    """
+
+    def __init__(self, lm: nn.Module, hidden_size: int | None = None, seed: int = 0):
+        super().__init__()
+        self.lm = lm
+        d = hidden_size or lm.config.hidden_size
+        self.head = nn.Linear(d, 1)  # [d] -> one scalar: the only output
+        with torch.random.fork_rng(devices=[]):  # N(0, 1/(d+1)) (Stiennon et al. 2020), bias 0
+            torch.manual_seed(seed)
+            nn.init.normal_(self.head.weight, std=1.0 / math.sqrt(d + 1))
+        nn.init.zeros_(self.head.bias)
+
+    def hidden(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """Last hidden states [B, T, d]; positions count real tokens only (padding side does not matter)."""
+        return transformer_body(self.lm)(input_ids=input_ids, attention_mask=attention_mask,
+                                         position_ids=position_ids_from_mask(attention_mask)).last_hidden_state
+
+    def token_values(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """The head at every position: [B, T]."""
+        return self.head(self.hidden(input_ids, attention_mask)).squeeze(-1)
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        h = self.hidden(input_ids, attention_mask)  # [B, T, d]
+        last = h[torch.arange(h.size(0), device=h.device), last_token_index(attention_mask)]  # [B, d]
+        return self.head(last).squeeze(-1)  # [B]
+
+
+def build_reward_model(lm: nn.Module, cfg: RewardConfig) -> RewardModel:
+    """Reward model from a (SFT) causal LM: LoRA adapters on it (``cfg.lora``) or all weights trainable,
+    plus a fresh scalar head. Dropout is switched off (Huang et al. 2024): with it, the same answer gets
+    a different reward on every pass, which adds noise to a loss that only sees reward differences
+    (in our TinyWorld runs it learned less with dropout on, and trained slower on a CPU)."""
+    for m in lm.modules():
+        if isinstance(m, nn.Dropout):
+            m.p = 0.0
+    if cfg.lora:
+        from peft import LoraConfig, get_peft_model
+        from transformers.pytorch_utils import Conv1D
+
+        targets = ("c_attn", "c_proj", "c_fc")
+        conv = any(isinstance(m, Conv1D) for n, m in lm.named_modules() if n.split(".")[-1] in targets)
+        lcfg = LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=0.0, target_modules=list(targets),
+                          fan_in_fan_out=conv, bias="none")
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(cfg.seed)
+            lm = get_peft_model(lm, lcfg)
+    else:
+        for p in lm.parameters():
+            p.requires_grad_(True)
+    return RewardModel(lm, seed=cfg.seed)
+
+
+# ---------------------------------------------------------------------------------------------
+# 3. Tokenization and batching
+# ---------------------------------------------------------------------------------------------
+def encode_response(tokenizer, prompt: str, response: str, finished: bool, max_length: int) -> list[int]:
+    """Token ids of prompt + response (+ EOS if the response ended): the reward is read at that EOS.
+    Too long: prompt tokens go from the left, the response stays."""
+    p = tokenizer(prompt, add_special_tokens=False)["input_ids"]
+    r = tokenizer(response, add_special_tokens=False)["input_ids"] + ([tokenizer.eos_token_id] if finished else [])
+    return (p + r)[-max_length:]
+
+
+def pad_batch(seqs: Sequence[Sequence[int]], pad_id: int, side: str = "right") -> dict[str, torch.Tensor]:
+    """Pad token-id lists to [N, T]; the mask marks real tokens (a pad id equal to EOS stays unmasked
+    where it is a real EOS, because the mask comes from lengths, not from token values)."""
+    t = max(len(s) for s in seqs)
+    ids = torch.full((len(seqs), t), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(seqs), t), dtype=torch.long)
+    for i, s in enumerate(seqs):
+        sl = slice(t - len(s), t) if side == "left" else slice(0, len(s))
+        ids[i, sl], mask[i, sl] = torch.tensor(list(s), dtype=torch.long), 1
+    return {"input_ids": ids, "attention_mask": mask}
+
+
+def encode_records(tokenizer, records: Sequence[dict], max_length: int) -> list[list[list[int]]]:
+    """Each record's K responses as token-id lists (prompt + response [+ EOS])."""
+    return [[encode_response(tokenizer, r["prompt"], resp, fin, max_length)
+             for resp, fin in zip(r["responses"], r.get("finished") or [True] * len(r["responses"]))] for r in records]
+
+
+def _records_loss(rm: RewardModel, enc: Sequence[list[list[int]]], records: Sequence[dict], pad_id: int):
+    """Mean ranking loss of a batch of records: all their responses in one forward pass."""
+    flat = [s for seqs in enc for s in seqs]
+    b = {k: v.to(rm.head.weight.device) for k, v in pad_batch(flat, pad_id).items()}
+    rewards = rm(**b)  # [N] for all responses of all records
+    losses, acc, i = [], [], 0
+    for seqs, rec in zip(enc, records):
+        r = rewards[i:i + len(seqs)]
+        i += len(seqs)
+        losses.append(ranking_loss(r, rec["ranking"]))
+        acc += [float(r[w] > r[l]) for w, l in ranking_to_pairs(rec["ranking"])]
+    return torch.stack(losses).mean(), acc
+
+
+def split_pairs(records: Sequence[dict]) -> list[dict]:
+    """The ablation's data: every (winner, loser) pair of every ranking as its own K = 2 record."""
+    return [{**r, "responses": [r["responses"][w], r["responses"][l]],
+             "finished": [(r.get("finished") or [True] * len(r["responses"]))[i] for i in (w, l)], "ranking": [0, 1]}
+            for r in records for w, l in ranking_to_pairs(r["ranking"])]
+
+
+# ---------------------------------------------------------------------------------------------
+# 4. Training
+# ---------------------------------------------------------------------------------------------
+@torch.no_grad()
+def evaluate_rm(rm: RewardModel, tokenizer, records: Sequence[dict], max_length: int = 256,
+                batch_size: int = 16) -> dict:
+    """Mean ranking loss and pairwise accuracy against the recorded rankings (dropout off)."""
+    was = rm.training
+    rm.eval()
+    enc = encode_records(tokenizer, records, max_length)
+    total, acc = 0.0, []
+    for i in range(0, len(records), batch_size):
+        loss, a = _records_loss(rm, enc[i:i + batch_size], records[i:i + batch_size], tokenizer.pad_token_id)
+        total += loss.item() * len(records[i:i + batch_size])
+        acc += a
+    rm.train(was)
+    return {"loss": total / max(len(records), 1), "accuracy": sum(acc) / max(len(acc), 1)}
+
+
+def train_reward_model(rm: RewardModel, tokenizer, train: Sequence[dict], cfg: RewardConfig,
+                       validation: Sequence[dict] = (), progress: bool = True) -> dict:
+    """Train ``rm`` on comparison records (in place) with the ranking loss.
+
+    ``cfg.grouped`` (the InstructGPT way): a batch is ``cfg.batch_size`` prompts and all K responses of
+    each go through one forward pass; the loss is eq. 1 per prompt, averaged. Otherwise (the ablation)
+    every pair becomes its own example, shuffled, with as many pairs per step as the grouped run sees,
+    so both runs take the same number of steps on the same pairs. Validation is always the grouped loss.
+    Returns ``{"train": [{step, loss, accuracy}], "eval": [{step, loss, accuracy}], "wall_time_s", "pairs",
+    "responses_forwarded"}``.
+    """
+    t0 = time.time()
+    torch.manual_seed(cfg.seed)
+    rng = random.Random(cfg.seed)
+    n_pairs = sum(len(ranking_to_pairs(r["ranking"])) for r in train)
+    steps_per_epoch = math.ceil(len(train) / cfg.batch_size)
+    data = list(train) if cfg.grouped else split_pairs(train)
+    per_step = cfg.batch_size if cfg.grouped else math.ceil(len(data) / steps_per_epoch)
+    total = steps_per_epoch * cfg.epochs
+    enc = encode_records(tokenizer, data, cfg.max_length)
+    params = [p for p in rm.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    sched = warmup_linear_schedule(opt, cfg.warmup_steps, total)
+    history: dict = {"train": [], "eval": [], "pairs": n_pairs, "responses_forwarded": 0}
+
+    def log_eval(step: int) -> None:
+        if validation:
+            history["eval"].append({"step": step, **evaluate_rm(rm, tokenizer, validation, cfg.max_length)})
+
+    rm.train()
+    log_eval(0)
+    step, bar = 0, progress_bar(total=total, desc="reward model", enabled=progress)
+    for _ in range(cfg.epochs):
+        order = list(range(len(data)))
+        rng.shuffle(order)
+        for i in range(0, len(order), per_step):
+            idx = order[i:i + per_step]
+            loss, acc = _records_loss(rm, [enc[j] for j in idx], [data[j] for j in idx], tokenizer.pad_token_id)
+            if not torch.isfinite(loss):
+                raise FloatingPointError(f"reward-model loss is {loss.item()} at step {step}; lower RewardConfig.lr "
+                                         f"(now {cfg.lr})")
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
+            opt.step()
+            sched.step()
+            opt.zero_grad(set_to_none=True)
+            step += 1
+            history["responses_forwarded"] += sum(len(enc[j]) for j in idx)
+            history["train"].append({"step": step, "loss": loss.item(), "accuracy": sum(acc) / max(len(acc), 1)})
+            bar.update(1)
+            bar.set_postfix(loss=f"{loss.item():.3f}")
+            if step % cfg.eval_every == 0 or step == total:
+                log_eval(step)
+    bar.close()
+    rm.eval()
+    history["wall_time_s"] = time.time() - t0
+    return history
+
+
+# ---------------------------------------------------------------------------------------------
+# 5. Scoring and normalisation
+# ---------------------------------------------------------------------------------------------
+@torch.no_grad()
+def score_responses(rm: RewardModel, tokenizer, prompts: Sequence[str], responses: Sequence[str],
+                    finished: Sequence[bool] | None = None, max_length: int = 256, batch_size: int = 64) -> list[float]:
+    """Reward of each (prompt, response); ``finished[i]`` False means the response had no EOS."""
+    fin = list(finished) if finished is not None else [True] * len(responses)
+    seqs = [encode_response(tokenizer, p, r, f, max_length) for p, r, f in zip(prompts, responses, fin)]
+    was = rm.training
+    rm.eval()
+    out: list[float] = []
+    for i in range(0, len(seqs), batch_size):
+        b = {k: v.to(rm.head.weight.device) for k, v in pad_batch(seqs[i:i + batch_size], tokenizer.pad_token_id).items()}
+        out += rm(**b).float().tolist()
+    rm.train(was)
+    return out
+
+
+@torch.no_grad()
+def normalize_rewards(rm: RewardModel, tokenizer, prompts: Sequence[str], references: Sequence[str],
+                      max_length: int = 256) -> float:
+    """Shift the head's bias so the reference (demonstration) responses score 0 on average, as
+    InstructGPT did before RL (the reward's offset is arbitrary: the loss sees only differences).
+    Returns the shift that was subtracted."""
+    shift = sum(score_responses(rm, tokenizer, prompts, references, max_length=max_length)) / len(references)
+    rm.head.bias -= shift
+    return shift
+
+
+def record_scores(rm: RewardModel, tokenizer, max_length: int = 256):
+    """A judge for :func:`rlhf_lite.feedback.expected_agreement`: the RM's rewards of a record's responses."""
+    def judge(rec: dict) -> list[float]:
+        return score_responses(rm, tokenizer, [rec["prompt"]] * len(rec["responses"]), rec["responses"],
+                               rec.get("finished"), max_length)
+    return judge
+
+
+# ---------------------------------------------------------------------------------------------
+# 6. Measurement: accuracy against labelers, calibration
+# ---------------------------------------------------------------------------------------------
+def rm_accuracy(rm: RewardModel, tokenizer, world, records: Sequence[dict], labelers, max_length: int = 256) -> float:
+    """Expected pairwise accuracy of the RM against ``labelers``' choices on the distinct-response pairs of
+    ``records``: mean over pairs and labelers of P(labeler picks the pair's higher-reward response)."""
+    judge = record_scores(rm, tokenizer, max_length)
+    cache = {id(r): judge(r) for r in records}
+    from .feedback import expected_agreement
+
+    return sum(expected_agreement(world, records, lambda r: cache[id(r)], lab) for lab in labelers) / len(labelers)
+
+
+def calibration(rm: RewardModel, tokenizer, world, records: Sequence[dict], labelers, bins: int = 8,
+                max_length: int = 256) -> list[dict]:
+    """Reliability table: pairs binned by the RM's predicted P(a ≻ b) = σ(r_a − r_b), against how often
+    the ``labelers`` actually prefer a (in expectation). A calibrated RM lies on the diagonal."""
+    judge = record_scores(rm, tokenizer, max_length)
+    pred, true = [], []
+    for rec in records:
+        s = judge(rec)
+        probs = [sum(p) / len(p) for p in zip(*[_pref_probs(world, rec, lab) for lab in labelers])]
+        for (i, j), p in zip(_distinct_pairs(rec), probs):
+            a, b = (i, j) if s[i] >= s[j] else (j, i)  # orient each pair so the RM's prediction is >= 0.5
+            pred.append(1 / (1 + math.exp(-(s[a] - s[b]))))
+            true.append(p if a == i else 1 - p)
+    edges = [0.5 + 0.5 * k / bins for k in range(bins + 1)]
+    table = []
+    for lo, hi in zip(edges, edges[1:]):
+        sel = [(p, t) for p, t in zip(pred, true) if lo <= p < hi or (hi == 1.0 and p == 1.0)]
+        if sel:
+            table.append({"predicted": sum(p for p, _ in sel) / len(sel), "observed": sum(t for _, t in sel) / len(sel),
+                          "n": len(sel)})
+    return table
+
+
+# ---------------------------------------------------------------------------------------------
+# 7. Saving and loading
+# ---------------------------------------------------------------------------------------------
+def save_reward_model(rm: RewardModel, path: str | Path, base: str | Path, extra: dict | None = None) -> None:
+    """Write the adapters (or the full model), the head and ``reward_model.json`` (base model, shift)."""
+    from safetensors.torch import save_file
+
+    from .runtime import atomic_dir, hf_bars_off
+
+    lora = hasattr(rm.lm, "peft_config")
+    with atomic_dir(path) as tmp, hf_bars_off():
+        rm.lm.save_pretrained(tmp / ("adapter" if lora else "model"))
+        save_file({k: v.detach().cpu().contiguous() for k, v in rm.head.state_dict().items()}, str(tmp / "head.safetensors"))
+        (tmp / "reward_model.json").write_text(json.dumps({"base": str(base), "lora": lora, **(extra or {})}, indent=1))
+
+
+def load_reward_model(path: str | Path, device: str = "cpu") -> tuple[RewardModel, object]:
+    """Load what :func:`save_reward_model` wrote. Returns (reward model in eval mode, tokenizer)."""
+    from safetensors.torch import load_file
+
+    from .models import load_base
+
+    path = Path(path)
+    meta_file = path / "reward_model.json"
+    if not meta_file.is_file():
+        raise FileNotFoundError(f"{path} is not a saved reward model (no reward_model.json); train one with "
+                                "rlhf_lite.reward.train_reward_model and save_reward_model")
+    meta = json.loads(meta_file.read_text())
+    lm, tok = load_base(meta["base"], device=device)
+    if meta["lora"]:
+        from peft import PeftModel
+
+        lm = PeftModel.from_pretrained(lm, str(path / "adapter"))
+    else:
+        from transformers import AutoModelForCausalLM
+
+        lm = AutoModelForCausalLM.from_pretrained(str(path / "model"), dtype=torch.float32).to(device)
+    rm = RewardModel(lm)
+    rm.head.load_state_dict(load_file(str(path / "head.safetensors")))
+    return rm.to(device).eval(), tok
+
+
+# ---------------------------------------------------------------------------------------------
+# 8. The stage: comparisons → trained, normalised, measured reward model
+# ---------------------------------------------------------------------------------------------
+def train_reward_stage(profile=None, cfg: RewardConfig | None = None, progress: bool = True):
+    """Everything of step 2 for a profile: comparisons (cached), a reward model on the SFT model,
+    trained for ``cfg.epochs``, normalised on the demonstrations, then measured. Returns
+    (reward model, tokenizer, metrics, history). Metrics (TinyWorld): ``accuracy_train_labelers`` and
+    ``accuracy_heldout_labelers`` (expected agreement with each group on held-out users' pairs),
+    ``panel_agreement`` (two different labelers: the human-level ceiling), ``gold_ceiling`` (the gold
+    score itself as a judge of the held-out labelers), ``validation_loss``, ``comparisons``, ``wall_time_s``,
+    and ``variant_pairs`` (held-out accuracy and panel agreement on reference-vs-corruption answers)."""
+    from .config import get_profile
+    from .data import render_prompt
+    from .feedback import agreement_matrix, comparison_data, expected_agreement, variant_comparisons
+    from .models import load_base
+    from .sft import sft_checkpoint
+
+    profile = profile or get_profile()
+    cfg = cfg or profile.reward
+    data = comparison_data(profile, progress=progress)
+    sft_dir = sft_checkpoint(profile, progress=progress)
+    lm, tok = load_base(str(sft_dir))
+    rm = build_reward_model(lm, cfg)
+    history = train_reward_model(rm, tok, data["train"], cfg, data["validation"], progress=progress)
+    metrics = {"comparisons": history["pairs"], "prompts": len(data["train"]), "wall_time_s": round(history["wall_time_s"], 1),
+               "validation_loss": history["eval"][-1]["loss"], "validation_accuracy": history["eval"][-1]["accuracy"]}
+    if cfg.source == "tinyworld":
+        from .world import world_from_config
+
+        world = world_from_config(profile.world)
+        demos = world.splits["train"][:200]
+        metrics["normalization_shift"] = normalize_rewards(
+            rm, tok, [render_prompt(tok, t.instruction, t.context, profile.sft.prompt_format) for t in demos],
+            [t.response for t in demos], cfg.max_length)
+        val = data["validation"]
+        train_labs, held = world.panel.train, world.panel.held_out
+        m = agreement_matrix(world, val, world.panel.labelers)
+        n = len(m)
+
+        def gold(rec):
+            t = world.tasks_by_id[rec["prompt_id"]]
+            return [world.panel.gold_score(t.instruction, t.context, r, f, task=t)
+                    for r, f in zip(rec["responses"], rec["finished"])]
+
+        variants = variant_comparisons(world, world.splits["validation"][: cfg.n_eval_prompts], train_labs, tok,
+                                       profile.sft.prompt_format, seed=cfg.seed)
+        mv = agreement_matrix(world, variants, world.panel.labelers)
+        metrics.update(
+            accuracy_train_labelers=rm_accuracy(rm, tok, world, val, train_labs, cfg.max_length),
+            accuracy_heldout_labelers=rm_accuracy(rm, tok, world, val, held, cfg.max_length),
+            panel_agreement=sum(m[i][j] for i in range(n) for j in range(n) if i != j) / (n * (n - 1)),
+            gold_ceiling=sum(expected_agreement(world, val, gold, lab) for lab in held) / len(held),
+            variant_pairs={"accuracy_heldout_labelers": rm_accuracy(rm, tok, world, variants, held, cfg.max_length),
+                           "panel_agreement": sum(mv[i][j] for i in range(n) for j in range(n) if i != j) / (n * (n - 1))})
+    else:
+        normalize_rewards(rm, tok, [r["prompt"] for r in data["train"][:200]],
+                          [r["responses"][0] for r in data["train"][:200]], cfg.max_length)  # chosen replies stand in
+        metrics["accuracy_heldout_labelers"] = metrics["validation_accuracy"]  # other people's labels, held-out prompts
+    def rounded(x):
+        return {k: rounded(v) for k, v in x.items()} if isinstance(x, dict) else round(x, 4) if isinstance(x, float) else x
+
+    return rm, tok, rounded(metrics), history
+
+
+def reward_checkpoint(profile=None, progress: bool = True) -> Path:
+    """Folder of the profile's trained reward model (with ``metrics.json``), built once and cached."""
+    from .config import get_profile
+    from .runtime import config_key, runs_dir
+    from .sft import sft_checkpoint
+
+    profile = profile or get_profile()
+    sft_dir = sft_checkpoint(profile, progress=progress)
+    out = runs_dir() / "cache" / f"reward-{profile.name}-{config_key(sft_dir.name, profile.world, profile.reward)}"
+    if not (out / "reward_model.json").is_file():
+        rm, _, metrics, history = train_reward_stage(profile, progress=progress)
+        save_reward_model(rm, out, base=sft_dir, extra={"metrics": metrics, "history": history})
+    return out
