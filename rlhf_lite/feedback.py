@@ -221,10 +221,14 @@ def expected_agreement(world, records: Sequence[dict], a: Callable | object, b: 
     """How often two judges pick the same winner, in expectation, over all distinct-response pairs of
     ``records``. A judge is a :class:`~rlhf_lite.world.Labeler` (a Bradley–Terry chooser) or a function
     ``scores(record) -> [K floats]`` that picks the higher score (ties: half)."""
+    return _agreement([_pref_probs(world, r, a) for r in records], [_pref_probs(world, r, b) for r in records])
+
+
+def _agreement(pa: Sequence[list[float]], pb: Sequence[list[float]]) -> float:
+    """Mean over pairs of P(both pick the first) + P(both pick the second), from each judge's P(first)."""
     total, n = 0.0, 0
-    for rec in records:
-        pa, pb = _pref_probs(world, rec, a), _pref_probs(world, rec, b)
-        for (i, j), x, y in zip(_distinct_pairs(rec), pa, pb):
+    for xs, ys in zip(pa, pb):
+        for x, y in zip(xs, ys):
             total += x * y + (1 - x) * (1 - y)
             n += 1
     return total / max(n, 1)
@@ -251,7 +255,8 @@ def _pref_probs(world, rec: dict, judge) -> list[float]:
 def agreement_matrix(world, records: Sequence[dict], labelers) -> list[list[float]]:
     """Expected agreement of every pair of ``labelers`` on the pairs of ``records`` (diagonal: each
     labeler against a fresh draw of their own noise)."""
-    return [[expected_agreement(world, records, a, b) for b in labelers] for a in labelers]
+    probs = [[_pref_probs(world, r, lab) for r in records] for lab in labelers]  # each labeler scores once
+    return [[_agreement(pa, pb) for pb in probs] for pa in probs]
 
 
 # ---------------------------------------------------------------------------------------------

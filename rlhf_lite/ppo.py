@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import torch
 
+from .models import last_token_index
+
 
 def masked_mean(x: torch.Tensor, mask: torch.Tensor, dim: int | None = None) -> torch.Tensor:
     """Mean of ``x`` over positions where ``mask`` is 1 (over all of them, or along ``dim``)."""
@@ -54,8 +56,7 @@ def kl_penalized_rewards(scores: torch.Tensor, logprobs: torch.Tensor, ref_logpr
     rewards = -beta * (logprobs - ref_logprobs) * mask  # [B, T]
     if not (mask.sum(1) > 0).all():
         raise ValueError("kl_penalized_rewards: a row has no response token (mask all zero)")
-    t = mask.size(1)
-    last = t - 1 - mask.flip(1).argmax(1)  # [B] index of the last 1 in each row
+    last = last_token_index(mask)  # [B] the last response token of each row
     return rewards.scatter_add(1, last[:, None], scores[:, None].to(rewards.dtype))
 
 

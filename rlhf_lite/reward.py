@@ -25,9 +25,9 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .config import RewardConfig
-from .feedback import _distinct_pairs, _pref_probs, flat_ranking, ranking_to_pairs
+from .feedback import _agreement, _distinct_pairs, _pref_probs, flat_ranking, ranking_to_pairs
 from .models import last_token_index, position_ids_from_mask, transformer_body
-from .runtime import progress_bar, warmup_linear_schedule
+from .runtime import optimizer_step, progress_bar, warmup_linear_schedule
 
 
 # ---------------------------------------------------------------------------------------------
@@ -170,7 +170,10 @@ def _records_loss(rm: RewardModel, enc: Sequence[list[list[int]]], records: Sequ
         r = rewards[i:i + len(seqs)]
         i += len(seqs)
         losses.append(ranking_loss(r, rec["ranking"]))
-        acc += [float(r[w] > r[l]) for w, l in ranking_to_pairs(rec["ranking"])]
+        pairs = ranking_to_pairs(rec["ranking"])
+        if pairs:
+            w, l = torch.tensor(pairs).T
+            acc += (r[w] > r[l]).tolist()
     return torch.stack(losses).mean(), acc
 
 
@@ -241,11 +244,7 @@ def train_reward_model(rm: RewardModel, tokenizer, train: Sequence[dict], cfg: R
             if not torch.isfinite(loss):
                 raise FloatingPointError(f"reward-model loss is {loss.item()} at step {step}; lower RewardConfig.lr "
                                          f"(now {cfg.lr})")
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
-            opt.step()
-            sched.step()
-            opt.zero_grad(set_to_none=True)
+            optimizer_step(loss, params, opt, sched, cfg.grad_clip)
             step += 1
             history["responses_forwarded"] += sum(len(enc[j]) for j in idx)
             history["train"].append({"step": step, "loss": loss.item(), "accuracy": sum(acc) / max(len(acc), 1)})
@@ -304,10 +303,8 @@ def rm_accuracy(rm: RewardModel, tokenizer, world, records: Sequence[dict], labe
     """Expected pairwise accuracy of the RM against ``labelers``' choices on the distinct-response pairs of
     ``records``: mean over pairs and labelers of P(labeler picks the pair's higher-reward response)."""
     judge = record_scores(rm, tokenizer, max_length)
-    cache = {id(r): judge(r) for r in records}
-    from .feedback import expected_agreement
-
-    return sum(expected_agreement(world, records, lambda r: cache[id(r)], lab) for lab in labelers) / len(labelers)
+    rm_probs = [_pref_probs(world, r, judge) for r in records]  # the RM scores each record once
+    return sum(_agreement(rm_probs, [_pref_probs(world, r, lab) for r in records]) for lab in labelers) / len(labelers)
 
 
 def calibration(rm: RewardModel, tokenizer, world, records: Sequence[dict], labelers, bins: int = 8,

@@ -132,3 +132,15 @@ def warmup_linear_schedule(optimizer, warmup_steps: int, total_steps: int):
         return min((step + 1) / max(warmup_steps, 1), max(0.0, (total_steps - step) / max(total_steps - warmup_steps, 1)))
 
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+def optimizer_step(loss, params, optimizer, scheduler, grad_clip: float) -> None:
+    """One update: backpropagate ``loss``, clip the gradients' global norm, step, advance the schedule,
+    clear the gradients."""
+    import torch
+
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(params, grad_clip)
+    optimizer.step()
+    scheduler.step()
+    optimizer.zero_grad(set_to_none=True)

@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from .config import SFTConfig
 from .data import IGNORE_INDEX, SFTCollator, TruncationWarning, render_prompt, sft_example
 from .models import Generation, generate  # noqa: F401  (re-exported: the generation helper of every stage)
-from .runtime import progress_bar, warmup_linear_schedule
+from .runtime import optimizer_step, progress_bar, warmup_linear_schedule
 
 
 def sft_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -204,11 +204,7 @@ def train_sft(model, tokenizer, dataset, cfg: SFTConfig, progress: bool = True) 
             loss = sft_loss(logits, batch["labels"])
             if not torch.isfinite(loss):
                 raise FloatingPointError(f"SFT loss is {loss.item()} at step {step}; lower SFTConfig.lr (now {cfg.lr})")
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
-            opt.step()
-            sched.step()
-            opt.zero_grad(set_to_none=True)
+            optimizer_step(loss, params, opt, sched, cfg.grad_clip)
             step += 1
             history["tokens"] += int(batch["attention_mask"].sum())
             history["train"].append({"step": step, "loss": loss.item(), "lr": sched.get_last_lr()[0]})
