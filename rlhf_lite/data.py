@@ -288,11 +288,13 @@ def _decode(path: Path) -> str:
                               "re-save the file as UTF-8") from None
 
 
-def read_records(path: str | os.PathLike) -> list[dict]:
-    """Records of a local .json / .jsonl / .csv / .parquet file in Dolly's schema, validated."""
+def read_rows(path: str | os.PathLike, what: str = "data file", check_columns=None) -> list[tuple[str, dict]]:
+    """Rows of a local .json / .jsonl / .csv / .parquet file, each with where it came from ("file, line 3").
+    Malformed files raise :class:`DataFormatError` naming the file and line. ``check_columns(columns,
+    source)`` is called on a csv/parquet header before the rows are read."""
     p = Path(path)
     if not p.is_file():
-        raise FileNotFoundError(f"instruction data file {p} does not exist")
+        raise FileNotFoundError(f"{what} {p} does not exist")
     suffix = p.suffix.lower()
     rows: list[tuple[str, dict]] = []
     if suffix == ".jsonl":
@@ -319,18 +321,26 @@ def read_records(path: str | os.PathLike) -> list[dict]:
             rows.append((_where(str(p), "record", n), obj))
     elif suffix == ".csv":
         reader = csv.DictReader(io.StringIO(_decode(p), newline=""))
-        _check_columns(reader.fieldnames or [], str(p))
+        if check_columns:
+            check_columns(reader.fieldnames or [], str(p))
         rows = [(_where(str(p), "line", reader.line_num), dict(r)) for r in reader]
     elif suffix == ".parquet":
         import pyarrow.parquet as pq
 
         table = pq.read_table(p)
-        _check_columns(table.column_names, str(p))
+        if check_columns:
+            check_columns(table.column_names, str(p))
         rows = [(_where(str(p), "row", n), r) for n, r in enumerate(table.to_pylist())]
     else:
         raise DataFormatError(f"{p}: unsupported file type {suffix!r}; use .json, .jsonl, .csv or .parquet")
     if not rows:
         raise DataFormatError(f"{p}: no records")
+    return rows
+
+
+def read_records(path: str | os.PathLike) -> list[dict]:
+    """Records of a local .json / .jsonl / .csv / .parquet file in Dolly's schema, validated."""
+    rows = read_rows(path, "instruction data file", _check_columns)
     _check_columns(list(rows[0][1]), rows[0][0])
     out = []
     for where, rec in rows:

@@ -33,7 +33,7 @@ import warnings
 from pathlib import Path
 from typing import Callable, Sequence
 
-from .data import DataFormatError, render_prompt
+from .data import DataFormatError, read_rows, render_prompt
 from .models import generate
 
 HH_HUMAN, HH_ASSISTANT = "\n\nHuman:", "\n\nAssistant:"
@@ -316,7 +316,7 @@ def preference_records(rows: Sequence[dict], source: str) -> list[dict]:
 
 def load_preference_dataset(source: str = "hh-rlhf", split: str = "train") -> list[dict]:
     """Preference pairs as comparison records. ``source``: "hh-rlhf" (Anthropic/hh-rlhf from the Hub)
-    or a local .json/.jsonl/.parquet file in HH-RLHF or TRL format; both load the same way."""
+    or a local .json/.jsonl/.csv/.parquet file in HH-RLHF or TRL format; both load the same way."""
     if source == "hh-rlhf":
         from datasets import load_dataset
 
@@ -328,34 +328,8 @@ def load_preference_dataset(source: str = "hh-rlhf", split: str = "train") -> li
                                   f"{str(e).splitlines()[0][:200]}). Without network, use TinyWorld's comparisons "
                                   "(RLHF_LITE_PROFILE=tiny) or pass a local file") from None
         return preference_records(list(ds), name)
-    p = Path(source)
-    if not p.is_file():
-        raise FileNotFoundError(f"preference data {source!r}: no such file; use 'hh-rlhf' or a .json/.jsonl/.parquet path")
-    if p.suffix == ".jsonl":
-        rows = []
-        for n, line in enumerate(p.read_text(encoding="utf-8").splitlines(), 1):
-            if line.strip():
-                try:
-                    rows.append(json.loads(line))
-                except json.JSONDecodeError as e:
-                    raise DataFormatError(f"{p}, line {n}: invalid JSON ({e.msg} at column {e.colno})") from None
-    elif p.suffix == ".json":
-        try:
-            rows = json.loads(p.read_text(encoding="utf-8"))
-        except json.JSONDecodeError as e:
-            raise DataFormatError(f"{p}, line {e.lineno}: invalid JSON ({e.msg})") from None
-        if not isinstance(rows, list):
-            raise DataFormatError(f"{p}: expected a JSON list of rows, got a JSON {type(rows).__name__}")
-    elif p.suffix == ".parquet":
-        import pyarrow.parquet as pq
-
-        rows = pq.read_table(p).to_pylist()
-    else:
-        raise DataFormatError(f"{p}: unsupported file type {p.suffix!r}; use .json, .jsonl or .parquet")
-    if not rows:
-        raise DataFormatError(f"{p}: no rows")
-    return preference_records(rows, str(p))
-
+    rows = read_rows(source, "preference data file")  # the same file reader as instruction data
+    return preference_records([r for _, r in rows], str(Path(source)))
 
 # ---------------------------------------------------------------------------------------------
 # You are the labeler: a ranking session (headless) and its widget
