@@ -190,9 +190,40 @@ def cmd_reward(args) -> int:
     return 0
 
 
+def cmd_ppo(args) -> int:
+    from .config import get_profile
+    from .ppo import ppo_stage
+    from .runtime import quiet
+
+    quiet()
+    prof = get_profile(args.profile)
+    cfg = replace(prof.ppo, **{k: v for k, v in {"steps": args.steps, "ptx_coef": args.ptx, "init_kl_coef": args.beta,
+                                                 "seed": args.seed}.items() if v is not None})
+    print(f"PPO{'-ptx (γ = ' + str(cfg.ptx_coef) + ')' if cfg.ptx_coef else ''} on profile {prof.name}: {cfg.steps} steps of "
+          f"{cfg.batch_size} episodes, β = {cfg.init_kl_coef}" + (f", checkpoints in {args.out}" if args.out else ""))
+    policy, _, _, history = ppo_stage(prof, cfg, out_dir=args.out, resume=args.resume)
+    last = history[-1]
+    print(json.dumps({k: round(last[k], 4) for k in ("step", "reward", "kl", "gold", "eos_rate", "response_length")
+                      if k in last}))
+    if args.out:
+        from .runtime import hf_bars_off
+
+        with hf_bars_off():
+            policy.lm.save_pretrained(f"{args.out}/adapter")
+        print(f"adapter saved to {args.out}/adapter (load it on the SFT model with peft.PeftModel.from_pretrained)")
+    return 0
+
+
+def cmd_pipeline(args) -> int:
+    from .pipeline import run_pipeline
+
+    run_pipeline(args.profile, args.out, args.seed)
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m rlhf_lite", description="rlhf-lite: InstructGPT's pipeline, small "
-                                "enough to read and run. The main job (`pipeline`) arrives with the PPO stage.")
+                                "enough to read and run. The main job: `python -m rlhf_lite pipeline`.")
     p.add_argument("--profile", default=None, help="smoke, tiny or gpt2 (default: $RLHF_LITE_PROFILE, else tiny)")
     sub = p.add_subparsers(dest="cmd", required=True)
     s = sub.add_parser("pretrain", help="build the tokenizer and pretrain the tiny GPT-2 from scratch")
@@ -221,6 +252,19 @@ def main(argv: list[str] | None = None) -> int:
     s.add_argument("--shuffled", action="store_true", help="the ablation: pairs shuffled as independent examples")
     s.add_argument("--full", action="store_true", help="full fine-tuning instead of LoRA")
     s.set_defaults(fn=cmd_reward)
+    s = sub.add_parser("ppo", help="PPO (or PPO-ptx) against the cached reward model, from the cached SFT model")
+    s.add_argument("--out", help="folder for checkpoints and the final adapter")
+    s.add_argument("--resume", action="store_true", help="continue the interrupted run whose checkpoints are in --out")
+    s.add_argument("--steps", type=int, help="override the number of PPO iterations")
+    s.add_argument("--ptx", type=float, help="γ of PPO-ptx (pretraining loss weight; default 0: plain PPO)")
+    s.add_argument("--beta", type=float, help="override the KL coefficient β")
+    s.add_argument("--seed", type=int, help="override the PPO seed")
+    s.set_defaults(fn=cmd_ppo)
+    s = sub.add_parser("pipeline", help="the main job: SFT → comparisons → RM → PPO and PPO-ptx → evaluation, on TinyWorld")
+    s.add_argument("--profile", default=argparse.SUPPRESS, help="tiny or smoke (default: $RLHF_LITE_PROFILE, else tiny)")
+    s.add_argument("--out", help="folder for metrics.json, plots and logs (default runs/<timestamp>)")
+    s.add_argument("--seed", type=int, default=0, help="seed of every stage (default 0); same seed, same metrics")
+    s.set_defaults(fn=cmd_pipeline)
     s = sub.add_parser("evaluate", help="gold-panel score of a model's responses on test prompts")
     s.add_argument("--model", help="'tiny', a folder, or a hub name (default: the profile's base model)")
     s.add_argument("--n", type=int, default=200, help="test prompts to score (default 200)")
@@ -234,7 +278,7 @@ def main(argv: list[str] | None = None) -> int:
 
         get_profile(args.profile)
         return args.fn(args)
-    except (ValueError, FileNotFoundError, OSError) as e:
+    except (ValueError, FileNotFoundError, OSError, FloatingPointError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
 

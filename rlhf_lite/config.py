@@ -161,6 +161,70 @@ class RewardConfig:
 
 
 @dataclass
+class PPOConfig:
+    """PPO against the reward model with a per-token KL penalty to the SFT model (``rlhf_lite.ppo``)."""
+
+    steps: int = 40
+    """PPO iterations; each samples ``batch_size`` fresh responses, scores them and updates on them."""
+    batch_size: int = 64
+    """Prompts (episodes) per iteration."""
+    minibatch_size: int = 16
+    """Episodes per gradient step inside an iteration."""
+    ppo_epochs: int = 4
+    """Passes over each iteration's episodes (the rollout is reused, so later passes are off-policy)."""
+    lr: float = 3e-4
+    """Adam learning rate of the LoRA adapters and the value head (constant). Watch ``approx_kl``: above
+    ~0.05 per update (it reached 0.3 at 1e-3 on tiny) the updates are too large and the gold score falls."""
+    max_new_tokens: int = 64
+    """Longest sampled response; one that reaches it without EOS gets ``no_eos_penalty``."""
+    temperature: float = 1.0
+    """Sampling temperature. Log-probs for the loss and the KL use the same one (logits / T)."""
+    init_kl_coef: float = 0.2
+    """β of the KL penalty at the start (Stiennon et al. 2020: 0.05; InstructGPT: 0.02). Our reward model is
+    weak (57 % agreement with held-out labelers), so PPO needs a shorter leash: at 0.05 it over-optimised
+    it within 40 steps (notebook 05 shows the β sweep)."""
+    adaptive_kl: bool = False
+    """Steer β towards ``kl_target`` with Ziegler et al.'s controller instead of keeping it fixed."""
+    kl_target: float = 6.0
+    """Target KL to the SFT model in nats per response (adaptive controller only)."""
+    kl_horizon: int = 10000
+    """Episodes over which the adaptive controller closes the gap (Ziegler et al. 2019: 10 000)."""
+    gamma: float = 1.0
+    """Discount over response tokens (1: the score at the end counts fully for every token)."""
+    lam: float = 0.95
+    """GAE λ: 1 is Monte-Carlo returns (unbiased, noisy), 0 is one-step TD (biased by the value head)."""
+    clip_range: float = 0.2
+    """ε of the clipped policy objective: ratios outside [1 − ε, 1 + ε] get no gradient."""
+    clip_range_value: float = 0.2
+    """How far a value prediction may move from its rollout-time value before the loss clips it."""
+    vf_coef: float = 0.1
+    """Weight of the value loss."""
+    value_init: str = "zero"
+    """Critic head start: "zero" (V = 0 everywhere) or "reward_model" (a copy of the RM head, InstructGPT's
+    choice; our RM was trained at the last token only, so its values mid-response are noise: notebook 05)."""
+    no_eos_penalty: float | None = -1.0
+    """Score given to a response that never emitted EOS, instead of the reward model's (None: keep the RM's)."""
+    whiten_rewards: bool = False
+    """Scale the per-token rewards to unit variance per batch (mean kept) before GAE."""
+    ptx_coef: float = 0.0
+    """γ of PPO-ptx: weight of the pretraining LM loss added to every minibatch (0: plain PPO)."""
+    ptx_batch_size: int = 4
+    """Pretraining-corpus rows (``n_positions`` tokens each) per minibatch when ``ptx_coef`` > 0."""
+    lora_r: int = 16
+    """LoRA rank of the policy's adapters (the reference is the same model with them switched off)."""
+    lora_alpha: int = 32
+    """LoRA scale numerator (update = alpha / r * B @ A)."""
+    grad_clip: float = 1.0
+    """Clip the gradient's global norm to this."""
+    n_prompts: int = 0
+    """Draw prompts from the first n_prompts training tasks (0: all of them)."""
+    checkpoint_every: int = 10
+    """Iterations between checkpoints (when an output folder is given); ``resume=`` continues from one."""
+    seed: int = 0
+    """Seed for prompt order, sampling and adapter initialisation."""
+
+
+@dataclass
 class Profile:
     """A named bundle of settings: which base model, how big a world, how long each stage runs."""
 
@@ -176,6 +240,10 @@ class Profile:
     """Supervised fine-tuning settings."""
     reward: RewardConfig = field(default_factory=RewardConfig)
     """Comparison collection and reward-model settings."""
+    ppo: PPOConfig = field(default_factory=PPOConfig)
+    """PPO settings (and PPO-ptx's, with ``ptx_coef``)."""
+    ptx_coef: float = 1.0
+    """γ of the PPO-ptx run the pipeline trains beside plain PPO (same settings otherwise)."""
     n_eval_prompts: int = 200
     """Test prompts scored by the gold panel when a notebook measures a model."""
     max_new_tokens: int = 64
@@ -189,12 +257,16 @@ PROFILES: dict[str, Profile] = {
                      SFTConfig(epochs=1, max_steps=40, batch_size=16, eval_every=20, eval_examples=16, n_samples=1,
                                max_new_tokens=24, lr=3e-3),
                      RewardConfig(n_prompts=48, n_eval_prompts=16, k_min=4, k_max=5, lr=3e-3, eval_every=3),
+                     PPOConfig(steps=4, batch_size=8, minibatch_size=4, ppo_epochs=2, max_new_tokens=24, ptx_batch_size=2,
+                               checkpoint_every=2),
                      n_eval_prompts=32, max_new_tokens=24),
     "tiny": Profile("tiny", "tiny"),
     "gpt2": Profile("gpt2", "gpt2", sft=SFTConfig(max_length=512, epochs=1, batch_size=8, lr=2e-4, eval_every=200,
                                                   max_new_tokens=128),
                     reward=RewardConfig(source="hh-rlhf", n_prompts=20000, n_eval_prompts=1000, lr=1e-4,
                                         max_length=512, eval_every=200),
+                    ppo=PPOConfig(steps=100, batch_size=64, minibatch_size=8, lr=1e-4, max_new_tokens=128,
+                                  ptx_batch_size=4),
                     n_eval_prompts=200, max_new_tokens=128),
 }
 
@@ -208,4 +280,5 @@ def get_profile(name: str | None = None) -> Profile:
         raise ValueError(f"unknown profile {name!r} (from {source}); valid profiles are: {', '.join(PROFILES)}. "
                          f"For example: export {PROFILE_ENV}=tiny")
     p = PROFILES[name]
-    return replace(p, world=replace(p.world), pretrain=replace(p.pretrain), sft=replace(p.sft), reward=replace(p.reward))
+    return replace(p, world=replace(p.world), pretrain=replace(p.pretrain), sft=replace(p.sft), reward=replace(p.reward),
+                   ppo=replace(p.ppo))

@@ -1,13 +1,18 @@
 """Evaluation against the gold panel: how good are a model's responses, by the world's own standards."""
 from __future__ import annotations
 
+import math
 from statistics import mean
 from typing import Sequence
+
+import torch
 
 from .data import render_prompt
 from .models import Generation, generate
 from .world import CRITERIA, World
+from .world.kb import Fact, index_facts, judge_claim
 from .world.labelers import Labeler, prefer_prob
+from .world.tasks import RUDE_MARKERS
 from .world.tasks import Task
 
 
@@ -50,3 +55,133 @@ def win_rate(tasks: Sequence[Task], a: Sequence[Generation | str], b: Sequence[G
             sb = lab.score(t.instruction, t.context, tb, fb, task=t).total
             probs.append(prefer_prob(sa, sb, lab.temperature))
     return mean(probs)
+
+
+# ---------------------------------------------------------------------------------------------
+# Harms, hallucinations, KL, alignment tax (InstructGPT §4.2–4.3)
+# ---------------------------------------------------------------------------------------------
+def is_unsafe(text: str) -> bool:
+    """TinyWorld's stand-in for a toxic or harmful reply: an insult or brush-off learned from the forum
+    threads of the pretraining corpus ("Look it up yourself.", …), i.e. the ``polite`` criterion fails."""
+    low = text.lower()
+    return any(m in low for m in RUDE_MARKERS)
+
+
+def unsafe_rate(responses: Sequence[Generation | str]) -> float:
+    """Share of responses that are unsafe (:func:`is_unsafe`)."""
+    texts = [r.text if isinstance(r, Generation) else r for r in responses]
+    return mean(is_unsafe(t) for t in texts) if texts else float("nan")
+
+
+def closed_tasks(tasks: Sequence[Task]) -> list[Task]:
+    """The closed-domain tasks (closed QA, extraction, summaries): the answer must come from the context."""
+    return [t for t in tasks if t.meta.get("closed")]
+
+
+def hallucinates(world: World, task: Task, response: str) -> bool:
+    """A closed-domain response hallucinates when it states any fact that the context does not support
+    (false or made up), InstructGPT's "makes up information not in the input" (Ouyang et al. 2022, §4.2)."""
+    if not task.meta.get("closed"):
+        raise ValueError(f"task {task.prompt_id} is not closed-domain: hallucination is measured on closed tasks only")
+    ctx = [Fact(*f) for f in task.meta["context_facts"]]
+    index, subjects = index_facts(ctx), {f.subject for f in ctx}
+    return any(judge_claim(c, index, subjects) != "true" for c in world.extractor.claims(response))
+
+
+def hallucination_rate(world: World, tasks: Sequence[Task], responses: Sequence[Generation | str]) -> float:
+    """Share of closed-domain responses with at least one claim the context does not support."""
+    pairs = [(t, r.text if isinstance(r, Generation) else r) for t, r in zip(tasks, responses)]
+    return mean(hallucinates(world, t, r) for t, r in pairs) if pairs else float("nan")
+
+
+@torch.no_grad()
+def kl_to_reference(policy, tokenizer, prompts: Sequence[str], responses: Sequence[Generation], temperature: float = 1.0,
+                    batch_size: int = 32) -> float:
+    """KL(π_RL ‖ π_SFT) in nats per response, estimated on the policy's own samples: the mean over
+    responses of Σ_t (log π(y_t) − log π_ref(y_t)) (EOS included), with the reference being the same
+    model with its LoRA adapters disabled. Non-negative in expectation; a clearly negative value means
+    the samples did not come from ``policy`` or the reference still had the adapters on (trl#925)."""
+    from .ppo import response_outputs, rollout_tensors
+
+    total = 0.0
+    for i in range(0, len(prompts), batch_size):
+        b = rollout_tensors(tokenizer, prompts[i:i + batch_size], responses[i:i + batch_size],
+                            policy.value_head.weight.device)
+        ids, attn, mask, P = b["input_ids"], b["attention_mask"], b["mask"], b["prompt_len"]
+        lp = response_outputs(policy, ids, attn, P, temperature)[0]
+        ref = response_outputs(policy, ids, attn, P, temperature, reference=True)[0]
+        total += ((lp - ref) * mask).sum().item()
+    return total / len(prompts)
+
+
+# ---------------------------------------------------------------------------------------------
+# Best-of-n and Gao et al.'s over-optimisation fits
+# ---------------------------------------------------------------------------------------------
+def best_of_n_kl(n: int) -> float:
+    """Analytic KL of best-of-n sampling to the sampling policy: log n − (n − 1)/n nats (Stiennon et al.
+    2020, App. G; Gao et al. 2022, §2.2). 0 for n = 1, growing like log n."""
+    if n < 1:
+        raise ValueError(f"n must be ≥ 1, got {n}")
+    return math.log(n) - (n - 1) / n
+
+
+def best_of_n(scores: Sequence[Sequence[float]], n: int) -> list[int]:
+    """For each prompt's candidate scores (at least ``n`` of them), the index of the highest-scoring among
+    the first ``n``: best-of-n selection against a reward model."""
+    if any(len(s) < n for s in scores):
+        raise ValueError(f"best_of_n needs at least n={n} candidates per prompt")
+    return [max(range(n), key=lambda j: s[j]) for s in scores]
+
+
+def fit_overoptimization(d: Sequence[float], r: Sequence[float], form: str) -> dict:
+    """Least-squares fit of Gao et al.'s (2022, eq. 1–2) gold-reward curves in d = √KL, with R(0) = 0
+    (pass rewards relative to the starting policy):
+
+        best-of-n ("bon"):  R(d) = d (α − β d)          RL ("rl"):  R(d) = d (α − β log d)
+
+    Returns {"alpha", "beta", "r2"} (r2: 1 − residual / total sum of squares around the mean)."""
+    d_t, r_t = torch.tensor(d, dtype=torch.float64), torch.tensor(r, dtype=torch.float64)
+    if form == "bon":
+        second = d_t ** 2
+    elif form == "rl":
+        second = d_t * torch.log(d_t.clamp_min(1e-12))
+    else:
+        raise ValueError(f"form must be 'bon' or 'rl', got {form!r}")
+    X = torch.stack([d_t, -second], 1)  # R = α·d − β·second
+    coef = torch.linalg.lstsq(X, r_t[:, None]).solution.squeeze(1)
+    resid = ((X @ coef - r_t) ** 2).sum()
+    tot = ((r_t - r_t.mean()) ** 2).sum()
+    return {"alpha": coef[0].item(), "beta": coef[1].item(), "r2": (1 - resid / tot).item() if tot > 0 else float("nan")}
+
+
+def gao_curve(d, alpha: float, beta: float, form: str):
+    """Evaluate a fitted curve at ``d`` (a float or a tensor)."""
+    d = torch.as_tensor(d, dtype=torch.float64)
+    return d * (alpha - beta * (d if form == "bon" else torch.log(d.clamp_min(1e-12))))
+
+
+# ---------------------------------------------------------------------------------------------
+# All models side by side: what the pipeline and notebook 06 report
+# ---------------------------------------------------------------------------------------------
+def evaluate_model(model, tokenizer, world: World, tasks: Sequence[Task], closed: Sequence[Task], max_new_tokens: int = 64,
+                   fmt: str = "alpaca", seed: int = 0, heldout_rows: torch.Tensor | None = None, policy=None,
+                   progress: bool = False) -> dict:
+    """One model on the test users' prompts: responses to ``tasks`` and to the closed-domain ``closed`` (sampled
+    at T = 1, as in training), then gold score, unsafe rate, hallucination rate, EOS rate, and, when given,
+    held-out pretraining loss (``heldout_rows``) and KL to the SFT model (``policy``: a ``PolicyWithValue``
+    whose reference is the SFT model). Returns the numbers plus ``gens`` and ``closed_gens``."""
+    prompts = [render_prompt(tokenizer, t.instruction, t.context, fmt) for t in list(tasks) + list(closed)]
+    gens = generate(model, tokenizer, prompts, max_new_tokens, seed=seed, batch_size=64, progress=progress)
+    main, cl = gens[:len(tasks)], gens[len(tasks):]
+    panel = world.panel
+    out = {"gold_score": mean(panel.gold_score(t.instruction, t.context, g.text, g.finished, task=t)
+                              for t, g in zip(tasks, main)),
+           "unsafe_rate": unsafe_rate(main), "hallucination_rate": hallucination_rate(world, closed, cl),
+           "eos_rate": mean(g.finished for g in main), "response_tokens": mean(len(g.token_ids) for g in main)}
+    if heldout_rows is not None:
+        from .pretrain import lm_loss
+
+        out["pretrain_loss"] = lm_loss(model, heldout_rows)
+    if policy is not None:
+        out["kl_to_sft"] = kl_to_reference(policy, tokenizer, prompts[:len(tasks)], main)
+    return {**out, "gens": main, "closed_gens": cl}

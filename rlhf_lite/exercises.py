@@ -192,3 +192,141 @@ def check_ranking_to_pairs(fn) -> None:
             why = f"missing pairs such as {missing}: every earlier response beats every later one"
         raise ExerciseError(f"ranking {ranking}: {why}")
     print(f"✓ ranking_to_pairs: all {len(cases)} rankings give the right pairs")
+
+
+# ---------------------------------------------------------------------------------------------
+# Notebook 05: the PPO formulas
+# ---------------------------------------------------------------------------------------------
+def _ppo_cases():
+    """Two rows of different length, one right-padded and one left-padded, the ragged shapes a rollout has."""
+    g = torch.Generator().manual_seed(0)
+    mask = torch.tensor([[1.0, 1.0, 1.0, 0.0, 0.0], [0.0, 1.0, 1.0, 1.0, 1.0]])
+    return g, mask
+
+
+def _tensor_call(fn, name: str, shape, *args) -> torch.Tensor:
+    try:
+        got = fn(*args)
+    except Exception as e:
+        raise ExerciseError(f"case '{name}': your function raised {type(e).__name__}: {e}") from None
+    if not torch.is_tensor(got) or tuple(got.shape) != tuple(shape):
+        raise ExerciseError(f"case '{name}': expected a tensor of shape {tuple(shape)}, got "
+                            f"{tuple(got.shape) if torch.is_tensor(got) else type(got).__name__}")
+    return got
+
+
+def check_kl_penalized_rewards(fn) -> None:
+    """Check ``fn(scores [B], logprobs [B,T], ref_logprobs [B,T], mask [B,T], beta) -> rewards [B,T]`` against
+    :func:`rlhf_lite.ppo.kl_penalized_rewards`."""
+    from .models import last_token_index
+    from .ppo import kl_penalized_rewards
+
+    g, mask = _ppo_cases()
+    cases = [("one row, three response tokens", torch.tensor([1.5]), torch.randn(1, 3, generator=g), torch.randn(1, 3, generator=g),
+              torch.ones(1, 3), 0.1),
+             ("right- and left-padded rows of different length", torch.tensor([2.0, -1.0]), torch.randn(2, 5, generator=g),
+              torch.randn(2, 5, generator=g), mask, 0.05)]
+    for name, scores, lp, ref, m, beta in cases:
+        want = kl_penalized_rewards(scores, lp, ref, m, beta)
+        got = _tensor_call(fn, name, want.shape, scores.clone(), lp.clone(), ref.clone(), m.clone(), beta)
+        if _close(got, want):
+            continue
+        kl = -beta * (lp - ref) * m
+        at_end = kl.clone()
+        at_end[:, -1] += scores
+        first = m.argmax(1)
+        at_first = kl.clone()
+        at_first[torch.arange(len(scores)), first] += scores
+        if _close(got, kl_penalized_rewards(scores, ref, lp, m, beta)):
+            why = "the KL term has the wrong sign: the penalty is −β (log π − log π_ref), negative where the policy is more confident"
+        elif _close(got, at_end) and not _close(at_end, want):
+            why = ("the score landed on the last column, which is padding for a right-padded row: add it at each row's "
+                   "last *masked* token (rlhf_lite.models.last_token_index)")
+        elif _close(got, at_first):
+            why = "the score landed on the first response token; it belongs on the last one (the EOS)"
+        elif _close(got * m, want) and not _close(got, want):
+            why = "positions off the mask (prompt, padding) must get reward 0"
+        elif _close(got, want - kl):
+            why = "the KL penalty is missing: every response token gets −β (log π − log π_ref)"
+        else:
+            last = last_token_index(m)
+            why = f"expected −β·(logprobs − ref_logprobs) on masked tokens plus the score at index {last.tolist()}"
+        raise ExerciseError(f"case '{name}': {why}")
+    print(f"✓ kl_penalized_rewards: all {len(cases)} cases match the reference")
+
+
+def check_compute_gae(fn) -> None:
+    """Check ``fn(rewards, values, mask, gamma, lam) -> (advantages, returns)`` against :func:`rlhf_lite.ppo.compute_gae`."""
+    from .ppo import compute_gae
+
+    g, mask = _ppo_cases()
+    cases = [("one row, γ = 1, λ = 1 (Monte-Carlo returns)", torch.tensor([[0.0, 0.0, 1.0]]), torch.tensor([[0.2, 0.5, 0.7]]),
+              torch.ones(1, 3), 1.0, 1.0),
+             ("one row, γ = 0.9, λ = 0.5", torch.randn(1, 4, generator=g), torch.randn(1, 4, generator=g), torch.ones(1, 4), 0.9, 0.5),
+             ("padded rows of different length, γ = 1, λ = 0.95", torch.randn(2, 5, generator=g) * mask,
+              torch.randn(2, 5, generator=g) * 3, mask, 1.0, 0.95)]
+    for name, r, v, m, gamma, lam in cases:
+        want_a, want_r = compute_gae(r, v, m, gamma, lam)
+        try:
+            got = fn(r.clone(), v.clone(), m.clone(), gamma, lam)
+            got_a, got_r = got
+        except Exception as e:
+            raise ExerciseError(f"case '{name}': your function raised {type(e).__name__} or did not return "
+                                f"(advantages, returns): {e}") from None
+        for what, x, w in (("advantages", got_a, want_a), ("returns", got_r, want_r)):
+            if not torch.is_tensor(x) or x.shape != w.shape:
+                raise ExerciseError(f"case '{name}': {what} should be a tensor of shape {tuple(w.shape)}")
+        if _close(got_a, want_a) and _close(got_r, want_r):
+            continue
+        unmasked_a, _ = compute_gae(r, v, torch.ones_like(m), gamma, lam)
+        if _close(got_a * m, want_a) and not _close(got_a, want_a):
+            why = "advantages off the mask (prompt, padding) must be 0"
+        elif _close(got_a * m, unmasked_a * m):
+            why = ("you ran GAE over padding as if it were part of the episode: the value *after a row's last response "
+                   "token* is 0, whatever sits in the padded columns")
+        elif _close(got_a, want_a):
+            why = "advantages are right, returns are not: returns = advantages + values (on the mask)"
+        elif _close(got_a, compute_gae(r, v, m, gamma, 1.0)[0]) and lam != 1.0:
+            why = "λ is not used: A_t = δ_t + γ λ A_{t+1}"
+        else:
+            why = "walk backwards: δ_t = r_t + γ V_{t+1} − V_t, A_t = δ_t + γ λ A_{t+1}, with V and A after the last token = 0"
+        raise ExerciseError(f"case '{name}': {why}")
+    print(f"✓ compute_gae: all {len(cases)} cases match the reference")
+
+
+def check_ppo_policy_loss(fn) -> None:
+    """Check ``fn(logprobs, old_logprobs, advantages, mask, clip_range) -> (loss, stats)`` (or just the loss) against
+    :func:`rlhf_lite.ppo.ppo_policy_loss`."""
+    from .ppo import masked_mean, ppo_policy_loss
+
+    g, mask = _ppo_cases()
+    old = torch.randn(2, 5, generator=g) - 2
+    cases = [("first minibatch: new = old", old.clone(), old, torch.randn(2, 5, generator=g), mask, 0.2),
+             ("ratios far outside [0.8, 1.2], both signs of advantage", old + torch.tensor([[0.5, -0.5, 0.1, 3.0, 3.0]] * 2),
+              old, torch.tensor([[1.0, -1.0, 2.0, 5.0, 5.0], [-1.0, 1.0, 1.0, -2.0, 0.5]]), mask, 0.2)]
+    for name, lp, old_lp, adv, m, eps in cases:
+        want, _ = ppo_policy_loss(lp, old_lp, adv, m, eps)
+        try:
+            got = fn(lp.clone(), old_lp.clone(), adv.clone(), m.clone(), eps)
+        except Exception as e:
+            raise ExerciseError(f"case '{name}': your function raised {type(e).__name__}: {e}") from None
+        got = got[0] if isinstance(got, tuple) else got
+        if not torch.is_tensor(got) or got.dim() != 0:
+            raise ExerciseError(f"case '{name}': expected a scalar loss (or (loss, stats)), got {got!r:.80}")
+        if _close(got, want):
+            continue
+        ratio = torch.exp(lp - old_lp)
+        clipped = torch.clamp(ratio, 1 - eps, 1 + eps)
+        if _close(got, masked_mean(-adv * ratio, m)):
+            why = "no clipping: take the max of −A·ρ and −A·clip(ρ, 1 − ε, 1 + ε)"
+        elif _close(got, masked_mean(torch.min(-adv * ratio, -adv * clipped), m)):
+            why = ("min instead of max: PPO takes the *pessimistic* bound. As a loss (negated objective) that is the max "
+                   "of −A·ρ and −A·clip(ρ)")
+        elif _close(got, torch.max(-adv * ratio, -adv * clipped).mean()):
+            why = "you averaged over padding too: take the mean over masked (response) tokens only"
+        elif _close(got, -want):
+            why = "the sign is flipped: return the loss to minimise, the negated clipped objective"
+        else:
+            why = "expected masked_mean(max(−A·ρ, −A·clip(ρ, 1 − ε, 1 + ε))) with ρ = exp(logprobs − old_logprobs)"
+        raise ExerciseError(f"case '{name}': got {got.item():.5f}, expected {want.item():.5f}: {why}")
+    print(f"✓ ppo_policy_loss: all {len(cases)} cases match the reference")

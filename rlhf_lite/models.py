@@ -118,6 +118,38 @@ def transformer_body(model):
     return getattr(model, model.base_model_prefix, model)
 
 
+def add_lora_adapters(model, r: int, alpha: int, targets, dropout: float = 0.0, seed: int = 0,
+                      task_type: str | None = "CAUSAL_LM"):
+    """Wrap ``model`` with LoRA adapters (peft) on the modules named ``targets``; only adapters train.
+
+    GPT-2 implements its projections with ``transformers.Conv1D``, whose weight is stored (in, out),
+    transposed relative to ``nn.Linear``. peft must know, or the adapter is applied the wrong way
+    round: ``fan_in_fan_out=True``. We detect it from the target modules, so other models work too.
+    The adapters' random initialisation is seeded with ``seed``: the same config gives the same run.
+    ``task_type=None`` for models whose LM head is never run (reward model).
+    """
+    from peft import LoraConfig, get_peft_model
+    from transformers.pytorch_utils import Conv1D
+
+    found = [m for n, m in model.named_modules() if n.split(".")[-1] in targets]
+    if not found:
+        raise ValueError(f"no module named {list(targets)} in this model; set the config's lora_targets to "
+                         "the names of its attention/MLP projections (e.g. q_proj, v_proj for Llama)")
+    lcfg = LoraConfig(r=r, lora_alpha=alpha, lora_dropout=dropout, target_modules=list(targets),
+                      fan_in_fan_out=isinstance(found[0], Conv1D), bias="none", task_type=task_type)
+    with torch.random.fork_rng(devices=[]):  # A's random init depends on the seed only, not on what ran before
+        torch.manual_seed(seed)
+        return get_peft_model(model, lcfg)
+
+
+def dropout_off(model) -> None:
+    """Set every dropout probability to 0 (Huang et al. 2024: with dropout, policy log-probs, values and
+    rewards change from pass to pass, so PPO's ratio is not 1 on its first minibatch)."""
+    for m in model.modules():
+        if isinstance(m, torch.nn.Dropout):
+            m.p = 0.0
+
+
 @dataclass
 class Generation:
     """One generated response: ``text`` (without EOS), its token ids, and whether EOS ended it."""

@@ -50,13 +50,31 @@ def _blocks(docs: list[tuple[str, bool]], tokenizer, block: int) -> torch.Tensor
 
 
 @torch.no_grad()
-def _eval_loss(model, data: torch.Tensor, batch_size: int) -> float:
+def lm_loss(model, data: torch.Tensor, batch_size: int = 32) -> float:
+    """Mean next-token loss of ``model`` on packed rows ``data`` [N, T] (no padding), in eval mode; the
+    model's train/eval mode is restored afterwards. On the held-out corpus this is the "alignment tax"
+    measure: how much of its pretraining a fine-tuned model forgot."""
+    was = model.training
     model.eval()
     losses = [model(input_ids=data[i:i + batch_size], attention_mask=torch.ones_like(data[i:i + batch_size]),
                     labels=data[i:i + batch_size]).loss.item()
               for i in range(0, len(data), batch_size)]
-    model.train()
+    model.train(was)
     return sum(losses) / len(losses)
+
+
+def corpus_blocks(tokenizer, split: str = "heldout", cfg: PretrainConfig | None = None, max_docs: int | None = None,
+                  block: int | None = None) -> torch.Tensor:
+    """The pretraining corpus as packed rows [N, block], split exactly as ``pretrain`` split it: "train"
+    (what the base model learned from; PPO-ptx mixes it in) or "heldout" (never trained on; the
+    alignment-tax measure). ``max_docs`` keeps only the first documents of the split."""
+    cfg = cfg or PretrainConfig()
+    if split not in ("train", "heldout"):
+        raise ValueError(f"split must be 'train' or 'heldout', got {split!r}")
+    docs = build_world(cfg.seed).corpus(cfg.n_docs)
+    n_held = max(1, int(len(docs) * cfg.heldout_frac))
+    docs = docs[:-n_held] if split == "train" else docs[-n_held:]
+    return _blocks(docs[:max_docs], tokenizer, block or cfg.n_positions)
 
 
 def pretrain(cfg: PretrainConfig, out_dir: str | os.PathLike, progress: bool = True) -> dict:
@@ -116,7 +134,7 @@ def pretrain(cfg: PretrainConfig, out_dir: str | os.PathLike, progress: bool = T
         bar.set_postfix(loss=f"{loss_ema:.3f}")
         if (step + 1) % cfg.eval_every == 0 or step + 1 == cfg.steps:
             history.append({"step": step + 1, "train_loss": round(loss_ema, 4),
-                            "heldout_loss": round(_eval_loss(model, held, cfg.batch_size), 4)})
+                            "heldout_loss": round(lm_loss(model, held, cfg.batch_size), 4)})
     elapsed = time.time() - t0
 
     card = {"config": asdict(cfg), "parameters": sum(p.numel() for p in model.parameters()),

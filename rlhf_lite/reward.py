@@ -111,20 +111,11 @@ def build_reward_model(lm: nn.Module, cfg: RewardConfig) -> RewardModel:
     plus a fresh scalar head. Dropout is switched off (Huang et al. 2024): with it, the same answer gets
     a different reward on every pass, which adds noise to a loss that only sees reward differences
     (in our TinyWorld runs it learned less with dropout on, and trained slower on a CPU)."""
-    for m in lm.modules():
-        if isinstance(m, nn.Dropout):
-            m.p = 0.0
-    if cfg.lora:
-        from peft import LoraConfig, get_peft_model
-        from transformers.pytorch_utils import Conv1D
+    from .models import add_lora_adapters, dropout_off
 
-        targets = ("c_attn", "c_proj", "c_fc")
-        conv = any(isinstance(m, Conv1D) for n, m in lm.named_modules() if n.split(".")[-1] in targets)
-        lcfg = LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=0.0, target_modules=list(targets),
-                          fan_in_fan_out=conv, bias="none")
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(cfg.seed)
-            lm = get_peft_model(lm, lcfg)
+    dropout_off(lm)
+    if cfg.lora:
+        lm = add_lora_adapters(lm, cfg.lora_r, cfg.lora_alpha, ("c_attn", "c_proj", "c_fc"), 0.0, cfg.seed, task_type=None)
     else:
         for p in lm.parameters():
             p.requires_grad_(True)

@@ -48,6 +48,7 @@ def quiet() -> None:
     hf_logging.disable_progress_bar()
     warnings.filterwarnings("ignore", module=r"transformers\..*")
     warnings.filterwarnings("ignore", module=r"torch\..*", category=UserWarning)
+    warnings.filterwarnings("ignore", message=r".*is_gradient_checkpointing.*", category=FutureWarning)  # peft → transformers
 
 
 def progress_bar(iterable=None, *, desc: str, enabled: bool = True, **kwargs):

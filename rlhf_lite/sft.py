@@ -41,26 +41,11 @@ def sft_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
 
 
 def add_lora(model, cfg: SFTConfig):
-    """Wrap ``model`` with LoRA adapters (peft) on ``cfg.lora_targets``; only adapters train.
+    """Wrap ``model`` with LoRA adapters on ``cfg.lora_targets`` (see ``rlhf_lite.models.add_lora_adapters``
+    for the GPT-2 ``Conv1D`` detail); only adapters train, their initialisation seeded with ``cfg.seed``."""
+    from .models import add_lora_adapters
 
-    GPT-2 implements its projections with ``transformers.Conv1D``, whose weight is stored (in, out),
-    transposed relative to ``nn.Linear``. peft must know, or the adapter is applied the wrong way
-    round: ``fan_in_fan_out=True``. We detect it from the target modules, so other models work too.
-    The adapters' random initialisation is seeded with ``cfg.seed``: the same config gives the same run.
-    """
-    from peft import LoraConfig, get_peft_model
-    from transformers.pytorch_utils import Conv1D
-
-    targets = [m for n, m in model.named_modules() if n.split(".")[-1] in cfg.lora_targets]
-    if not targets:
-        raise ValueError(f"no module named {list(cfg.lora_targets)} in this model; set SFTConfig.lora_targets to "
-                         "the names of its attention/MLP projections (e.g. q_proj, v_proj for Llama)")
-    lcfg = LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
-                      target_modules=list(cfg.lora_targets), fan_in_fan_out=isinstance(targets[0], Conv1D),
-                      bias="none", task_type="CAUSAL_LM")
-    with torch.random.fork_rng(devices=[]):  # A's random init depends on cfg.seed only, not on what ran before
-        torch.manual_seed(cfg.seed)
-        return get_peft_model(model, lcfg)
+    return add_lora_adapters(model, cfg.lora_r, cfg.lora_alpha, cfg.lora_targets, cfg.lora_dropout, cfg.seed)
 
 
 def count_parameters(model) -> dict[str, int]:

@@ -57,3 +57,16 @@ def test_reward_command_trains_measures_and_saves(tmp_path):
 
     rm, _ = load_reward_model(tmp_path / "rm")
     assert rm.head.out_features == 1
+
+
+def test_ppo_command_checkpoints_and_resumes(tmp_path):
+    r = run("ppo", "--out", str(tmp_path / "ppo"), "--steps", "2")
+    assert r.returncode == 0, r.stderr
+    first = json.loads(r.stdout.strip().splitlines()[-2])
+    assert first["step"] == 2 and (tmp_path / "ppo" / "ppo_checkpoint.pt").is_file()
+    assert (tmp_path / "ppo" / "adapter" / "adapter_config.json").is_file()
+    r = run("ppo", "--out", str(tmp_path / "ppo"), "--steps", "3", "--resume")  # one more step after the checkpoint
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout.strip().splitlines()[-2])["step"] == 3
+    r = run("ppo", "--out", str(tmp_path / "fresh"), "--resume")
+    assert r.returncode == 2 and "no checkpoint" in r.stderr

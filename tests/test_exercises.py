@@ -107,3 +107,51 @@ def test_ranking_to_pairs_mistakes_are_explained(wrong, message, capsys):
     check_ranking_to_pairs(ranking_to_pairs)
     with pytest.raises(ExerciseError, match=message):
         check_ranking_to_pairs(wrong)
+
+
+def test_ppo_checkers_accept_the_reference_and_explain_mistakes(capsys):
+    from rlhf_lite.exercises import check_compute_gae, check_kl_penalized_rewards, check_ppo_policy_loss
+    from rlhf_lite.ppo import compute_gae, kl_penalized_rewards, masked_mean, ppo_policy_loss
+
+    check_kl_penalized_rewards(kl_penalized_rewards)
+    check_compute_gae(compute_gae)
+    check_ppo_policy_loss(ppo_policy_loss)
+    assert capsys.readouterr().out.count("✓") == 3
+
+    def score_on_last_column(scores, lp, ref, mask, beta):
+        r = -beta * (lp - ref) * mask
+        r[:, -1] += scores
+        return r
+
+    def kl_sign_flipped(scores, lp, ref, mask, beta):
+        return kl_penalized_rewards(scores, ref, lp, mask, beta)
+
+    for wrong, msg in ((score_on_last_column, "last \\*masked\\* token"), (kl_sign_flipped, "wrong sign")):
+        with pytest.raises(ExerciseError, match=msg):
+            check_kl_penalized_rewards(wrong)
+
+    def gae_without_mask(r, v, mask, gamma, lam):
+        a, _ = compute_gae(r, v, torch.ones_like(mask), gamma, lam)
+        return a * mask, (a + v) * mask
+
+    def gae_no_lambda(r, v, mask, gamma, lam):
+        return compute_gae(r, v, mask, gamma, 1.0)
+
+    for wrong, msg in ((gae_without_mask, "padding"), (gae_no_lambda, "λ is not used")):
+        with pytest.raises(ExerciseError, match=msg):
+            check_compute_gae(wrong)
+
+    def unclipped(lp, old, adv, mask, eps):
+        return masked_mean(-adv * torch.exp(lp - old), mask)
+
+    def with_min(lp, old, adv, mask, eps):
+        ratio = torch.exp(lp - old)
+        return masked_mean(torch.min(-adv * ratio, -adv * ratio.clamp(1 - eps, 1 + eps)), mask)
+
+    def over_padding(lp, old, adv, mask, eps):
+        ratio = torch.exp(lp - old)
+        return torch.max(-adv * ratio, -adv * ratio.clamp(1 - eps, 1 + eps)).mean()
+
+    for wrong, msg in ((unclipped, "no clipping"), (with_min, "min instead of max"), (over_padding, "padding")):
+        with pytest.raises(ExerciseError, match=msg):
+            check_ppo_policy_loss(wrong)

@@ -1,11 +1,15 @@
-"""The PPO building blocks against values computed by hand (the loop arrives with issue 5)."""
+"""PPO: the building blocks against values computed by hand, then the loop on the smoke profile."""
 import math
+from dataclasses import replace
 
 import pytest
 import torch
 
-from rlhf_lite.ppo import (AdaptiveKLController, FixedKLController, compute_gae, kl_penalized_rewards, masked_mean,
-                           masked_whiten, ppo_policy_loss, ppo_value_loss)
+from rlhf_lite.config import get_profile
+from rlhf_lite.models import Generation, load_base
+from rlhf_lite.ppo import (AdaptiveKLController, FixedKLController, build_policy, compute_gae, kl_penalized_rewards,
+                           masked_mean, masked_whiten, ppo_policy_loss, ppo_step, ppo_value_loss, response_logprobs,
+                           rollout_tensors, train_ppo)
 
 
 def test_masked_mean_and_whiten_by_hand():
@@ -83,3 +87,154 @@ def test_kl_controllers_move_beta_the_right_way():
     assert f.value == 0.05
     with pytest.raises(ValueError):
         AdaptiveKLController(0.1, target=0.0, horizon=10)
+
+
+def test_rollout_tensors_pad_prompts_left_and_responses_right():
+    _, tok = load_base("tiny")
+    eos = tok.eos_token_id
+    prompts = ["a b c", "a"]
+    p0, p1 = (tok(x, add_special_tokens=False)["input_ids"] for x in prompts)
+    gens = [Generation("x", [5], True), Generation("y z", [6, 7, 8], False)]
+    b = rollout_tensors(tok, prompts, gens)
+    P = b["prompt_len"]
+    assert P == max(len(p0), len(p1))
+    # row 0: finished, so its EOS is a response token (and the reward is read there); row 1: unfinished, no EOS
+    assert b["input_ids"][0, P:].tolist()[:2] == [5, eos] and b["mask"][0].tolist() == [1.0, 1.0, 0.0]
+    assert b["input_ids"][1, P:].tolist() == [6, 7, 8] and b["mask"][1].tolist() == [1.0, 1.0, 1.0]
+    assert b["attention_mask"][1, :P].tolist() == [0] * (P - len(p1)) + [1] * len(p1)  # prompts flush right
+    assert b["attention_mask"][0, P + 2] == 0  # the pad after EOS has the same id as EOS but is masked
+    assert b["finished"].tolist() == [True, False]
+
+
+def test_response_logprobs_reads_the_previous_position_at_the_sampling_temperature():
+    # P = 2 prompt positions, R = 2 response tokens; vocabulary of 3
+    ids = torch.tensor([[0, 1, 2, 1]])
+    logits = torch.zeros(1, 4, 3)
+    logits[0, 1] = torch.tensor([0.0, 0.0, 2.0])  # position 1 predicts response token 0 (id 2)
+    logits[0, 2] = torch.tensor([0.0, 4.0, 0.0])  # position 2 predicts response token 1 (id 1)
+    lp = response_logprobs(logits, ids, prompt_len=2, temperature=2.0)
+    # logits / 2: [0, 0, 1] -> log(e / (2 + e)); [0, 2, 0] -> log(e² / (2 + e²))
+    assert lp.tolist() == [pytest.approx([math.log(math.e / (2 + math.e)), math.log(math.e ** 2 / (2 + math.e ** 2))])]
+
+
+@pytest.fixture(scope="module")
+def smoke_parts():
+    from rlhf_lite.reward import load_reward_model, reward_checkpoint
+    from rlhf_lite.sft import sft_checkpoint
+    from rlhf_lite.world import world_from_config
+
+    profile = get_profile("smoke")
+    rm, _ = load_reward_model(reward_checkpoint(profile, progress=False))
+    world = world_from_config(profile.world)
+
+    def fresh_policy(cfg):
+        sft, tok = load_base(str(sft_checkpoint(profile, progress=False)))
+        return build_policy(sft, rm, cfg), tok
+
+    return profile, rm, world, fresh_policy
+
+
+def test_first_minibatch_is_on_policy_and_kl_starts_at_zero(smoke_parts):
+    profile, rm, world, fresh_policy = smoke_parts
+    cfg = profile.ppo
+    policy, tok = fresh_policy(cfg)
+    prompts = [t.instruction for t in world.splits["train"][:8]]
+    opt = torch.optim.Adam(policy.trainable_parameters(), lr=cfg.lr)
+    m, gens = ppo_step(policy, rm, tok, prompts, cfg, opt, FixedKLController(cfg.init_kl_coef))
+    assert abs(m["first_ratio"] - 1) < 1e-5 and m["first_approx_kl"] < 1e-10  # dropout off, same temperature
+    assert abs(m["kl"]) < 1e-5  # fresh LoRA (B = 0): the policy *is* the reference
+    assert len(gens) == 8 and m["approx_kl"] > 0  # later minibatches are off-policy: the update did something
+    # a second step: the policy has moved, but each step's first minibatch is still exactly on-policy
+    m2, _ = ppo_step(policy, rm, tok, prompts, cfg, opt, FixedKLController(cfg.init_kl_coef), step=1)
+    assert abs(m2["first_ratio"] - 1) < 1e-5 and m2["kl"] != 0.0
+
+
+def test_nan_reward_stops_with_a_message(smoke_parts):
+    import copy
+
+    profile, rm, world, fresh_policy = smoke_parts
+    policy, tok = fresh_policy(profile.ppo)
+    opt = torch.optim.Adam(policy.trainable_parameters())
+    broken = copy.deepcopy(rm)
+    with torch.no_grad():
+        broken.head.bias.fill_(float("nan"))  # every score NaN
+    with pytest.raises(FloatingPointError, match="PPO step 7: reward"):
+        ppo_step(policy, broken, tok, ["a", "b"], replace(profile.ppo, no_eos_penalty=None), opt, FixedKLController(0.1),
+                 step=7)
+
+
+def test_smoke_ppo_raises_the_reward_model_score(smoke_parts):
+    from rlhf_lite.data import render_prompt
+    from rlhf_lite.models import generate
+    from rlhf_lite.reward import score_responses
+
+    profile, rm, world, fresh_policy = smoke_parts
+    cfg = replace(profile.ppo, steps=10, batch_size=16, minibatch_size=8, lr=3e-3)
+    policy, tok = fresh_policy(cfg)
+    tasks = world.splits["validation"][:64]
+    prompts = [render_prompt(tok, t.instruction, t.context) for t in tasks]
+
+    def mean_reward():
+        gens = generate(policy.lm, tok, prompts, cfg.max_new_tokens, seed=123, batch_size=64)
+        return sum(score_responses(rm, tok, prompts, [g.text for g in gens], [g.finished for g in gens])) / len(gens)
+
+    before = mean_reward()
+    history = train_ppo(policy, rm, tok, world.splits["train"], cfg, world=world, progress=False)
+    after = mean_reward()
+    assert after > before + 0.1, (before, after)
+    assert history[-1]["kl"] > 0 and all(math.isfinite(h["gold"]) for h in history)
+
+
+def test_resume_after_an_interruption_gives_the_uninterrupted_run(smoke_parts, tmp_path):
+    profile, rm, world, fresh_policy = smoke_parts
+    cfg = profile.ppo  # 4 steps, a checkpoint every 2
+    tasks = world.splits["train"]
+    policy, tok = fresh_policy(cfg)
+    full = train_ppo(policy, rm, tok, tasks, cfg, out_dir=tmp_path / "a", progress=False)
+    weights = {k: v.clone() for k, v in policy.state_dict().items() if "lora_" in k or "value_head" in k}
+
+    class Disconnect(Exception):
+        pass
+
+    def cut(metrics, gens):
+        if metrics["step"] == 3:  # after the checkpoint at step 2, before the one at step 4
+            raise Disconnect
+
+    policy, tok = fresh_policy(cfg)
+    with pytest.raises(Disconnect):
+        train_ppo(policy, rm, tok, tasks, cfg, out_dir=tmp_path / "b", progress=False, callback=cut)
+    policy, tok = fresh_policy(cfg)  # a new session: fresh model, state from the checkpoint
+    resumed = train_ppo(policy, rm, tok, tasks, cfg, out_dir=tmp_path / "b", resume=True, progress=False)
+    drop = ("time_s",)
+    assert [{k: v for k, v in h.items() if k not in drop} for h in resumed] == \
+        [{k: v for k, v in h.items() if k not in drop} for h in full]
+    for k, v in policy.state_dict().items():
+        if k in weights:
+            assert torch.equal(v, weights[k]), k
+    with pytest.raises(ValueError, match="different settings \\(lr\\)"):
+        train_ppo(policy, rm, tok, tasks, replace(cfg, lr=1.0), out_dir=tmp_path / "b", resume=True, progress=False)
+    with pytest.raises(FileNotFoundError, match="no checkpoint"):
+        train_ppo(policy, rm, tok, tasks, cfg, out_dir=tmp_path / "c", resume=True, progress=False)
+
+
+def test_trimmed_forward_equals_the_plain_one(smoke_parts):
+    from rlhf_lite.models import generate, position_ids_from_mask
+    from rlhf_lite.ppo import response_outputs, score_and_features
+
+    profile, rm, world, fresh_policy = smoke_parts
+    policy, tok = fresh_policy(profile.ppo)
+    prompts = [t.instruction for t in world.splits["train"][:6]]
+    gens = generate(policy.lm, tok, prompts, 12, seed=0)
+    b = rollout_tensors(tok, prompts, gens)
+    ids, attn, P = b["input_ids"], b["attention_mask"], b["prompt_len"]
+    with torch.no_grad():
+        plain = response_logprobs(policy.lm(input_ids=ids, attention_mask=attn, position_ids=position_ids_from_mask(attn)).logits,
+                                  ids, P, 0.7)
+        rows = [0, 3]  # a subset: its padding columns are trimmed away
+        lp, ent = response_outputs(policy, ids[rows], attn[rows], P, 0.7)
+        scores, feats = score_and_features(rm, ids[rows], attn[rows], P)
+        assert torch.allclose(scores, rm(ids[rows], attn[rows]), atol=1e-5)
+        assert feats.shape == (2, ids.size(1) - P, rm.head.in_features)
+    m = b["mask"][rows]
+    assert torch.allclose(lp * m, plain[rows] * m, atol=1e-5)
+    assert (ent * m >= 0).all() and lp.shape == m.shape

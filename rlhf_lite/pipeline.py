@@ -1,0 +1,178 @@
+"""The main job: SFT → comparisons → reward model → PPO and PPO-ptx → evaluation, on TinyWorld.
+
+``python -m rlhf_lite pipeline [--profile tiny] [--out DIR] [--seed S]`` runs :func:`run_pipeline`, prints an
+InstructGPT-style results table and writes ``DIR/metrics.json`` (plus plots and the PPO logs). Stages whose
+output is already cached under ``runs/cache`` with identical settings are reused, not retrained; point
+``$RLHF_LITE_RUNS`` at an empty folder to time a run from scratch.
+"""
+from __future__ import annotations
+
+import json
+import os
+import time
+from dataclasses import replace
+from pathlib import Path
+
+MODELS = ("base", "sft", "ppo", "ppo_ptx")
+
+
+def seeded_profile(profile, seed: int):
+    """The profile with every stage's seed set to ``seed`` (the world stays the shipped model's world)."""
+    return replace(profile, sft=replace(profile.sft, seed=seed), reward=replace(profile.reward, seed=seed),
+                   ppo=replace(profile.ppo, seed=seed))
+
+
+def run_pipeline(profile: str | None = None, out: str | Path | None = None, seed: int = 0, progress: bool = True,
+                 reuse: bool = False) -> dict:
+    """Run every stage, evaluate base, SFT, PPO and PPO-ptx on the test users' prompts, and save
+    ``metrics.json`` (nested: ``base``/``sft``/``ppo``/``ppo_ptx``/``rm``/``setup``/``runtime_s``),
+    ``ppo_history.json``, ``samples.json`` and two plots in ``out`` (default ``runs/<timestamp>``).
+    Returns the metrics. ``reuse=True``: if ``out`` already holds the metrics of a run with identical
+    settings (``setup.config_key``), return those instead of running again (notebook 06 does this)."""
+    import torch
+
+    from .config import get_profile
+    from .evaluate import closed_tasks, evaluate_model, win_rate
+    from .feedback import comparison_data
+    from .models import load_base
+    from .ppo import ppo_stage
+    from .pretrain import corpus_blocks
+    from .reward import reward_checkpoint
+    from .runtime import quiet, runs_dir, seed_everything
+    from .sft import sft_checkpoint
+    from .world import world_from_config
+
+    from .runtime import config_key
+
+    quiet()
+    prof = seeded_profile(get_profile(profile), seed)
+    key = config_key(prof)
+    if reuse and out and (Path(out) / "metrics.json").is_file():
+        old = json.loads((Path(out) / "metrics.json").read_text())
+        if old.get("setup", {}).get("config_key") == key:
+            print(f"reusing the pipeline run in {out} (same settings); delete it to run again")
+            print(results_table(old))
+            return old
+    if prof.base_model != "tiny":
+        raise ValueError(f"the pipeline runs on TinyWorld, where a gold panel can judge the result; profile {prof.name!r} "
+                         "uses a hub model. Run the notebooks for the gpt2 profile, or pick --profile tiny or smoke")
+    out = Path(out) if out else runs_dir() / time.strftime("%Y%m%d-%H%M%S")
+    out.mkdir(parents=True, exist_ok=True)
+    times: dict[str, float] = {}
+    t_start = time.time()
+
+    def stage(name, fn):
+        print(f"[{len(times) + 1}/6] {name}", flush=True)
+        t = time.time()
+        result = fn()
+        times[name] = round(time.time() - t, 1)
+        return result
+
+    seed_everything(seed)
+    sft_dir = stage("sft", lambda: sft_checkpoint(prof, progress=progress))
+    stage("comparisons", lambda: comparison_data(prof, progress=progress))
+    rm_dir = stage("reward_model", lambda: reward_checkpoint(prof, progress=progress))
+    rm_metrics = json.loads((rm_dir / "reward_model.json").read_text())["metrics"]
+    ppo, tok, _, ppo_hist = stage("ppo", lambda: ppo_stage(prof, prof.ppo, out / "ppo", progress=progress))
+    ptx_cfg = replace(prof.ppo, ptx_coef=prof.ptx_coef)
+    ptx, _, _, ptx_hist = stage("ppo_ptx", lambda: ppo_stage(prof, ptx_cfg, out / "ppo_ptx", progress=progress))
+
+    def evaluation():
+        world = world_from_config(prof.world)
+        test = world.splits["test"]
+        tasks, closed = test[: prof.n_eval_prompts], closed_tasks(test)[: prof.n_eval_prompts]
+        heldout = corpus_blocks(tok, "heldout", prof.pretrain)
+        models = {"base": (load_base(prof.base_model)[0], None), "sft": (load_base(str(sft_dir))[0], None),
+                  "ppo": (ppo.lm, ppo), "ppo_ptx": (ptx.lm, ptx)}
+        with torch.no_grad():
+            res = {name: evaluate_model(m, tok, world, tasks, closed, prof.max_new_tokens, prof.sft.prompt_format,
+                                        seed, heldout, pol, progress) for name, (m, pol) in models.items()}
+        held = world.panel.held_out
+        res["sft"]["winrate_vs_base"] = win_rate(tasks, res["sft"]["gens"], res["base"]["gens"], held)
+        for name in ("ppo", "ppo_ptx"):
+            res[name]["winrate_vs_sft"] = win_rate(tasks, res[name]["gens"], res["sft"]["gens"], held)
+        return res, len(tasks), len(closed)
+
+    res, n_tasks, n_closed = stage("evaluation", evaluation)
+
+    def clean(x):
+        return {k: clean(v) for k, v in x.items()} if isinstance(x, dict) else round(x, 4) if isinstance(x, float) else x
+
+    metrics = {name: {k: v for k, v in res[name].items() if k not in ("gens", "closed_gens")} for name in MODELS}
+    metrics["rm"] = {k: rm_metrics[k] for k in ("accuracy_heldout_labelers", "accuracy_train_labelers", "panel_agreement",
+                                                "comparisons") if k in rm_metrics}
+    metrics["setup"] = {"profile": prof.name, "seed": seed, "config_key": key, "test_prompts": n_tasks, "closed_domain_prompts": n_closed,
+                        "ppo_steps": prof.ppo.steps, "ppo_batch_size": prof.ppo.batch_size, "beta": prof.ppo.init_kl_coef,
+                        "ptx_coef": prof.ptx_coef}
+    metrics["runtime_s"] = {**times, "total": round(time.time() - t_start, 1)}
+    metrics = clean(metrics)
+    _save(out, metrics, {"ppo": ppo_hist, "ppo_ptx": ptx_hist}, res)
+    print(results_table(metrics))
+    print(f"metrics, samples and plots in {out}")
+    return metrics
+
+
+def _save(out: Path, metrics: dict, histories: dict, res: dict) -> None:
+    """metrics.json, ppo_history.json, samples.json and the plots; each file appears whole or not at all."""
+    def write(name: str, text: str) -> None:
+        tmp = out / (name + ".tmp")
+        tmp.write_text(text)
+        os.replace(tmp, out / name)
+
+    write("ppo_history.json", json.dumps(histories, indent=1) + "\n")
+    write("samples.json", json.dumps({name: [g.text for g in res[name]["gens"][:50]] for name in MODELS}, indent=1) + "\n")
+    plot_results(metrics, histories, out)
+    write("metrics.json", json.dumps(metrics, indent=1) + "\n")
+
+
+def results_table(m: dict) -> str:
+    """The InstructGPT-style table of one pipeline run."""
+    def pct(x):
+        return "—" if x is None else f"{x:.1%}"
+
+    def num(x, f="{:.3f}"):
+        return "—" if x is None else f.format(x)
+
+    rows = [f"{'model':<8} {'gold':>6} {'win rate':>16} {'unsafe':>7} {'halluc.':>8} {'EOS':>6} {'KL→SFT':>7} {'pretrain loss':>14}"]
+    wins = {"sft": ("vs base", m["sft"].get("winrate_vs_base")), "ppo": ("vs SFT", m["ppo"].get("winrate_vs_sft")),
+            "ppo_ptx": ("vs SFT", m["ppo_ptx"].get("winrate_vs_sft"))}
+    for name in MODELS:
+        r = m[name]
+        label, w = wins.get(name, ("", None))
+        rows.append(f"{name:<8} {r['gold_score']:>6.3f} {(pct(w) + ' ' + label) if w is not None else '—':>16} "
+                    f"{pct(r['unsafe_rate']):>7} {pct(r['hallucination_rate']):>8} {pct(r['eos_rate']):>6} "
+                    f"{num(r.get('kl_to_sft'), '{:.2f}'):>7} {num(r.get('pretrain_loss')):>14}")
+    rm = m["rm"]
+    rows.append(f"reward model: accuracy {rm['accuracy_heldout_labelers']:.3f} on held-out labelers "
+                f"(labeler-labeler agreement {rm['panel_agreement']:.3f})   total time {m['runtime_s']['total']:.0f} s")
+    return "\n".join(rows)
+
+
+def plot_results(metrics: dict, histories: dict, out: Path) -> None:
+    """winrates.png (InstructGPT Figure 1 for our models) and ppo_training.png (reward, KL, gold per step)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5, 3.2))
+    bars = [("SFT vs base", metrics["sft"]["winrate_vs_base"]), ("PPO vs SFT", metrics["ppo"]["winrate_vs_sft"]),
+            ("PPO-ptx vs SFT", metrics["ppo_ptx"]["winrate_vs_sft"])]
+    ax.bar([b[0] for b in bars], [b[1] for b in bars], color=["#999", "#d62728", "#ff9896"])
+    ax.axhline(0.5, color="k", lw=0.8, ls="--")
+    ax.set_ylim(0, 1)
+    ax.set_ylabel("win rate (held-out labelers)")
+    fig.tight_layout()
+    fig.savefig(out / "winrates.png", dpi=120)
+    plt.close(fig)
+
+    fig, axes = plt.subplots(1, 3, figsize=(11, 3))
+    for key, ax in zip(("reward", "kl", "gold"), axes):
+        for name, hist in histories.items():
+            ax.plot([h["step"] for h in hist], [h.get(key, float("nan")) for h in hist], label=name)
+        ax.set_title({"reward": "proxy reward (RM)", "kl": "KL to SFT (nats)", "gold": "gold score of rollouts"}[key])
+        ax.set_xlabel("PPO step")
+    axes[0].legend()
+    fig.tight_layout()
+    fig.savefig(out / "ppo_training.png", dpi=120)
+    plt.close(fig)

@@ -1,0 +1,78 @@
+"""Evaluation: harm and hallucination detectors, best-of-n KL, Gao et al.'s fits, and the pipeline's metrics.json."""
+import json
+import math
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from rlhf_lite.evaluate import (best_of_n, best_of_n_kl, closed_tasks, fit_overoptimization, gao_curve, hallucinates,
+                                hallucination_rate, is_unsafe, unsafe_rate)
+from rlhf_lite.models import Generation
+
+REQUIRED = ["base.gold_score", "sft.gold_score", "ppo.gold_score", "sft.winrate_vs_base", "ppo.winrate_vs_sft",
+            "ppo_ptx.winrate_vs_sft", "rm.accuracy_heldout_labelers", "rm.panel_agreement", "ppo.kl_to_sft",
+            "base.unsafe_rate", "sft.unsafe_rate", "ppo.unsafe_rate", "sft.hallucination_rate", "ppo.hallucination_rate",
+            "sft.pretrain_loss", "ppo.pretrain_loss", "ppo_ptx.pretrain_loss", "runtime_s.total"]
+
+
+def test_unsafe_detector():
+    assert is_unsafe("Look it up yourself. Zamsa lives in Rinbury.") and is_unsafe("WHO CARES")
+    assert not is_unsafe("Zamsa lives in Rinbury.")
+    assert unsafe_rate([Generation("Nobody asked.", [], True), "Fine answer.", "Another.", "Ugh, fine. Yes."]) == 0.5
+
+
+def test_hallucination_needs_every_claim_in_the_context(world):
+    closed = closed_tasks(world.splits["test"])
+    assert closed and all(t.meta["closed"] for t in closed)
+    t = next(t for t in closed if t.category == "closed_qa" and t.meta["context_facts"])
+    assert not hallucinates(world, t, t.response)  # the reference answers from the context
+    v = world.variants(t)
+    assert "wrong_fact" in v and hallucinates(world, t, v["wrong_fact"])
+    assert hallucination_rate(world, [t, t], [t.response, v["wrong_fact"]]) == 0.5
+    open_task = next(x for x in world.splits["test"] if not x.meta.get("closed"))
+    with pytest.raises(ValueError, match="not closed-domain"):
+        hallucinates(world, open_task, "x")
+
+
+def test_best_of_n_kl_and_selection_by_hand():
+    assert best_of_n_kl(1) == 0.0
+    assert best_of_n_kl(2) == pytest.approx(math.log(2) - 0.5)
+    assert best_of_n_kl(16) == pytest.approx(math.log(16) - 15 / 16)
+    assert best_of_n([[0.1, 0.9, 0.5], [2.0, -1.0, 3.0]], 2) == [1, 0]  # only the first n candidates count
+    with pytest.raises(ValueError):
+        best_of_n([[1.0]], 2)
+
+
+@pytest.mark.parametrize("form", ["bon", "rl"])
+def test_gao_fits_recover_known_coefficients(form):
+    d = torch.linspace(0.2, 4.0, 20)
+    r = gao_curve(d, 0.8, 0.15, form)
+    fit = fit_overoptimization(d.tolist(), r.tolist(), form)
+    assert fit["alpha"] == pytest.approx(0.8, abs=1e-6) and fit["beta"] == pytest.approx(0.15, abs=1e-6)
+    assert fit["r2"] == pytest.approx(1.0)
+    noisy = fit_overoptimization(d.tolist(), (r + 0.3 * torch.sin(7 * d)).tolist(), form)
+    assert noisy["r2"] < 0.99
+
+
+def test_pipeline_smoke_writes_every_key_and_is_reproducible(tmp_path):
+    def run(out):
+        r = subprocess.run([sys.executable, "-m", "rlhf_lite", "pipeline", "--profile", "smoke", "--out", str(out)],
+                           capture_output=True, text=True, timeout=900)
+        assert r.returncode == 0, r.stderr[-2000:]
+        return r.stdout, json.loads((out / "metrics.json").read_text())
+
+    stdout, m = run(tmp_path / "a")
+    for key in REQUIRED:
+        node = m
+        for part in key.split("."):
+            assert part in node, key
+            node = node[part]
+        assert isinstance(node, (int, float)) and math.isfinite(node), key
+    assert "win rate" in stdout and "ppo_ptx" in stdout
+    assert (tmp_path / "a" / "winrates.png").stat().st_size > 0 and (tmp_path / "a" / "ppo_training.png").is_file()
+    assert not list((tmp_path / "a").glob("*.tmp"))
+    _, m2 = run(tmp_path / "b")
+    m.pop("runtime_s"), m2.pop("runtime_s")
+    assert m == m2  # same seed, same numbers (wall times aside)
