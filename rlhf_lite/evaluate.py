@@ -10,7 +10,6 @@ import torch
 from .data import render_prompt
 from .models import Generation, generate
 from .world import CRITERIA, World
-from .world.kb import Fact, index_facts, judge_claim
 from .world.labelers import Labeler, prefer_prob
 from .world.tasks import RUDE_MARKERS
 from .world.tasks import Task
@@ -29,7 +28,7 @@ def gold_eval(model, tokenizer, world: World, tasks: list[Task], max_new_tokens:
     gens = generate(model, tokenizer, prompts, max_new_tokens, temperature=temperature, seed=seed, batch_size=batch_size,
                     progress=progress, do_sample=do_sample)
     panel = world.panel
-    golds = [panel.gold_score(t.instruction, t.context, g.text, g.finished, task=t) for t, g in zip(tasks, gens)]
+    golds = panel.gold_scores(tasks, gens)
     refs = [panel.gold_score(t.instruction, t.context, t.response, True, task=t) for t in tasks]
     crit = [panel.labelers[0].score(t.instruction, t.context, g.text, g.finished, task=t).criteria for t, g in zip(tasks, gens)]
     by_cat: dict[str, list[float]] = {}
@@ -83,9 +82,8 @@ def hallucinates(world: World, task: Task, response: str) -> bool:
     (false or made up), InstructGPT's "makes up information not in the input" (Ouyang et al. 2022, §4.2)."""
     if not task.meta.get("closed"):
         raise ValueError(f"task {task.prompt_id} is not closed-domain: hallucination is measured on closed tasks only")
-    ctx = [Fact(*f) for f in task.meta["context_facts"]]
-    index, subjects = index_facts(ctx), {f.subject for f in ctx}
-    return any(judge_claim(c, index, subjects) != "true" for c in world.extractor.claims(response))
+    # the labelers' ``truthful`` criterion judges closed tasks against the context: < 1 iff a claim is false or unsupported
+    return world.panel.labelers[0].score(task.instruction, task.context, response, task=task).criteria["truthful"] < 1
 
 
 def hallucination_rate(world: World, tasks: Sequence[Task], responses: Sequence[Generation | str]) -> float:
@@ -174,8 +172,7 @@ def evaluate_model(model, tokenizer, world: World, tasks: Sequence[Task], closed
     gens = generate(model, tokenizer, prompts, max_new_tokens, seed=seed, batch_size=64, progress=progress)
     main, cl = gens[:len(tasks)], gens[len(tasks):]
     panel = world.panel
-    out = {"gold_score": mean(panel.gold_score(t.instruction, t.context, g.text, g.finished, task=t)
-                              for t, g in zip(tasks, main)),
+    out = {"gold_score": mean(panel.gold_scores(tasks, main)),
            "unsafe_rate": unsafe_rate(main), "hallucination_rate": hallucination_rate(world, closed, cl),
            "eos_rate": mean(g.finished for g in main), "response_tokens": mean(len(g.token_ids) for g in main)}
     if heldout_rows is not None:

@@ -8,7 +8,6 @@ output is already cached under ``runs/cache`` with identical settings are reused
 from __future__ import annotations
 
 import json
-import os
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -114,10 +113,11 @@ def run_pipeline(profile: str | None = None, out: str | Path | None = None, seed
 
 def _save(out: Path, metrics: dict, histories: dict, res: dict) -> None:
     """metrics.json, ppo_history.json, samples.json and the plots; each file appears whole or not at all."""
+    from .runtime import atomic_file
+
     def write(name: str, text: str) -> None:
-        tmp = out / (name + ".tmp")
-        tmp.write_text(text)
-        os.replace(tmp, out / name)
+        with atomic_file(out / name) as tmp:
+            tmp.write_text(text)
 
     write("ppo_history.json", json.dumps(histories, indent=1) + "\n")
     write("samples.json", json.dumps({name: [g.text for g in res[name]["gens"][:50]] for name in MODELS}, indent=1) + "\n")

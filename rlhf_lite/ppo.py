@@ -11,7 +11,6 @@ padding, and position t of ``logprobs`` is the log-probability of token t.
 from __future__ import annotations
 
 import contextlib
-import os
 import time
 from collections.abc import Sequence
 from dataclasses import asdict
@@ -23,7 +22,7 @@ from torch import nn
 from .config import PPOConfig
 from .models import (Generation, add_lora_adapters, dropout_off, generate, last_token_index, position_ids_from_mask,
                      transformer_body)
-from .runtime import progress_bar
+from .runtime import atomic_file, progress_bar
 from .sft import length_grouped_batches
 
 
@@ -378,10 +377,6 @@ def ppo_step(policy: PolicyWithValue, reward_model, tokenizer, prompts: Sequence
 # ---------------------------------------------------------------------------------------------
 # The loop: ppo_step after ppo_step, with logging, checkpoints and resume
 # ---------------------------------------------------------------------------------------------
-def _gold(world, tasks, gens) -> list[float]:
-    return [world.panel.gold_score(t.instruction, t.context, g.text, g.finished, task=t) for t, g in zip(tasks, gens)]
-
-
 def train_ppo(policy: PolicyWithValue, reward_model, tokenizer, tasks: Sequence, cfg: PPOConfig, fmt: str = "alpaca",
               world=None, ptx_rows: torch.Tensor | None = None, out_dir: str | Path | None = None, resume: bool = False,
               progress: bool = True, callback=None) -> list[dict]:
@@ -430,7 +425,7 @@ def train_ppo(policy: PolicyWithValue, reward_model, tokenizer, tasks: Sequence,
         metrics, gens = ppo_step(policy, reward_model, tokenizer, [prompts[i] for i in idx], cfg, optimizer, kl_ctl,
                                  step, ptx_rows)
         if world is not None:
-            metrics["gold"] = sum(_gold(world, [pool[i] for i in idx], gens)) / len(idx)
+            metrics["gold"] = sum(world.panel.gold_scores([pool[i] for i in idx], gens)) / len(idx)
         metrics["time_s"] = time.time() - t0
         history.append(metrics)
         bar.set_postfix(reward=f"{metrics['reward']:.3f}", kl=f"{metrics['kl']:.2f}",
@@ -440,12 +435,10 @@ def train_ppo(policy: PolicyWithValue, reward_model, tokenizer, tasks: Sequence,
         if ckpt is not None and ((step + 1) % cfg.checkpoint_every == 0 or step + 1 == cfg.steps):
             trainable = {k: v.detach().clone() for k, v in policy.state_dict().items()
                          if k.startswith("value_head") or "lora_" in k}
-            tmp = ckpt.with_suffix(".tmp")
-            ckpt.parent.mkdir(parents=True, exist_ok=True)
-            torch.save({"step": step + 1, "trainable": trainable, "optimizer": optimizer.state_dict(), "beta": kl_ctl.value,
-                        "history": history, "pos": pos, "order": order, "order_gen": order_gen.get_state(),
-                        "rng": torch.get_rng_state(), "config": asdict(cfg)}, tmp)
-            os.replace(tmp, ckpt)  # a crash mid-write leaves the previous checkpoint intact
+            with atomic_file(ckpt) as tmp:  # a crash mid-write leaves the previous checkpoint intact
+                torch.save({"step": step + 1, "trainable": trainable, "optimizer": optimizer.state_dict(),
+                            "beta": kl_ctl.value, "history": history, "pos": pos, "order": order,
+                            "order_gen": order_gen.get_state(), "rng": torch.get_rng_state(), "config": asdict(cfg)}, tmp)
     return history
 
 

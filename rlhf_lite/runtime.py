@@ -92,6 +92,20 @@ def atomic_dir(out: str | os.PathLike):
             shutil.rmtree(tmp)
 
 
+@contextlib.contextmanager
+def atomic_file(path: str | os.PathLike):
+    """Yield a temporary path beside ``path``; when the block finishes, it replaces ``path`` in one step.
+    A crash while writing leaves the old file (or none), never half of a new one."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
 def versions() -> dict[str, str]:
     """Versions of the packages the course depends on (missing ones as 'not installed')."""
     import importlib.metadata as md

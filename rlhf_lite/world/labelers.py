@@ -247,6 +247,10 @@ class Panel:
         """The panel's mean score: the gold reward."""
         return sum(l.score(instruction, context, response, finished, task=task).total for l in self.labelers) / len(self.labelers)
 
+    def gold_scores(self, tasks: Sequence[Task], responses: Sequence) -> list[float]:
+        """Gold score of each task's response; ``responses`` have ``.text`` and ``.finished`` (generations)."""
+        return [self.gold_score(t.instruction, t.context, r.text, r.finished, task=t) for t, r in zip(tasks, responses)]
+
     def agreement(self, pairs: Sequence[tuple[Task, str, str]], labelers: Sequence[Labeler] | None = None) -> float:
         """Expected rate at which two different labelers pick the same response of a pair (InstructGPT: 72.6 %)."""
         labelers = list(labelers or self.labelers)
