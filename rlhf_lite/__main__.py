@@ -1,4 +1,5 @@
-"""Command line: ``python -m rlhf_lite {pretrain,world,evaluate} …`` (see ``--help``)."""
+"""Command line: ``python -m rlhf_lite {pretrain,world,sft,reward,ppo,pipeline,student-notebooks,grade,evaluate} …``
+(see ``--help``)."""
 from __future__ import annotations
 
 import argparse
@@ -221,6 +222,32 @@ def cmd_pipeline(args) -> int:
     return 0
 
 
+def cmd_student_notebooks(args) -> int:
+    from .student import defined_functions, write_student_notebooks
+
+    for path in write_student_notebooks(args.out, args.src):
+        cells = json.loads(path.read_text(encoding="utf-8"))["cells"]
+        stubs = [fn for c in cells if "exercise" in c.get("metadata", {}).get("tags", [])
+                 for fn in defined_functions("".join(c["source"]))]
+        print(f"{path}: " + (f"implement {', '.join(stubs)}" if stubs else "no implement-exercises"))
+    print(f"student notebooks written to {args.out}: solutions replaced by '# YOUR CODE HERE' stubs, outputs cleared; "
+          "the cell after each stub runs its checker")
+    return 0
+
+
+def cmd_grade(args) -> int:
+    from .student import grade_notebook
+
+    total = passed = 0
+    for path in args.notebooks:
+        for row in grade_notebook(path):
+            total, passed = total + 1, passed + row["passed"]
+            name = ", ".join(row["functions"]) or f"cell {row['cell']}"
+            print(f"{'✓' if row['passed'] else '✗'} {path}: {name}" + ("" if row["passed"] else f"\n    {row['message']}"))
+    print(f"{passed}/{total} exercises pass their checkers")
+    return 0 if passed == total else 1
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m rlhf_lite", description="rlhf-lite: InstructGPT's pipeline, small "
                                 "enough to read and run. The main job: `python -m rlhf_lite pipeline`.")
@@ -265,6 +292,13 @@ def main(argv: list[str] | None = None) -> int:
     s.add_argument("--out", help="folder for metrics.json, plots and logs (default runs/<timestamp>)")
     s.add_argument("--seed", type=int, default=0, help="seed of every stage (default 0); same seed, same metrics")
     s.set_defaults(fn=cmd_pipeline)
+    s = sub.add_parser("student-notebooks", help="write the notebooks with solutions replaced by stubs, outputs cleared")
+    s.add_argument("--out", required=True, help="folder for the student notebooks (not the notebooks folder itself)")
+    s.add_argument("--src", help="folder of the solution notebooks (default: the course's notebooks/)")
+    s.set_defaults(fn=cmd_student_notebooks)
+    s = sub.add_parser("grade", help="run the checkers on the implement-exercises of (students') notebooks")
+    s.add_argument("notebooks", nargs="+", help="notebook files to grade")
+    s.set_defaults(fn=cmd_grade)
     s = sub.add_parser("evaluate", help="gold-panel score of a model's responses on test prompts")
     s.add_argument("--model", help="'tiny', a folder, or a hub name (default: the profile's base model)")
     s.add_argument("--n", type=int, default=200, help="test prompts to score (default 200)")

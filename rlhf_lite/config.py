@@ -225,6 +225,79 @@ class PPOConfig:
 
 
 @dataclass
+class DPOConfig:
+    """Direct Preference Optimization on the reward model's comparisons (``rlhf_lite.dpo``)."""
+
+    beta: float = 0.1
+    """β of DPO: the strength of the implicit KL leash (Rafailov et al. 2023 used 0.1 for most runs). The
+    implicit reward is β·log(π/π_ref); a small β lets the policy move far from the SFT model."""
+    lr: float = 5e-4
+    """Peak AdamW learning rate of the LoRA adapters (linear warm-up, linear decay to 0)."""
+    epochs: int = 1
+    """Passes over the comparisons."""
+    batch_size: int = 8
+    """Prompts per optimizer step; all K responses of a prompt go through the policy and the reference once."""
+    warmup_steps: int = 10
+    """Linear warm-up steps."""
+    max_length: int = 256
+    """Longest prompt + response in tokens; longer ones lose prompt tokens from the left."""
+    lora_r: int = 16
+    """LoRA rank of the policy's adapters (the reference is the same model with them switched off)."""
+    lora_alpha: int = 32
+    """LoRA scale numerator (update = alpha / r * B @ A)."""
+    grad_clip: float = 1.0
+    """Clip the gradient's global norm to this."""
+    n_prompts: int = 0
+    """Train on the first n_prompts ranked prompts (0: all of them)."""
+    eval_every: int = 50
+    """Optimizer steps between validation evaluations."""
+    seed: int = 0
+    """Seed for batch order and adapter initialisation."""
+
+
+@dataclass
+class GRPOConfig:
+    """Group Relative Policy Optimization against the reward model (``rlhf_lite.grpo``; Shao et al. 2024)."""
+
+    steps: int = 40
+    """Iterations; each samples ``group_size`` responses to each of ``prompts_per_step`` prompts."""
+    prompts_per_step: int = 16
+    """Prompts per iteration (episodes per iteration = prompts_per_step × group_size, 64 like PPO's)."""
+    group_size: int = 4
+    """Responses sampled per prompt; each one's advantage is its score relative to its group's."""
+    minibatch_size: int = 16
+    """Episodes per gradient step inside an iteration."""
+    epochs: int = 4
+    """Passes over each iteration's episodes (PPO's 4, so both make the same number of updates)."""
+    lr: float = 3e-4
+    """Adam learning rate of the LoRA adapters (constant)."""
+    max_new_tokens: int = 64
+    """Longest sampled response; one that reaches it without EOS gets ``no_eos_penalty``."""
+    temperature: float = 1.0
+    """Sampling temperature; log-probs for the loss use the same one."""
+    kl_coef: float = 0.04
+    """β of the KL term in the loss (DeepSeekMath §4.2 used 0.04), estimated per token with
+    exp(ref − logp) − (ref − logp) − 1, which is non-negative and unbiased."""
+    clip_range: float = 0.2
+    """ε of the clipped objective."""
+    scale_rewards: bool = True
+    """Divide each group's centred scores by the group's standard deviation (GRPO); False keeps the centred
+    scores (Liu et al. 2025, "Dr. GRPO", argue the division over-weights groups whose answers are all alike)."""
+    no_eos_penalty: float | None = -1.0
+    """Score given to a response that never emitted EOS, instead of the reward model's (None: keep the RM's)."""
+    lora_r: int = 16
+    """LoRA rank of the policy's adapters (the reference is the same model with them switched off)."""
+    lora_alpha: int = 32
+    """LoRA scale numerator (update = alpha / r * B @ A)."""
+    grad_clip: float = 1.0
+    """Clip the gradient's global norm to this."""
+    n_prompts: int = 0
+    """Draw prompts from the first n_prompts training tasks (0: all of them)."""
+    seed: int = 0
+    """Seed for prompt order, sampling and adapter initialisation."""
+
+
+@dataclass
 class Profile:
     """A named bundle of settings: which base model, how big a world, how long each stage runs."""
 
@@ -242,6 +315,10 @@ class Profile:
     """Comparison collection and reward-model settings."""
     ppo: PPOConfig = field(default_factory=PPOConfig)
     """PPO settings (and PPO-ptx's, with ``ptx_coef``)."""
+    dpo: DPOConfig = field(default_factory=DPOConfig)
+    """DPO settings (notebook 07)."""
+    grpo: GRPOConfig = field(default_factory=GRPOConfig)
+    """GRPO settings (notebook 07)."""
     ptx_coef: float = 1.0
     """γ of the PPO-ptx run the pipeline trains beside plain PPO (same settings otherwise)."""
     n_eval_prompts: int = 200
@@ -259,6 +336,8 @@ PROFILES: dict[str, Profile] = {
                      RewardConfig(n_prompts=48, n_eval_prompts=16, k_min=4, k_max=5, lr=3e-3, eval_every=3),
                      PPOConfig(steps=4, batch_size=8, minibatch_size=4, ppo_epochs=2, max_new_tokens=24, ptx_batch_size=2,
                                checkpoint_every=2),
+                     DPOConfig(batch_size=4, lr=1e-3, eval_every=3, warmup_steps=2, n_prompts=24),
+                     GRPOConfig(steps=4, prompts_per_step=4, group_size=2, minibatch_size=4, epochs=2, max_new_tokens=24),
                      n_eval_prompts=32, max_new_tokens=24),
     "tiny": Profile("tiny", "tiny"),
     "gpt2": Profile("gpt2", "gpt2", sft=SFTConfig(max_length=512, epochs=1, batch_size=8, lr=2e-4, eval_every=200,
@@ -267,6 +346,8 @@ PROFILES: dict[str, Profile] = {
                                         max_length=512, eval_every=200),
                     ppo=PPOConfig(steps=100, batch_size=64, minibatch_size=8, lr=1e-4, max_new_tokens=128,
                                   ptx_batch_size=4),
+                    dpo=DPOConfig(lr=5e-5, max_length=512, eval_every=200),
+                    grpo=GRPOConfig(steps=100, minibatch_size=8, lr=1e-4, max_new_tokens=128),
                     n_eval_prompts=200, max_new_tokens=128),
 }
 
@@ -281,4 +362,4 @@ def get_profile(name: str | None = None) -> Profile:
                          f"For example: export {PROFILE_ENV}=tiny")
     p = PROFILES[name]
     return replace(p, world=replace(p.world), pretrain=replace(p.pretrain), sft=replace(p.sft), reward=replace(p.reward),
-                   ppo=replace(p.ppo))
+                   ppo=replace(p.ppo), dpo=replace(p.dpo), grpo=replace(p.grpo))

@@ -103,8 +103,7 @@ def kl_to_reference(policy, tokenizer, prompts: Sequence[str], responses: Sequen
 
     total = 0.0
     for i in range(0, len(prompts), batch_size):
-        b = rollout_tensors(tokenizer, prompts[i:i + batch_size], responses[i:i + batch_size],
-                            policy.value_head.weight.device)
+        b = rollout_tensors(tokenizer, prompts[i:i + batch_size], responses[i:i + batch_size], policy.device)
         ids, attn, mask, P = b["input_ids"], b["attention_mask"], b["mask"], b["prompt_len"]
         lp = response_outputs(policy, ids, attn, P, temperature)[0]
         ref = response_outputs(policy, ids, attn, P, temperature, reference=True)[0]

@@ -23,12 +23,28 @@ def _close(a, b) -> bool:
     return torch.is_tensor(a) and a.shape == b.shape and torch.allclose(a.float(), b.float(), atol=1e-5, rtol=1e-4)
 
 
+NOT_DONE = ("{fn} is not implemented yet: replace the `raise NotImplementedError` in its cell (marked "
+            "# YOUR CODE HERE) with your code, run that cell, then this one again")
+
+
+def _not_done(e: Exception, fn) -> None:
+    """A stub straight from the student notebook: say so instead of reporting a crash."""
+    if isinstance(e, NotImplementedError):
+        raise ExerciseError(NOT_DONE.format(fn=getattr(fn, "__name__", "your function"))) from None
+
+
+def _call(fn, name: str, *args):
+    """Call the learner's function on one case; a crash becomes an explained error."""
+    try:
+        return fn(*args)
+    except Exception as e:
+        _not_done(e, fn)
+        raise ExerciseError(f"case '{name}': your function raised {type(e).__name__}: {e}") from None
+
+
 def _scalar_call(fn, name: str, *args) -> torch.Tensor:
     """Call the learner's loss on one case; a crash or a non-scalar result becomes an explained error."""
-    try:
-        got = fn(*args)
-    except Exception as e:
-        raise ExerciseError(f"case '{name}': your function raised {type(e).__name__}: {e}") from None
+    got = _call(fn, name, *args)
     if not torch.is_tensor(got) or got.dim() != 0:
         raise ExerciseError(f"case '{name}': expected a scalar tensor, got {got!r:.80}")
     return got
@@ -51,6 +67,7 @@ def check_sft_loss(fn) -> None:
         try:
             got = fn(logits.clone(), labels.clone())
         except Exception as e:
+            _not_done(e, fn)
             hint = " Labels of -100 must be skipped (cross_entropy's ignore_index=-100)." if "index" in str(e).lower() or \
                 "target" in str(e).lower() else ""
             raise ExerciseError(f"case '{name}': your function raised {type(e).__name__}: {e}.{hint}") from None
@@ -89,8 +106,8 @@ def check_build_sft_example(fn, tokenizer) -> None:
     eos = tokenizer.eos_token_id
     for prompt, response, max_length in cases:
         want = build_sft_example(tokenizer, prompt, response, max_length)
-        got = fn(tokenizer, prompt, response, max_length)
         where = f"prompt {prompt[:40]!r}…, response {response!r}"
+        got = _call(fn, where, tokenizer, prompt, response, max_length)
         if not isinstance(got, dict) or set(want) - set(got):
             raise ExerciseError(f"{where}: return a dict with keys {sorted(want)}, got {type(got).__name__} "
                                 f"{sorted(got) if isinstance(got, dict) else ''}")
@@ -174,6 +191,7 @@ def check_ranking_to_pairs(fn) -> None:
         try:
             got = fn(list(ranking))
         except Exception as e:
+            _not_done(e, fn)
             raise ExerciseError(f"ranking {ranking}: your function raised {type(e).__name__}: {e}") from None
         got_set = {tuple(int(x) for x in p) for p in got}
         if got_set == want and len(got) == len(want):
@@ -205,10 +223,7 @@ def _ppo_cases():
 
 
 def _tensor_call(fn, name: str, shape, *args) -> torch.Tensor:
-    try:
-        got = fn(*args)
-    except Exception as e:
-        raise ExerciseError(f"case '{name}': your function raised {type(e).__name__}: {e}") from None
+    got = _call(fn, name, *args)
     if not torch.is_tensor(got) or tuple(got.shape) != tuple(shape):
         raise ExerciseError(f"case '{name}': expected a tensor of shape {tuple(shape)}, got "
                             f"{tuple(got.shape) if torch.is_tensor(got) else type(got).__name__}")
@@ -271,6 +286,7 @@ def check_compute_gae(fn) -> None:
             got = fn(r.clone(), v.clone(), m.clone(), gamma, lam)
             got_a, got_r = got
         except Exception as e:
+            _not_done(e, fn)
             raise ExerciseError(f"case '{name}': your function raised {type(e).__name__} or did not return "
                                 f"(advantages, returns): {e}") from None
         for what, x, w in (("advantages", got_a, want_a), ("returns", got_r, want_r)):
@@ -309,6 +325,7 @@ def check_ppo_policy_loss(fn) -> None:
         try:
             got = fn(lp.clone(), old_lp.clone(), adv.clone(), m.clone(), eps)
         except Exception as e:
+            _not_done(e, fn)
             raise ExerciseError(f"case '{name}': your function raised {type(e).__name__}: {e}") from None
         got = got[0] if isinstance(got, tuple) else got
         if not torch.is_tensor(got) or got.dim() != 0:
@@ -330,3 +347,197 @@ def check_ppo_policy_loss(fn) -> None:
             why = "expected masked_mean(max(−A·ρ, −A·clip(ρ, 1 − ε, 1 + ε))) with ρ = exp(logprobs − old_logprobs)"
         raise ExerciseError(f"case '{name}': got {got.item():.5f}, expected {want.item():.5f}: {why}")
     print(f"✓ ppo_policy_loss: all {len(cases)} cases match the reference")
+
+
+# ---------------------------------------------------------------------------------------------
+# Notebook 00: the labelers' choice model
+# ---------------------------------------------------------------------------------------------
+def check_prefer_prob(fn) -> None:
+    """Check ``fn(score_a, score_b, temperature) -> P(a is preferred)`` against the labelers' Bradley–Terry choice
+    (:func:`rlhf_lite.world.labelers.prefer_prob`)."""
+    from .world.labelers import prefer_prob
+
+    cases = [("equal scores", 0.7, 0.7, 0.1), ("a better, cool labeler", 0.9, 0.6, 0.05),
+             ("a worse, noisy labeler", 0.4, 0.8, 0.5), ("large gap, T = 1", 3.0, -2.0, 1.0)]
+    for name, a, b, t in cases:
+        want = prefer_prob(a, b, t)
+        got = _call(fn, name, a, b, t)
+        try:
+            got = float(got)
+        except (TypeError, ValueError):
+            raise ExerciseError(f"case '{name}': expected a probability (a float), got {got!r:.80}") from None
+        if abs(got - want) < 1e-6:
+            continue
+        if abs(got - (1 - want)) < 1e-6:
+            why = "the sign is flipped: a higher score for a must make a *more* likely to be chosen"
+        elif abs(got - prefer_prob(a, b, 1.0)) < 1e-6:
+            why = "the temperature is ignored: divide the score difference by it (a small T means a near-certain choice)"
+        elif abs(got - prefer_prob(a, b, 1 / t)) < 1e-6:
+            why = "multiply by the temperature, or divide? P = σ((s_a − s_b) / T): a hotter labeler is noisier"
+        else:
+            why = "expected σ((s_a − s_b) / T) = 1 / (1 + exp(−(s_a − s_b) / T))"
+        raise ExerciseError(f"case '{name}' (s_a={a}, s_b={b}, T={t}): got {got:.5f}, expected {want:.5f}: {why}")
+    print(f"✓ prefer_prob: all {len(cases)} cases match the reference")
+
+
+# ---------------------------------------------------------------------------------------------
+# Notebook 01: the prompt format
+# ---------------------------------------------------------------------------------------------
+def check_format_prompt(fn) -> None:
+    """Check ``fn(instruction, context="") -> str`` against :func:`rlhf_lite.data.format_prompt` (Alpaca/Dolly)."""
+    cases = [("no context", ("Name a river.", "")), ("with context", ("Summarise the text.", "The fox lives in the forest.")),
+             ("whitespace-only context", ("Say hi.", "   ")), ("stray spaces", ("  Name a colour. ", "\nRed or blue.\n"))]
+    for name, (ins, ctx) in cases:
+        want = format_prompt(ins, ctx)
+        got = _call(fn, name, ins, ctx)
+        if got == want:
+            continue
+        if not isinstance(got, str):
+            why = f"return the prompt as a string, got {type(got).__name__}"
+        elif "### Context:" in got and "### Context:" not in want:
+            why = "leave the Context section out when the context is empty (or only whitespace)"
+        elif "### Context:" in want and "### Context:" not in got:
+            why = "a non-empty context goes in its own '### Context:' section between instruction and response"
+        elif got.rstrip("\n") == want.rstrip("\n"):
+            why = ("the prompt must end with '### Response:\\n' including the newline: the model's answer starts on "
+                   "the next line, exactly as in training")
+        elif got.replace(" ", "") == want.replace(" ", ""):
+            why = "strip surrounding whitespace from the instruction and context"
+        else:
+            why = "the sections are '### Instruction:', optional '### Context:', '### Response:', separated by blank lines"
+        raise ExerciseError(f"case '{name}': {why}.\n  expected {want!r}\n  got      {got!r:.200}")
+    print(f"✓ format_prompt: all {len(cases)} cases match the reference")
+
+
+# ---------------------------------------------------------------------------------------------
+# Notebook 06: best-of-n
+# ---------------------------------------------------------------------------------------------
+def check_best_of_n_kl(fn) -> None:
+    """Check ``fn(n) -> float`` against :func:`rlhf_lite.evaluate.best_of_n_kl` (log n − (n − 1)/n)."""
+    import math
+
+    from .evaluate import best_of_n_kl
+
+    for n in (1, 2, 4, 16, 64):
+        want = best_of_n_kl(n)
+        got = _call(fn, f"n = {n}", n)
+        try:
+            got = float(got)
+        except (TypeError, ValueError):
+            raise ExerciseError(f"n = {n}: expected a float (nats), got {got!r:.80}") from None
+        if abs(got - want) < 1e-6:
+            continue
+        if abs(got - math.log(n)) < 1e-6:
+            why = ("log n is an upper bound, not the KL: best-of-n keeps some of the sampling policy's spread; subtract "
+                   "(n − 1)/n")
+        elif abs(got - math.log2(n) + (n - 1) / n) < 1e-6 or abs(got - math.log2(n)) < 1e-6:
+            why = "use the natural log: KL is in nats here"
+        else:
+            why = "expected log n − (n − 1)/n (Stiennon et al. 2020, App. G)"
+        raise ExerciseError(f"n = {n}: got {got:.5f}, expected {want:.5f}: {why}")
+    print("✓ best_of_n_kl: all 5 cases match the reference")
+
+
+# ---------------------------------------------------------------------------------------------
+# Notebook 07: DPO and GRPO
+# ---------------------------------------------------------------------------------------------
+def check_dpo_loss(fn) -> None:
+    """Check ``fn(policy_chosen_logps, policy_rejected_logps, ref_chosen_logps, ref_rejected_logps, beta)`` -> loss
+    (or (loss, stats)) against :func:`rlhf_lite.dpo.dpo_loss`."""
+    from .dpo import dpo_loss
+
+    g = torch.Generator().manual_seed(0)
+    cases = [("at the start: policy = reference", *(torch.full((3,), -4.0),) * 2, *(torch.full((3,), -4.0),) * 2, 0.1),
+             ("a batch of 4, β = 0.1", *(torch.randn(4, generator=g) * 5 - 20 for _ in range(4)), 0.1),
+             ("β = 0.5, the reference prefers the rejected answer", torch.tensor([-10.0, -12.0]), torch.tensor([-11.0, -9.0]),
+              torch.tensor([-12.0, -12.5]), torch.tensor([-9.0, -8.0]), 0.5)]
+    for name, pc, pr, rc, rr, beta in cases:
+        want, _ = dpo_loss(pc, pr, rc, rr, beta)
+        got = _call(fn, name, pc.clone(), pr.clone(), rc.clone(), rr.clone(), beta)
+        got = got[0] if isinstance(got, tuple) else got
+        if not torch.is_tensor(got) or got.dim() != 0:
+            raise ExerciseError(f"case '{name}': expected a scalar loss (or (loss, stats)), got {got!r:.80}")
+        if _close(got, want):
+            continue
+        if _close(got, dpo_loss(pr, pc, rr, rc, beta)[0]):
+            why = "chosen and rejected are swapped (or the sign of the margin is): the loss is −log σ(r̂_chosen − r̂_rejected)"
+        elif _close(got, dpo_loss(pc, pr, torch.zeros_like(rc), torch.zeros_like(rr), beta)[0]):
+            why = "the reference is missing: the implicit reward is β·(log π − log π_ref), not β·log π"
+        elif _close(got, dpo_loss(pc, pr, rc, rr, 1.0)[0]) and beta != 1.0:
+            why = "β is not used: multiply each log-ratio by β"
+        elif _close(got, -F.logsigmoid(beta * ((pc - rc) - (pr - rr))).sum()):
+            why = "sum instead of mean over the batch"
+        elif _close(got, F.logsigmoid(beta * ((pc - rc) - (pr - rr))).mean()):
+            why = "return the loss to minimise: −log σ(margin), with the minus sign"
+        else:
+            why = "expected mean −log σ(β·((π_c − ref_c) − (π_r − ref_r)))"
+        raise ExerciseError(f"case '{name}': got {got.item():.5f}, expected {want.item():.5f}: {why}")
+    print(f"✓ dpo_loss: all {len(cases)} cases match the reference")
+
+
+def check_group_advantages(fn) -> None:
+    """Check ``fn(scores [B], group_size) -> advantages [B]`` against :func:`rlhf_lite.grpo.group_advantages`
+    (centred on each group's mean, divided by its unbiased std + 1e-4)."""
+    from .grpo import group_advantages
+
+    cases = [("one group of 4", torch.tensor([0.1, 0.5, -0.2, 0.4]), 4),
+             ("three groups of 2, one of them all alike", torch.tensor([1.0, -1.0, 0.3, 0.3, 2.0, 0.0]), 2),
+             ("two groups of 4 on different scales", torch.tensor([10.0, 12.0, 11.0, 9.0, 0.1, 0.2, 0.0, 0.3]), 4)]
+    for name, scores, G in cases:
+        want = group_advantages(scores, G)
+        got = _tensor_call(fn, name, want.shape, scores.clone(), G)
+        if torch.allclose(got.float(), want, atol=1e-3):
+            continue
+        batch = (scores - scores.mean()) / (scores.std() + 1e-4)
+        if torch.allclose(got.float(), batch, atol=1e-3):
+            why = "you normalised over the whole batch: each response is compared with its own group (same prompt) only"
+        elif torch.allclose(got.float(), group_advantages(scores, G, scale=False), atol=1e-3):
+            why = "centred but not scaled: divide by the group's standard deviation (+ 1e-4)"
+        elif torch.allclose(got.float(), (scores.view(-1, G) - scores.view(-1, G).mean(1, keepdim=True)).div(
+                scores.view(-1, G).std(1, unbiased=False, keepdim=True) + 1e-4).reshape(-1), atol=1e-3):
+            why = "use the unbiased standard deviation (torch.std's default), as the reference does"
+        elif torch.isnan(got).any():
+            why = "a group whose scores are all equal has std 0: add 1e-4 to the std so its advantages are 0, not NaN"
+        else:
+            why = "expected (r − mean of its group) / (std of its group + 1e-4), groups being consecutive runs of group_size"
+        raise ExerciseError(f"case '{name}': got {[round(x, 3) for x in got.tolist()]}, expected "
+                            f"{[round(x, 3) for x in want.tolist()]}: {why}")
+    print(f"✓ group_advantages: all {len(cases)} cases match the reference")
+
+
+# ---------------------------------------------------------------------------------------------
+# Notebook 08: our comparisons in TRL's format
+# ---------------------------------------------------------------------------------------------
+def check_preference_rows(fn) -> None:
+    """Check ``fn(records) -> [{"prompt", "chosen", "rejected"}]`` against
+    :func:`rlhf_lite.trl_bridge.preference_rows` (every ranked pair, best pairs first, ties skipped)."""
+    from .trl_bridge import preference_rows
+
+    cases = [("K = 3, ranking [2, 0, 1]", [{"prompt": "P: ", "responses": ["a", "b", "c"], "ranking": [2, 0, 1]}]),
+             ("K = 4 with a tie [[1, 3], 0, 2]", [{"prompt": "Q: ", "responses": ["w", "x", "y", "z"],
+                                                   "ranking": [[1, 3], 0, 2]}]),
+             ("two records", [{"prompt": "A", "responses": ["1", "2"], "ranking": [1, 0]},
+                              {"prompt": "B", "responses": ["3", "4", "5"], "ranking": [0, 1, 2]}])]
+    for name, records in cases:
+        want = preference_rows(records)
+        got = _call(fn, name, records)
+        if not isinstance(got, list) or not all(isinstance(r, dict) and {"prompt", "chosen", "rejected"} <= set(r)
+                                                 for r in got):
+            raise ExerciseError(f"case '{name}': return a list of dicts with keys 'prompt', 'chosen', 'rejected'")
+        got = [{k: r[k] for k in ("prompt", "chosen", "rejected")} for r in got]
+        if got == want:
+            continue
+        flip = [{"prompt": r["prompt"], "chosen": r["rejected"], "rejected": r["chosen"]} for r in want]
+        if got == flip:
+            why = "chosen and rejected are swapped: the ranking lists the best answer first"
+        elif len(got) < len(want) and all(r in want for r in got):
+            why = (f"{len(got)} rows instead of {len(want)}: every pair of a ranking is a comparison (C(K,2)), not "
+                   "only neighbours")
+        elif len(got) > len(want):
+            why = "too many rows: answers tied in the ranking (listed together) give no comparison"
+        elif sorted(map(str, got)) == sorted(map(str, want)):
+            why = "right rows, wrong order: go through the ranking best first, as ranking_to_pairs does"
+        else:
+            why = "expected one row per (winner, loser) pair of each ranking, with the record's prompt"
+        raise ExerciseError(f"case '{name}': {why}.\n  expected {want}\n  got      {got!r:.300}")
+    print(f"✓ preference_rows: all {len(cases)} cases match the reference")

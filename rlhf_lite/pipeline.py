@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import replace
+from dataclasses import asdict, replace
 from pathlib import Path
 
 MODELS = ("base", "sft", "ppo", "ppo_ptx")
@@ -45,7 +45,8 @@ def run_pipeline(profile: str | None = None, out: str | Path | None = None, seed
 
     quiet()
     prof = seeded_profile(get_profile(profile), seed)
-    key = config_key(prof)
+    # the settings this job uses (notebook 07's DPO and GRPO settings do not change its results)
+    key = config_key({k: v for k, v in asdict(prof).items() if k not in ("dpo", "grpo")})
     if reuse and out and (Path(out) / "metrics.json").is_file():
         old = json.loads((Path(out) / "metrics.json").read_text())
         if old.get("setup", {}).get("config_key") == key:

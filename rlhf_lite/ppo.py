@@ -193,9 +193,13 @@ class PolicyWithValue(nn.Module):
     Notebook 05's third exercise compares the two starts.
     """
 
-    def __init__(self, lm: nn.Module, value_head: nn.Linear):
+    def __init__(self, lm: nn.Module, value_head: nn.Linear | None):
         super().__init__()
-        self.lm, self.value_head = lm, value_head
+        self.lm, self.value_head = lm, value_head  # value_head None: a policy without a critic (GRPO, DPO)
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.lm.parameters()).device
 
     def reference(self):
         """Context manager: inside it, ``self.lm`` is the SFT model (adapters disabled)."""
@@ -294,17 +298,22 @@ def score_and_features(reward_model, ids: torch.Tensor, attn: torch.Tensor, prom
     return scores, nn.functional.pad(feats, (0, 0, 0, R - feats.size(1)))
 
 
-def _check_finite(name: str, x: torch.Tensor, step: int) -> None:
+def _check_finite(name: str, x: torch.Tensor, step: int, algo: str = "PPO") -> None:
     if not torch.isfinite(x).all():
-        raise FloatingPointError(f"PPO step {step}: {name} is not finite ({x.detach().flatten()[:4].tolist()}…). "
-                                 "Lower PPOConfig.lr, raise init_kl_coef, or check the reward model's scores.")
+        raise FloatingPointError(f"{algo} step {step}: {name} is not finite ({x.detach().flatten()[:4].tolist()}…). "
+                                 f"Lower {algo}Config.lr, raise its KL coefficient, or check the reward model's scores.")
 
 
-def ppo_step(policy: PolicyWithValue, reward_model, tokenizer, prompts: Sequence[str], cfg: PPOConfig, optimizer,
-             kl_ctl, step: int = 0, ptx_rows: torch.Tensor | None = None) -> tuple[dict, list[Generation]]:
-    """One PPO iteration on ``prompts``: rollout, score, KL-penalised rewards, GAE, clipped updates.
-    Returns (metrics, the sampled responses). ``ptx_rows`` [N, T]: pretraining rows for PPO-ptx."""
-    device = policy.value_head.weight.device
+def rollout(policy: PolicyWithValue, reward_model, tokenizer, prompts: Sequence[str], cfg, step: int = 0) -> dict:
+    """Stages 1–3 of an RL iteration, shared by PPO and GRPO (``cfg`` is a PPOConfig or GRPOConfig):
+    sample one response per prompt, score it, and compute the log-probs the losses need, all without gradient.
+
+    Returns ``gens``, the rollout tensors (``input_ids``/``attention_mask`` [B, P+R], ``mask`` [B, R],
+    ``finished`` [B], ``prompt_len``), ``lengths`` and the length-grouped ``chunks`` of row indices,
+    ``rm_scores`` [B] (the reward model's), ``scores`` [B] (after the no-EOS penalty), ``feats`` [B, R, d] (the
+    RM's hidden states, the critic's input), and ``logprobs``, ``ref_logprobs``, ``entropy`` [B, R].
+    """
+    device = policy.device
     # 1. Rollout: sample one response per prompt from the current policy (left-padded prompts, stop at EOS)
     gens = generate(policy.lm, tokenizer, list(prompts), cfg.max_new_tokens, temperature=cfg.temperature,
                     batch_size=len(prompts))
@@ -316,16 +325,31 @@ def ppo_step(policy: PolicyWithValue, reward_model, tokenizer, prompts: Sequence
         lengths = attn.sum(1).tolist()
         chunks = length_grouped_batches(lengths, cfg.minibatch_size, torch.Generator().manual_seed(cfg.seed + step))
         rm_scores = torch.zeros(len(prompts), device=device)  # [B]
-        feats = torch.zeros(len(prompts), mask.size(1), policy.value_head.in_features, device=device)  # [B, R, d]
+        feats = torch.zeros(len(prompts), mask.size(1), reward_model.head.in_features, device=device)  # [B, R, d]
         for mb in chunks:
             rm_scores[mb], feats[mb] = score_and_features(reward_model, ids[mb], attn[mb], P)
         scores = rm_scores if cfg.no_eos_penalty is None else torch.where(
             batch["finished"], rm_scores, torch.full_like(rm_scores, cfg.no_eos_penalty))
-        # 3. Log-probs of the sampled tokens under the policy and the reference (same temperature); values
+        # 3. Log-probs of the sampled tokens under the policy and the reference (same temperature)
         logprobs, ref_logprobs, entropy = (torch.zeros(len(prompts), mask.size(1), device=device) for _ in range(3))
         for mb in chunks:
             logprobs[mb], entropy[mb] = response_outputs(policy, ids[mb], attn[mb], P, cfg.temperature)
             ref_logprobs[mb] = response_outputs(policy, ids[mb], attn[mb], P, cfg.temperature, reference=True)[0]
+    return {**batch, "gens": gens, "lengths": lengths, "chunks": chunks, "rm_scores": rm_scores, "scores": scores,
+            "feats": feats, "logprobs": logprobs, "ref_logprobs": ref_logprobs, "entropy": entropy}
+
+
+def ppo_step(policy: PolicyWithValue, reward_model, tokenizer, prompts: Sequence[str], cfg: PPOConfig, optimizer,
+             kl_ctl, step: int = 0, ptx_rows: torch.Tensor | None = None) -> tuple[dict, list[Generation]]:
+    """One PPO iteration on ``prompts``: rollout, score, KL-penalised rewards, GAE, clipped updates.
+    Returns (metrics, the sampled responses). ``ptx_rows`` [N, T]: pretraining rows for PPO-ptx."""
+    device = policy.device
+    # 1–3. Rollout, reward-model scores, log-probs of policy and reference (shared with GRPO: ``rollout``)
+    ro = rollout(policy, reward_model, tokenizer, prompts, cfg, step)
+    gens, ids, attn, mask, P = ro["gens"], ro["input_ids"], ro["attention_mask"], ro["mask"], ro["prompt_len"]
+    lengths, chunks, feats, logprobs, ref_logprobs = ro["lengths"], ro["chunks"], ro["feats"], ro["logprobs"], ro["ref_logprobs"]
+    rm_scores, scores, entropy = ro["rm_scores"], ro["scores"], ro["entropy"]
+    with torch.no_grad():
         values = policy.value_head(feats).squeeze(-1) * mask  # [B, R] V(state before response token j)
         # 4. Per-token rewards: −β·(log π − log π_ref) on every token, the score added at the last one
         kl_tokens = (logprobs - ref_logprobs) * mask  # [B, R]
@@ -367,7 +391,7 @@ def ppo_step(policy: PolicyWithValue, reward_model, tokenizer, prompts: Sequence
     kl = kl_tokens.sum(1).mean().item()  # nats per response, estimated on the sampled tokens
     metrics = {"step": step + 1, "reward": rm_scores.mean().item(), "score": scores.mean().item(), "kl": kl,
                "beta": kl_ctl.value, "entropy": masked_mean(entropy, mask).item(), "response_length": mask.sum(1).mean().item(),
-               "eos_rate": batch["finished"].float().mean().item(), "first_ratio": stats[0]["ratio"],
+               "eos_rate": ro["finished"].float().mean().item(), "first_ratio": stats[0]["ratio"],
                "first_approx_kl": stats[0]["approx_kl"],
                **{k: sum(s[k] for s in stats) / len(stats) for k in stats[0]}}
     kl_ctl.update(kl, len(prompts))

@@ -155,3 +155,68 @@ def test_ppo_checkers_accept_the_reference_and_explain_mistakes(capsys):
     for wrong, msg in ((unclipped, "no clipping"), (with_min, "min instead of max"), (over_padding, "padding")):
         with pytest.raises(ExerciseError, match=msg):
             check_ppo_policy_loss(wrong)
+
+
+def test_new_checkers_accept_the_reference(capsys):
+    from rlhf_lite.data import format_prompt
+    from rlhf_lite.dpo import dpo_loss
+    from rlhf_lite.evaluate import best_of_n_kl
+    from rlhf_lite.exercises import (check_best_of_n_kl, check_dpo_loss, check_format_prompt, check_group_advantages,
+                                     check_prefer_prob)
+    from rlhf_lite.grpo import group_advantages
+    from rlhf_lite.world.labelers import prefer_prob
+
+    check_prefer_prob(prefer_prob)
+    check_format_prompt(format_prompt)
+    check_best_of_n_kl(best_of_n_kl)
+    check_dpo_loss(dpo_loss)
+    check_dpo_loss(lambda *a: dpo_loss(*a)[0])  # the loss alone is fine too
+    check_group_advantages(group_advantages)
+    from rlhf_lite.exercises import check_preference_rows
+    from rlhf_lite.trl_bridge import preference_rows
+
+    check_preference_rows(preference_rows)
+    assert capsys.readouterr().out.count("✓") == 7
+
+
+def _bt(a, b, t):
+    import math
+    return 1 / (1 + math.exp(-(a - b) / t))
+
+
+@pytest.mark.parametrize("check,wrong,message", [
+    ("check_prefer_prob", lambda a, b, t: _bt(b, a, t), "sign is flipped"),
+    ("check_prefer_prob", lambda a, b, t: _bt(a, b, 1.0), "temperature is ignored"),
+    ("check_format_prompt", lambda i, c="": f"### Instruction:\n{i.strip()}\n\n### Context:\n{c.strip()}\n\n### Response:\n",
+     "leave the Context section out"),
+    ("check_format_prompt", lambda i, c="": f"### Instruction:\n{i.strip()}\n\n### Response:", "including the newline"),
+    ("check_best_of_n_kl", lambda n: __import__("math").log(n), "upper bound"),
+    ("check_dpo_loss", lambda pc, pr, rc, rr, b: -F.logsigmoid(b * ((pr - rr) - (pc - rc))).mean(), "swapped"),
+    ("check_dpo_loss", lambda pc, pr, rc, rr, b: -F.logsigmoid(b * (pc - pr)).mean(), "reference is missing"),
+    ("check_dpo_loss", lambda pc, pr, rc, rr, b: -F.logsigmoid(b * ((pc - rc) - (pr - rr))).sum(), "sum instead of mean"),
+    ("check_group_advantages", lambda s, g: (s - s.mean()) / (s.std() + 1e-4), "whole batch"),
+    ("check_group_advantages", lambda s, g: (s.view(-1, g) - s.view(-1, g).mean(1, keepdim=True)).reshape(-1), "not scaled"),
+    ("check_group_advantages", lambda s, g: ((s.view(-1, g) - s.view(-1, g).mean(1, keepdim=True))
+                                             / s.view(-1, g).std(1, keepdim=True)).reshape(-1), "std 0"),
+    ("check_preference_rows", lambda recs: [{"prompt": r["prompt"], "chosen": r["responses"][a], "rejected": r["responses"][b]}
+                                            for r in recs for a, b in zip(r["ranking"], r["ranking"][1:])
+                                            if isinstance(a, int) and isinstance(b, int)], "not only neighbours"),
+    ("check_preference_rows", lambda recs: [{"prompt": r["prompt"], "chosen": r["responses"][l], "rejected": r["responses"][w]}
+                                            for r in recs for w, l in __import__("rlhf_lite.feedback", fromlist=["x"])
+                                            .ranking_to_pairs(r["ranking"])], "swapped"),
+])
+def test_new_checkers_explain_plausible_mistakes(check, wrong, message):
+    import rlhf_lite.exercises as ex
+
+    with pytest.raises(ExerciseError, match=message):
+        getattr(ex, check)(wrong)
+
+
+def test_a_stub_gets_a_friendly_message():
+    from rlhf_lite.exercises import check_dpo_loss
+
+    def my_dpo_loss(*args):
+        raise NotImplementedError
+
+    with pytest.raises(ExerciseError, match="my_dpo_loss is not implemented yet"):
+        check_dpo_loss(my_dpo_loss)

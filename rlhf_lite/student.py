@@ -1,0 +1,174 @@
+"""Instructor mode: student versions of the notebooks.
+
+A code cell tagged ``solution`` holds the reference answer to an implement-it-yourself exercise; the cell after
+it calls a checker from :mod:`rlhf_lite.exercises`. The student version keeps every other cell as it is, clears
+all outputs, and turns each solution cell into a stub: its imports and the ``def`` lines of its functions stay
+(names and arguments are what the checker calls), the bodies become ``# YOUR CODE HERE`` and
+``raise NotImplementedError``. ``python -m rlhf_lite student-notebooks --out DIR`` writes them.
+"""
+from __future__ import annotations
+
+import ast
+import contextlib
+import copy
+import re
+from pathlib import Path
+
+SOLUTION_TAG = "solution"
+STUB_LINES = ("# YOUR CODE HERE", "raise NotImplementedError")
+
+
+def is_solution(cell: dict) -> bool:
+    return cell.get("cell_type") == "code" and SOLUTION_TAG in cell.get("metadata", {}).get("tags", [])
+
+
+def _source(cell: dict) -> str:
+    s = cell.get("source", "")
+    return "".join(s) if isinstance(s, list) else s
+
+
+def stub_source(source: str) -> str:
+    """The stub of a solution cell: imports kept, each top-level function reduced to its signature (and
+    docstring) plus ``# YOUR CODE HERE`` / ``raise NotImplementedError``. Other statements are dropped."""
+    tree = ast.parse(source)
+    lines = source.splitlines()
+    imports, functions = [], []
+    for node in tree.body:
+        if isinstance(node, (ast.Import, ast.ImportFrom)):
+            imports.append("\n".join(lines[node.lineno - 1:node.end_lineno]))
+        elif isinstance(node, ast.FunctionDef):
+            first = node.body[0]
+            has_doc = isinstance(first, ast.Expr) and isinstance(getattr(first, "value", None), ast.Constant) \
+                and isinstance(first.value.value, str)
+            head_end = first.end_lineno if has_doc else first.lineno - 1
+            start = min([d.lineno for d in node.decorator_list] + [node.lineno])
+            indent = " " * first.col_offset
+            functions.append("\n".join(lines[start - 1:head_end] + [indent + s for s in STUB_LINES]))
+    parts = ["\n".join(imports)] if imports else []
+    return "\n\n".join(parts + (functions or [STUB_LINES[0]])) + "\n"
+
+
+def defined_functions(source: str) -> list[str]:
+    """Names of the top-level functions a (solution) cell defines."""
+    return [n.name for n in ast.parse(source).body if isinstance(n, ast.FunctionDef)]
+
+
+def student_notebook(nb: dict) -> dict:
+    """A student copy of a notebook (nbformat JSON as a dict): solution cells stubbed, outputs and execution
+    counts cleared. The notebook passed in is not modified."""
+    nb = copy.deepcopy(nb)
+    for cell in nb["cells"]:
+        if cell["cell_type"] != "code":
+            continue
+        cell["outputs"], cell["execution_count"] = [], None
+        cell.get("metadata", {}).pop("execution", None)
+        if is_solution(cell):
+            cell["source"] = stub_source(_source(cell))
+            cell["metadata"]["tags"] = [t for t in cell["metadata"]["tags"] if t != SOLUTION_TAG] + ["exercise"]
+    return nb
+
+
+CHECK_CALL = re.compile(r"\b(check_\w+)\(\s*(my_\w+)")
+
+
+def exercise_checkers(nb: dict) -> list[tuple[str, str | None]]:
+    """For each solution cell, each function it defines and the checker a later cell calls on it (None if
+    no cell does): ``[(function, checker)]``."""
+    cells = nb["cells"]
+    calls = {fn: chk for c in cells if c["cell_type"] == "code" for chk, fn in CHECK_CALL.findall(_source(c))}
+    return [(fn, calls.get(fn)) for c in cells if is_solution(c) for fn in defined_functions(_source(c))]
+
+
+def write_student_notebooks(out: str | Path, src: str | Path | None = None) -> list[Path]:
+    """Write the student version of every ``NN_*.ipynb`` in ``src`` (default: the course's notebooks) to ``out``.
+    Refuses to write into the folder it reads from (that would overwrite the solutions)."""
+    import json
+
+    src = Path(src) if src else Path(__file__).resolve().parent.parent / "notebooks"
+    out = Path(out)
+    paths = sorted(src.glob("[0-9][0-9]_*.ipynb"))
+    if not paths:
+        raise FileNotFoundError(f"no notebooks (NN_name.ipynb) in {src}; pass --src with the course's notebooks folder")
+    if out.resolve() == src.resolve():
+        raise ValueError(f"--out {out} is the notebooks folder itself: the student versions would replace the solutions. "
+                         "Pick another folder")
+    out.mkdir(parents=True, exist_ok=True)
+    written = []
+    for p in paths:
+        try:
+            nb = json.loads(p.read_text(encoding="utf-8"))
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{p} is not a valid notebook (JSON error at line {e.lineno}): {e.msg}") from None
+        target = out / p.name
+        tmp = target.with_suffix(".ipynb.tmp")
+        tmp.write_text(json.dumps(student_notebook(nb), indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
+        tmp.replace(target)  # never a half-written notebook under the real name
+        written.append(target)
+    return written
+
+
+def grade_notebook(path: str | Path) -> list[dict]:
+    """Grade the implement-exercises of a student's notebook without running the whole notebook: each exercise
+    cell (or solution cell) is run in a fresh namespace that holds the notebook's imports and, for checkers that
+    need one, the tiny tokenizer as ``tok``; then the checker cell after it runs. Returns one row per exercise:
+    ``{"cell", "functions", "checker", "passed", "message"}``. The message is the checker's explanation."""
+    import io
+    import json
+    from contextlib import redirect_stdout
+
+    from .exercises import ExerciseError
+
+    path = Path(path)
+    try:
+        nb = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{path} is not a valid notebook (JSON error at line {e.lineno}): {e.msg}") from None
+    cells = nb["cells"]
+    imports = []
+    for c in cells:
+        if c["cell_type"] == "code":  # every import of the notebook, the exercise cells' own included
+            try:
+                tree = ast.parse(_source(c))
+            except SyntaxError:  # notebook magics: not Python, not imports
+                continue
+            lines = _source(c).splitlines()
+            imports += ["\n".join(lines[n.lineno - 1:n.end_lineno]) for n in tree.body
+                        if isinstance(n, (ast.Import, ast.ImportFrom)) and n.col_offset == 0]
+    rows = []
+    for i, c in enumerate(cells):
+        if not (is_solution(c) or "exercise" in c.get("metadata", {}).get("tags", [])):
+            continue
+        check_cell = next((_source(d) for d in cells[i + 1:] if d["cell_type"] == "code" and CHECK_CALL.search(_source(d))), "")
+        calls = CHECK_CALL.findall(check_cell)
+        row = {"cell": i, "functions": defined_functions(_source(c)) if _parses(_source(c)) else [],
+               "checker": ", ".join(sorted({chk for chk, _ in calls})) or None, "passed": False, "message": ""}
+        ns: dict = {}
+        out = io.StringIO()
+        try:
+            with redirect_stdout(out):
+                for line in imports:
+                    with contextlib.suppress(Exception):
+                        exec(line, ns)
+                if "tok" in check_cell:
+                    from .models import load_base
+
+                    ns["tok"] = load_base("tiny")[1]
+                exec(_source(c), ns)
+                for line in check_cell.splitlines():
+                    if CHECK_CALL.search(line):
+                        exec(line.strip(), ns)
+            row["passed"], row["message"] = True, out.getvalue().strip()
+        except ExerciseError as e:
+            row["message"] = str(e)
+        except Exception as e:  # a syntax error or a crash in the student's cell
+            row["message"] = f"the cell did not run: {type(e).__name__}: {e}"
+        rows.append(row)
+    return rows
+
+
+def _parses(source: str) -> bool:
+    try:
+        ast.parse(source)
+    except SyntaxError:
+        return False
+    return True
