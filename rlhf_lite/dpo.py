@@ -50,9 +50,14 @@ def dpo_loss(policy_chosen_logps: torch.Tensor, policy_rejected_logps: torch.Ten
     rejected = beta * (policy_rejected_logps - ref_rejected_logps)  # [B]
     margins = chosen - rejected  # [B]
     loss = -F.logsigmoid(margins).mean()
-    accuracy = ((margins > 0).float() + 0.5 * (margins == 0).float()).mean()
+    accuracy = pair_correct(margins).mean()
     return loss, {"chosen_rewards": chosen.detach(), "rejected_rewards": rejected.detach(), "margins": margins.detach(),
                   "accuracy": accuracy.detach()}
+
+
+def pair_correct(margins: torch.Tensor) -> torch.Tensor:
+    """Per pair: 1 if the implicit reward prefers the chosen answer, 0 if the rejected one, ½ for a tie. [B] -> [B]."""
+    return (margins > 0).float() + 0.5 * (margins == 0).float()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -99,8 +104,8 @@ def batch_logps(lm, batch: dict, reference: bool = False) -> torch.Tensor:
     its LoRA adapters disabled and no gradient: the SFT model, never copied."""
     dev = next(lm.parameters()).device
     b = {k: v.to(dev) for k, v in batch.items()}
-    ctx = (lm.disable_adapter(), torch.no_grad()) if reference else (contextlib.nullcontext(), contextlib.nullcontext())
-    with ctx[0], ctx[1]:
+    with lm.disable_adapter() if reference else contextlib.nullcontext(), torch.no_grad() if reference \
+            else contextlib.nullcontext():
         return sequence_logps(lm, b["input_ids"], b["attention_mask"], b["response_mask"])
 
 
@@ -120,8 +125,7 @@ def records_loss(lm, tokenizer, records: Sequence[dict], cfg: DPOConfig) -> tupl
             stats.append(s)
         start += k
     cat = {k: torch.cat([s[k] for s in stats]) for k in ("chosen_rewards", "rejected_rewards", "margins")}
-    acc = torch.cat([((s["margins"] > 0).float() + 0.5 * (s["margins"] == 0).float()) for s in stats]).mean()
-    return torch.stack(losses).mean(), {**cat, "accuracy": acc}
+    return torch.stack(losses).mean(), {**cat, "accuracy": pair_correct(cat["margins"]).mean()}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -142,7 +146,7 @@ def evaluate_dpo(lm, tokenizer, records: Sequence[dict], cfg: DPOConfig, batch_s
         part = records[i:i + batch_size]
         l, s = records_loss(lm, tokenizer, part, cfg)
         loss, n = loss + l.item() * len(part), n + len(part)
-        acc.append(((s["margins"] > 0).float() + 0.5 * (s["margins"] == 0).float()))
+        acc.append(pair_correct(s["margins"]))
         chosen.append(s["chosen_rewards"]), rejected.append(s["rejected_rewards"])
     return {"loss": loss / max(n, 1), "accuracy": torch.cat(acc).mean().item(),
             "chosen_reward": torch.cat(chosen).mean().item(), "rejected_reward": torch.cat(rejected).mean().item()}
