@@ -223,10 +223,10 @@ def cmd_pipeline(args) -> int:
 
 
 def cmd_student_notebooks(args) -> int:
-    from .student import defined_functions, write_student_notebooks
+    from .student import defined_functions, read_notebook, write_student_notebooks
 
     for path in write_student_notebooks(args.out, args.src):
-        cells = json.loads(path.read_text(encoding="utf-8"))["cells"]
+        cells = read_notebook(path)["cells"]
         stubs = [fn for c in cells if "exercise" in c.get("metadata", {}).get("tags", [])
                  for fn in defined_functions("".join(c["source"]))]
         print(f"{path}: " + (f"implement {', '.join(stubs)}" if stubs else "no implement-exercises"))

@@ -79,6 +79,16 @@ def exercise_checkers(nb: dict) -> list[tuple[str, str | None]]:
     return [(fn, calls.get(fn)) for c in cells if is_solution(c) for fn in defined_functions(_source(c))]
 
 
+def read_notebook(path: str | Path) -> dict:
+    """A notebook file as nbformat JSON; a damaged file is an error naming it and the line."""
+    import json
+
+    try:
+        return json.loads(Path(path).read_text(encoding="utf-8"))
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{path} is not a valid notebook (JSON error at line {e.lineno}): {e.msg}") from None
+
+
 def write_student_notebooks(out: str | Path, src: str | Path | None = None) -> list[Path]:
     """Write the student version of every ``NN_*.ipynb`` in ``src`` (default: the course's notebooks) to ``out``.
     Refuses to write into the folder it reads from (that would overwrite the solutions)."""
@@ -95,10 +105,7 @@ def write_student_notebooks(out: str | Path, src: str | Path | None = None) -> l
     out.mkdir(parents=True, exist_ok=True)
     written = []
     for p in paths:
-        try:
-            nb = json.loads(p.read_text(encoding="utf-8"))
-        except json.JSONDecodeError as e:
-            raise ValueError(f"{p} is not a valid notebook (JSON error at line {e.lineno}): {e.msg}") from None
+        nb = read_notebook(p)
         target = out / p.name
         tmp = target.with_suffix(".ipynb.tmp")
         tmp.write_text(json.dumps(student_notebook(nb), indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
@@ -113,16 +120,11 @@ def grade_notebook(path: str | Path) -> list[dict]:
     need one, the tiny tokenizer as ``tok``; then the checker cell after it runs. Returns one row per exercise:
     ``{"cell", "functions", "checker", "passed", "message"}``. The message is the checker's explanation."""
     import io
-    import json
     from contextlib import redirect_stdout
 
     from .exercises import ExerciseError
 
-    path = Path(path)
-    try:
-        nb = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as e:
-        raise ValueError(f"{path} is not a valid notebook (JSON error at line {e.lineno}): {e.msg}") from None
+    nb = read_notebook(path)
     cells = nb["cells"]
     imports = []
     for c in cells:
