@@ -159,6 +159,103 @@ class Generation:
     finished: bool
 
 
+def _cache_of(layers_kv):
+    """A DynamicCache holding, per layer, the (keys, values) [B, H, T, D] assembled by :func:`prefill`."""
+    from transformers import DynamicCache
+
+    cache = DynamicCache()
+    for i, (k, v) in enumerate(layers_kv):
+        cache.update(k, v, i)
+    return cache
+
+
+@torch.inference_mode()
+def prefill(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, group: int = 16):
+    """Run left-padded prompts [B, T] through ``model`` once: returns (logits at the last position [B, V], the
+    KV cache of every prompt token, left-padded to T).
+
+    A batch of prompts is padded to its longest one, and every layer computes the padding too: 64 TinyWorld
+    prompts are 175 columns wide with 60 real tokens on average, so two thirds of one batched pass would be
+    wasted. Rows are therefore run in groups of similar length, each cut to its own longest prompt, and the
+    groups' caches are put back into one left-padded cache (zeros under the padding, which the attention
+    mask hides). Models whose cache is not a plain ``DynamicCache`` get the one batched pass.
+    """
+    from transformers import DynamicCache
+
+    B, T = input_ids.shape
+    positions = position_ids_from_mask(attention_mask)
+    logits, kv = None, None
+    for rows in torch.argsort(attention_mask.sum(1), stable=True).split(group):  # similar lengths together
+        lo = T - int(attention_mask[rows].sum(1).max())  # left columns that are padding in every row of the group
+        a = attention_mask[rows, lo:]
+        out = model(input_ids=input_ids[rows, lo:], attention_mask=a, position_ids=position_ids_from_mask(a),
+                    use_cache=True, logits_to_keep=1)
+        cache = out.past_key_values
+        if type(cache) is not DynamicCache or not all(hasattr(layer, "keys") for layer in cache.layers):
+            out = model(input_ids=input_ids, attention_mask=attention_mask, position_ids=positions, use_cache=True,
+                        logits_to_keep=1)
+            return out.logits[:, -1], out.past_key_values
+        if kv is None:
+            logits = out.logits.new_zeros(B, out.logits.size(-1))
+            kv = [(layer.keys.new_zeros(B, layer.keys.size(1), T, layer.keys.size(3)),
+                   layer.values.new_zeros(B, layer.values.size(1), T, layer.values.size(3))) for layer in cache.layers]
+        logits[rows] = out.logits[:, -1]
+        for (k, v), layer in zip(kv, cache.layers):  # [B, H, T, D] <- [b, H, T - lo, D]
+            k[rows, :, lo:], v[rows, :, lo:] = layer.keys, layer.values
+    return logits, _cache_of(kv)
+
+
+@torch.inference_mode()
+def sample_tokens(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, max_new_tokens: int, eos_token_id: int,
+                  do_sample: bool = True, temperature: float = 1.0, top_k: int = 0) -> torch.Tensor:
+    """Sample up to ``max_new_tokens`` after left-padded prompts [B, T] with a KV cache: returns [B, max_new_tokens]
+    token ids, EOS after a row has finished. The same tokens as ``model.generate`` with the same seed (tested),
+    about twice as fast on a CPU, for two reasons:
+
+    * the prompts are prefilled in groups of similar length (:func:`prefill`), not padded to the longest;
+    * a row that has emitted EOS leaves the batch (its cache rows are dropped), where ``generate`` keeps
+      computing every row until the last one ends. The random draw still covers the whole batch:
+      ``torch.multinomial`` draws one exponential per entry of the [B, V] probability matrix, so each row's
+      sample is the same whichever other rows are still running.
+
+    Sampling: softmax(logits / temperature), optionally restricted to the ``top_k`` largest logits (0: all);
+    ``do_sample=False``: greedy.
+    """
+    B = input_ids.size(0)
+    out = torch.full((B, max_new_tokens), eos_token_id, dtype=torch.long, device=input_ids.device)  # [B, N]
+    active = torch.arange(B, device=input_ids.device)  # rows still generating
+    pos = position_ids_from_mask(attention_mask)[:, -1:]  # [b, 1] position of each row's last token
+    logits, cache = prefill(model, input_ids, attention_mask)  # [B, V]
+    scores = None
+    for t in range(max_new_tokens):
+        logits = logits.float()
+        if do_sample:
+            if temperature != 1.0:
+                logits = logits / temperature
+            if top_k:
+                kth = torch.topk(logits, min(top_k, logits.size(-1)))[0][:, -1:]
+                logits = logits.masked_fill(logits < kth, float("-inf"))
+            scores = logits.new_zeros(B, logits.size(-1)) if scores is None else scores.zero_()  # [B, V]
+            scores[active] = logits  # finished rows: a uniform row, drawn from and thrown away
+            token = torch.multinomial(torch.softmax(scores, -1), 1).squeeze(1)[active]  # [b]
+        else:
+            token = logits.argmax(-1)
+        out[active, t] = token
+        going = token != eos_token_id
+        if not going.all():
+            if not going.any():
+                break
+            active, token, pos, attention_mask = active[going], token[going], pos[going], attention_mask[going]
+            cache.batch_select_indices(going.nonzero().squeeze(1))
+        if t + 1 == max_new_tokens:
+            break
+        pos = pos + 1
+        attention_mask = torch.cat([attention_mask, attention_mask.new_ones(len(active), 1)], 1)
+        logits = model(input_ids=token[:, None], attention_mask=attention_mask, position_ids=pos, past_key_values=cache,
+                       use_cache=True).logits[:, -1]
+    return out
+
+
 @torch.inference_mode()
 def generate(model, tokenizer, prompts: list[str], max_new_tokens: int = 64, temperature: float = 1.0,
              top_k: int = 0, do_sample: bool = True, batch_size: int = 32, seed: int | None = None,
@@ -184,10 +281,9 @@ def generate(model, tokenizer, prompts: list[str], max_new_tokens: int = 64, tem
                 raise ValueError(f"prompt {i + j} is {lengths[j]} tokens; with max_new_tokens={max_new_tokens} it does not "
                                  f"fit the model's context of {limit} tokens. Shorten the prompt or lower max_new_tokens: "
                                  f"{prompts[i + j][:80]!r}…")
-            seqs = model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=do_sample,
-                                  temperature=temperature if do_sample else None, top_k=top_k if do_sample else None,
-                                  top_p=None, pad_token_id=tokenizer.pad_token_id, eos_token_id=eos)
-            for row in seqs[:, enc["input_ids"].shape[1]:].tolist():  # [B, new] -> response tokens only
+            new = sample_tokens(model, enc["input_ids"], enc["attention_mask"], max_new_tokens, eos, do_sample,
+                                temperature, top_k)
+            for row in new.tolist():  # [B, max_new_tokens] response tokens, EOS-filled after the end
                 finished = eos in row
                 ids = row[: row.index(eos)] if finished else row
                 out.append(Generation(tokenizer.decode(ids, skip_special_tokens=True), ids, finished))

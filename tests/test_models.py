@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from rlhf_lite.data import format_prompt
-from rlhf_lite.models import TINY_BASE, generate, load_base
+from rlhf_lite.models import TINY_BASE, add_lora_adapters, generate, load_base, sample_tokens
 
 GPT2_TOKENIZER = Path(__file__).resolve().parents[2] / "shared" / "gpt2-tokenizer"
 
@@ -59,6 +59,35 @@ def test_generate_left_pads_and_stops_at_eos(base):
     batched = generate(model, tok, prompts, max_new_tokens=8, do_sample=False)
     assert alone[0].token_ids == batched[1].token_ids
     assert tok.padding_side == "left"
+
+
+@pytest.mark.parametrize("kwargs", [{}, {"temperature": 0.7}, {"top_k": 20}, {"do_sample": False}])
+def test_sample_tokens_matches_hf_generate(base, world, kwargs):
+    """Our decoding loop (grouped prefill, finished rows leaving the batch) samples exactly the tokens
+    ``model.generate`` samples with the same seed, on the base model and on a LoRA policy."""
+    model, tok = base
+    prompts = [format_prompt(t.instruction, t.context) for t in world.splits["train"][:24]]
+    enc = tok(prompts, return_tensors="pt", padding=True)
+    lengths = enc["attention_mask"].sum(1)
+    assert lengths.max() - lengths.min() > 10  # ragged prompts: the grouped prefill has padding to remove
+    policy = add_lora_adapters(load_base("tiny")[0], 4, 8, ("c_attn",), seed=1)
+    with torch.no_grad():
+        g = torch.Generator().manual_seed(2)
+        for name, p in policy.named_parameters():  # non-zero B: the adapters change the outputs
+            if "lora_B" in name:
+                p.normal_(0, 0.02, generator=g)
+    for m in (model, policy.eval()):
+        torch.manual_seed(5)
+        ours = sample_tokens(m, enc["input_ids"], enc["attention_mask"], 40, tok.eos_token_id, **kwargs)
+        torch.manual_seed(5)
+        do_sample = kwargs.get("do_sample", True)
+        ref = m.generate(**enc, max_new_tokens=40, do_sample=do_sample, temperature=kwargs.get("temperature") if do_sample else None,
+                         top_k=kwargs.get("top_k") if do_sample else None, top_p=None, pad_token_id=tok.pad_token_id,
+                         eos_token_id=tok.eos_token_id)[:, enc["input_ids"].size(1):]
+        assert torch.equal(ours[:, :ref.size(1)], ref)
+        assert (ours[:, ref.size(1):] == tok.eos_token_id).all()  # generate stopped once every row had ended
+        ends = torch.where((ref == tok.eos_token_id).any(1), (ref == tok.eos_token_id).int().argmax(1), ref.size(1))
+        assert len(set(ends.tolist())) > 3  # rows left the batch at different steps
 
 
 def test_corrupt_or_incomplete_checkpoint_is_a_clear_error(tmp_path):
