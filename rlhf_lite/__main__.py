@@ -1,4 +1,4 @@
-"""Command line: ``python -m rlhf_lite {pretrain,world,sft,reward,ppo,pipeline,student-notebooks,grade,evaluate} …``
+"""Command line: ``python -m rlhf_lite {pretrain,world,sft,reward,ppo,pipeline,bench,notebook-times,student-notebooks,grade,evaluate} …``
 (see ``--help``)."""
 from __future__ import annotations
 
@@ -222,6 +222,34 @@ def cmd_pipeline(args) -> int:
     return 0
 
 
+def cmd_bench(args) -> int:
+    from dataclasses import replace as _replace
+
+    from .bench import bench_config, bench_table, run_bench
+    from .runtime import runs_dir
+
+    cfg = bench_config(args.model, args.device, smoke=args.smoke)
+    if args.repeats:
+        cfg = _replace(cfg, repeats=args.repeats)
+    out = args.out or runs_dir() / f"bench-{args.model}-{args.device}{'-smoke' if args.smoke else ''}.json"
+    result = run_bench(cfg, out, rows_wanted=args.rows)
+    print(bench_table(result, markdown=args.markdown))
+    print(f"written to {out}")
+    return 0
+
+
+def cmd_notebook_times(args) -> int:
+    from .budget import notebook_times, times_table
+    from .runtime import runs_dir
+
+    mode = "recorded" if args.recorded else "execute"
+    out = args.out or runs_dir() / f"notebook-times-{args.profile}-{mode}.json"
+    result = notebook_times(args.profile, mode, args.only, out=out)
+    print(times_table(result))
+    print(f"written to {out}")
+    return 0
+
+
 def cmd_student_notebooks(args) -> int:
     from .student import defined_functions, read_notebook, write_student_notebooks
 
@@ -292,6 +320,24 @@ def main(argv: list[str] | None = None) -> int:
     s.add_argument("--out", help="folder for metrics.json, plots and logs (default runs/<timestamp>)")
     s.add_argument("--seed", type=int, default=0, help="seed of every stage (default 0); same seed, same metrics")
     s.set_defaults(fn=cmd_pipeline)
+    s = sub.add_parser("bench", help="our trainers vs TRL's on the same model and data: rates, ratios, peak memory")
+    s.add_argument("--model", default="tiny", choices=["tiny", "gpt2-shape"],
+                   help="tiny (the shipped model) or gpt2-shape (GPT2Config(), random weights, the real tokenizer)")
+    s.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    s.add_argument("--out", help="JSON file for the result (default runs/bench-MODEL-DEVICE.json)")
+    s.add_argument("--repeats", type=int, help="timed repetitions per row (default: the preset's)")
+    s.add_argument("--smoke", action="store_true", help="smallest sizes, one repetition (what the tests run)")
+    s.add_argument("--rows", nargs="+", default=["sft", "reward", "dpo", "rl"], choices=["sft", "reward", "dpo", "rl"],
+                   help="which rows to run (default all)")
+    s.add_argument("--markdown", action="store_true", help="print the table as Markdown")
+    s.set_defaults(fn=cmd_bench)
+    s = sub.add_parser("notebook-times", help="each notebook's wall time: executed now on a profile, or as recorded")
+    s.add_argument("--profile", default="smoke", help="profile to execute the notebooks on (default smoke, as CI)")
+    s.add_argument("--recorded", action="store_true",
+                   help="read the time stamps of the committed (executed) notebooks instead of running them")
+    s.add_argument("--only", nargs="+", metavar="NN", help="only the notebooks whose names start with these, e.g. 00 05")
+    s.add_argument("--out", help="JSON file for the result (default runs/notebook-times-PROFILE-MODE.json)")
+    s.set_defaults(fn=cmd_notebook_times)
     s = sub.add_parser("student-notebooks", help="write the notebooks with solutions replaced by stubs, outputs cleared")
     s.add_argument("--out", required=True, help="folder for the student notebooks (not the notebooks folder itself)")
     s.add_argument("--src", help="folder of the solution notebooks (default: the course's notebooks/)")

@@ -91,7 +91,7 @@ def sequence_logps(lm, input_ids: torch.Tensor, attention_mask: torch.Tensor, re
     memory while contributing nothing to the sum.
     """
     h = transformer_body(lm)(input_ids=input_ids, attention_mask=attention_mask,
-                             position_ids=position_ids_from_mask(attention_mask)).last_hidden_state  # [N, T, d]
+                             position_ids=position_ids_from_mask(attention_mask), use_cache=False).last_hidden_state  # [N, T, d]
     predicts = response_mask[:, 1:].bool()  # [N, T-1]: position t predicts response token t+1
     logits = lm.get_output_embeddings()(h[:, :-1][predicts]).float()  # [n_tokens, V]
     logp = torch.log_softmax(logits, -1).gather(-1, input_ids[:, 1:][predicts][:, None]).squeeze(-1)  # [n_tokens]

@@ -277,8 +277,8 @@ def response_outputs(policy: PolicyWithValue, ids: torch.Tensor, attn: torch.Ten
     ids_t, attn_t, lo = trim_padding(ids, attn)
     P = prompt_len - lo
     with policy.reference() if reference else contextlib.nullcontext():
-        h = transformer_body(policy.lm)(input_ids=ids_t, attention_mask=attn_t,
-                                        position_ids=position_ids_from_mask(attn_t)).last_hidden_state  # [b, T', d]
+        h = transformer_body(policy.lm)(input_ids=ids_t, attention_mask=attn_t, position_ids=position_ids_from_mask(attn_t),
+                                        use_cache=False).last_hidden_state  # [b, T', d]
     logits = policy.lm.get_output_embeddings()(h[:, P - 1:-1]).float() / temperature  # [b, R', V]
     logp_all = torch.log_softmax(logits, -1)
     logprobs = logp_all.gather(-1, ids_t[:, P:, None]).squeeze(-1)  # [b, R']
@@ -376,7 +376,7 @@ def ppo_step(policy: PolicyWithValue, reward_model, tokenizer, prompts: Sequence
             ptx_loss = torch.tensor(0.0)
             if cfg.ptx_coef > 0 and ptx_rows is not None:
                 rows = ptx_rows[torch.randint(len(ptx_rows), (cfg.ptx_batch_size,), generator=gen)].to(device)
-                ptx_loss = policy.lm(input_ids=rows, attention_mask=torch.ones_like(rows), labels=rows).loss
+                ptx_loss = policy.lm(input_ids=rows, attention_mask=torch.ones_like(rows), labels=rows, use_cache=False).loss
                 loss = loss + cfg.ptx_coef * ptx_loss
             _check_finite("policy loss" if not torch.isfinite(pg_loss) else "value loss" if not torch.isfinite(vf_loss)
                           else "pretraining loss", loss, step)

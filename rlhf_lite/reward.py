@@ -94,7 +94,8 @@ class RewardModel(nn.Module):
     def hidden(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         """Last hidden states [B, T, d]; positions count real tokens only (padding side does not matter)."""
         return transformer_body(self.lm)(input_ids=input_ids, attention_mask=attention_mask,
-                                         position_ids=position_ids_from_mask(attention_mask)).last_hidden_state
+                                         position_ids=position_ids_from_mask(attention_mask),
+                                         use_cache=False).last_hidden_state  # no KV cache: nothing is generated
 
     def token_values(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         """The head at every position: [B, T]."""

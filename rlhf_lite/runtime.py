@@ -42,6 +42,9 @@ def quiet() -> None:
     """Silence library noise (hub progress bars, transformers' info/warnings); our own messages stay."""
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")  # read when datasets is imported
+    if "datasets" in sys.modules:  # imported already: switch its bars ("Tokenizing train dataset") off directly
+        sys.modules["datasets"].disable_progress_bars()
     from transformers.utils import logging as hf_logging
 
     hf_logging.set_verbosity_error()

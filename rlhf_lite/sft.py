@@ -118,6 +118,7 @@ def length_grouped_batches(lengths: Sequence[int], batch_size: int, generator: t
 
 
 @torch.no_grad()
+@torch.no_grad()
 def evaluate_loss(model, examples: Sequence[dict], collate: SFTCollator, batch_size: int = 32) -> float:
     """Mean response-token loss over ``examples`` (dropout off)."""
     was_training = model.training
@@ -126,7 +127,7 @@ def evaluate_loss(model, examples: Sequence[dict], collate: SFTCollator, batch_s
     examples = sorted(examples, key=lambda e: len(e["input_ids"]))  # less padding; the mean is order-free
     for i in range(0, len(examples), batch_size):
         b = {k: v.to(model.device) for k, v in collate(examples[i:i + batch_size]).items()}
-        logits = model(input_ids=b["input_ids"], attention_mask=b["attention_mask"]).logits
+        logits = model(input_ids=b["input_ids"], attention_mask=b["attention_mask"], use_cache=False).logits
         n = int((b["labels"][:, 1:] != IGNORE_INDEX).sum())
         total += sft_loss(logits, b["labels"]).item() * n
         n_tok += n
@@ -185,7 +186,8 @@ def train_sft(model, tokenizer, dataset, cfg: SFTConfig, progress: bool = True) 
     while step < total_steps:
         for idx in length_grouped_batches(lengths, cfg.batch_size, g):
             batch = {k: v.to(device) for k, v in collate([train[j] for j in idx]).items()}
-            logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits  # [B, T, V]
+            logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                           use_cache=False).logits  # [B, T, V]; no KV cache kept, nothing is generated
             loss = sft_loss(logits, batch["labels"])
             if not torch.isfinite(loss):
                 raise FloatingPointError(f"SFT loss is {loss.item()} at step {step}; lower SFTConfig.lr (now {cfg.lr})")
