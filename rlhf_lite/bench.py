@@ -184,6 +184,28 @@ def _clock(fn):
     return out, time.perf_counter() - t
 
 
+def matmul_weights(model_dir, lm_head: bool) -> int:
+    """Weights one token meets in matrix multiplies: every 2-D weight in the transformer blocks (attention and MLP
+    projections), plus the LM head's V × d when it runs. A LoRA training step costs about 4 FLOP per such weight and
+    token (2 forward, 2 for the activation gradients; the frozen weights get no gradient, the adapters' are tiny);
+    attention's own T × d work is left out, so the FLOP/s derived from it are a lower bound."""
+    from .models import transformer_body
+
+    model = fresh_model(model_dir, "cpu")[0]
+    blocks = sum(p.numel() for n, p in transformer_body(model).named_parameters() if p.dim() == 2 and ".h." in f".{n}")
+    return blocks + (model.get_output_embeddings().weight.numel() if lm_head else 0)
+
+
+def matmul_gflops(d: int, device: str, tokens: int = 4096, repeats: int = 20) -> float:
+    """This machine's float32 matrix-multiply rate at the model's own shapes ([tokens, d] × [d, 4d], an MLP
+    projection): the yardstick for the training rows' utilisation (achieved FLOP/s ÷ this)."""
+    x, w = torch.randn(tokens, d, device=device), torch.randn(d, 4 * d, device=device)
+    for _ in range(3):
+        x @ w
+    _, seconds = _clock(lambda: [x @ w for _ in range(repeats)])
+    return 2 * tokens * d * 4 * d * repeats / seconds / 1e9
+
+
 # ---------------------------------------------------------------------------------------------
 # 3. The rows
 # ---------------------------------------------------------------------------------------------
@@ -208,8 +230,13 @@ def sft_row(model_dir, data, cfg: BenchConfig, with_trl: bool) -> dict:
         _, info = trl_sft(fresh_model(model_dir, cfg.device)[0], tok, data["demos"], scfg, steps=cfg.sft_steps)
         return tokens, info["seconds"]
 
-    return {"row": "SFT", "unit": "tokens/s", "trl_trainer": "SFTTrainer",
-            **dict(zip(("ours", "trl"), run_row(ours, theirs if with_trl else None, cfg)))}
+    row = {"row": "SFT", "unit": "tokens/s", "trl_trainer": "SFTTrainer",
+           **dict(zip(("ours", "trl"), run_row(ours, theirs if with_trl else None, cfg)))}
+    flop_per_token = 4 * matmul_weights(model_dir, lm_head=True)  # both sides run the LM head at every position
+    for side in ("ours", "trl"):
+        if row[side]:
+            row[side]["gflops"] = row[side]["median"] * flop_per_token / 1e9
+    return row
 
 
 def _reward_config(cfg: BenchConfig, grouped: bool = True):
@@ -290,10 +317,14 @@ def rl_rows(model_dir, data, cfg: BenchConfig, with_trl: bool) -> list[dict]:
     episodes = cfg.rl_iterations * cfg.rl_episodes
     lengths: dict[str, list[float]] = {"ppo": [], "grpo": [], "trl": []}
 
+    update = {"tokens": 0, "seconds": 0.0}
+
     def ppo():
         policy = build_policy(fresh_model(model_dir, cfg.device)[0], rm, pcfg)
         hist, seconds = _clock(lambda: train_ppo(policy, rm, tok, data["tasks"], pcfg, progress=False))
         lengths["ppo"] += [h["response_length"] for h in hist]
+        update["tokens"] += sum(h["update_tokens"] for h in hist)
+        update["seconds"] += sum(h["update_s"] for h in hist)
         return episodes, seconds
 
     def grpo():
@@ -308,6 +339,8 @@ def rl_rows(model_dir, data, cfg: BenchConfig, with_trl: bool) -> list[dict]:
         return episodes, info["seconds"]
 
     ppo_result, trl_result = run_row(ppo, theirs if with_trl else None, cfg)
+    # the update phase alone (stage 7 of ppo_step, warm-up included): ≈ 4 FLOP per block weight and token
+    ppo_result["update_gflops"] = 4 * matmul_weights(model_dir, lm_head=False) * update["tokens"] / update["seconds"] / 1e9
     grpo_result, _ = run_row(grpo, None, cfg)
     mean = (lambda xs: round(sum(xs) / len(xs), 1) if xs else None)
     note = (f"B={cfg.rl_episodes}, L≤{cfg.rl_max_new_tokens}, G={cfg.rl_group}, epochs={cfg.rl_epochs}; mean answer "
@@ -370,12 +403,15 @@ def run_bench(cfg: BenchConfig, out: str | Path | None = None, progress: bool = 
             got = fn(model_dir, data, cfg, with_trl)
             rows += got if isinstance(got, list) else [got]
         memory = ppo_memory(model_dir, cfg)
+        d = fresh_model(model_dir, "cpu")[0].config.hidden_size
+        peak = matmul_gflops(d, cfg.device)
         n_params = sum(p.numel() for p in fresh_model(model_dir, "cpu")[0].parameters())
     for r in rows:
         r["ratio"] = r["ours"]["median"] / r["trl"]["median"] if r.get("trl") else None
     result = {"setup": {**asdict(cfg), "parameters": n_params, "versions": versions(), "trl": trl_version(),
                         "threads": torch.get_num_threads(),
-                        "gpu": torch.cuda.get_device_name() if cfg.device == "cuda" else None},
+                        "gpu": torch.cuda.get_device_name() if cfg.device == "cuda" else None,
+                        "matmul_gflops": round(peak, 1)},
               "rows": rows, "ppo_memory": memory, "notes": notes}
     if out:
         with atomic_file(out) as tmp:
@@ -411,6 +447,15 @@ def bench_table(result: dict, markdown: bool = False) -> str:
         widths = [40, 14, 24, 24, 9, 20]
         fmt = lambda r: " ".join(f"{c:<{w}}" if i < 2 else f"{c:>{w}}" for i, (c, w) in enumerate(zip(r, widths)))
         lines = [head, fmt(cols)] + [fmt(r) for r in rows]
+    util = []
+    for r in result["rows"]:
+        for side, key, what in (("ours", "gflops", "our SFT"), ("trl", "gflops", "TRL's SFT"),
+                                ("ours", "update_gflops", "our PPO update phase")):
+            if r.get(side) and r[side].get(key):
+                util.append(f"{what} {r[side][key]:.1f} GFLOP/s = {r[side][key] / s['matmul_gflops']:.0%}")
+    if util:
+        lines.append(f"{chr(10) if markdown else ''}Compute (≈ 4 FLOP per matrix weight and token, a lower bound): "
+                     + ", ".join(util) + f" of this machine's measured float32 matmul rate ({s['matmul_gflops']:.0f} GFLOP/s)")
     m = result["ppo_memory"]
     lines.append(f"{chr(10) if markdown else ''}PPO parameter memory: policy + reference + value {m['policy_reference_value_mb']:.1f} MiB = "
                  f"{m['ratio_to_base']:.2f}x one base model ({m['base_mb']:.1f} MiB; three separate copies "

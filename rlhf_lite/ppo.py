@@ -365,8 +365,10 @@ def ppo_step(policy: PolicyWithValue, reward_model, tokenizer, prompts: Sequence
     # 7. Several epochs of minibatch updates on this rollout (the first minibatch is exactly on-policy)
     stats: list[dict] = []
     gen = torch.Generator().manual_seed(cfg.seed * 100003 + step)
+    t_update, update_tokens = time.perf_counter(), 0
     for epoch in range(cfg.ppo_epochs):
         for mb in (chunks if epoch == 0 else length_grouped_batches(lengths, cfg.minibatch_size, gen)):
+            update_tokens += int(attn[mb].sum())
             new_logprobs, _ = response_outputs(policy, ids[mb], attn[mb], P, cfg.temperature)
             new_values = policy.value_head(feats[mb]).squeeze(-1)
             pg_loss, pg_stats = ppo_policy_loss(new_logprobs, logprobs[mb], advantages[mb], mask[mb], cfg.clip_range)
@@ -392,8 +394,8 @@ def ppo_step(policy: PolicyWithValue, reward_model, tokenizer, prompts: Sequence
     metrics = {"step": step + 1, "reward": rm_scores.mean().item(), "score": scores.mean().item(), "kl": kl,
                "beta": kl_ctl.value, "entropy": masked_mean(entropy, mask).item(), "response_length": mask.sum(1).mean().item(),
                "eos_rate": ro["finished"].float().mean().item(), "first_ratio": stats[0]["ratio"],
-               "first_approx_kl": stats[0]["approx_kl"],
-               **{k: sum(s[k] for s in stats) / len(stats) for k in stats[0]}}
+               "first_approx_kl": stats[0]["approx_kl"], "update_s": time.perf_counter() - t_update,
+               "update_tokens": update_tokens, **{k: sum(s[k] for s in stats) / len(stats) for k in stats[0]}}
     kl_ctl.update(kl, len(prompts))
     return metrics, gens
 

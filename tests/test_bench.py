@@ -36,7 +36,8 @@ def test_smoke_bench_writes_table_and_json(tmp_path):
     assert mem["separate_copies_mb"] == pytest.approx(3 * mem["base_mb"], abs=0.02)
     table = bench_table(result).splitlines()
     assert table[0].startswith("bench: model tiny") and "TRL 1." in table[0]
-    assert len(table) == 2 + len(ROW_NAMES) + 2  # header, column names, rows, memory line, note
+    assert len(table) == 2 + len(ROW_NAMES) + 3  # header, column names, rows, compute line, memory line, note
+    assert "of this machine's measured float32 matmul rate" in table[-3]
     for line, name in zip(table[2:], ROW_NAMES):
         assert line.startswith(name) and line.split()[-4].endswith("x")  # a ratio in every row
 
