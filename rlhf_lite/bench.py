@@ -388,6 +388,8 @@ def run_bench(cfg: BenchConfig, out: str | Path | None = None, progress: bool = 
     quiet()
     with_trl = trl_version() is not None
     notes = [] if with_trl else [f"TRL rows skipped: {TRL_HINT}"]
+    if cfg.repeats < 1 or cfg.warmup < 0:
+        raise ValueError(f"bench needs repeats >= 1 and warmup >= 0, got repeats={cfg.repeats}, warmup={cfg.warmup}")
     unknown = set(rows_wanted) - set(ROWS)
     if unknown:
         raise ValueError(f"unknown bench rows {sorted(unknown)}; choose from {', '.join(ROWS)}")

@@ -55,7 +55,6 @@ def execute_seconds(path: str | Path, profile: str, timeout: int = 3600) -> dict
     """Run one notebook in a fresh kernel (working directory: its folder) with ``RLHF_LITE_PROFILE=profile`` and
     progress bars off; return its wall time and the slowest cell. The file on disk is left as it is."""
     import nbformat
-    from jupyter_client import KernelManager
     from nbclient import NotebookClient
     from nbclient.exceptions import CellExecutionError
 
@@ -65,9 +64,8 @@ def execute_seconds(path: str | Path, profile: str, timeout: int = 3600) -> dict
     os.environ.update(env)  # the kernel inherits this process's environment
     t0 = time.time()
     try:
-        km = KernelManager(kernel_name="python3", transport="ipc")  # local sockets: no "running over TCP" warning
-        NotebookClient(nb, km=km, timeout=timeout, kernel_name="python3",
-                       resources={"metadata": {"path": str(Path(path).parent)}}).execute()
+        NotebookClient(nb, timeout=timeout, kernel_name="python3", resources={"metadata": {"path": str(Path(path).parent)}},
+                       extra_arguments=["--IPKernelApp.log_level=ERROR"]).execute()  # no "running over TCP" warning
     except CellExecutionError as e:
         raise RuntimeError(f"{Path(path).name} failed on profile {profile!r}: {str(e).splitlines()[0][:300]}") from None
     finally:

@@ -2,6 +2,7 @@
 asserts a speed: rates depend on the machine and are compared only within one run."""
 import json
 import sys
+from dataclasses import replace
 
 import nbformat
 import pytest
@@ -56,6 +57,8 @@ def test_bench_rejects_bad_settings():
         bench_config("gpt3")
     with pytest.raises(ValueError, match="unknown bench rows"):
         run_bench(bench_config(smoke=True), rows_wanted=["ppo"])
+    with pytest.raises(ValueError, match="repeats >= 1"):
+        run_bench(replace(bench_config(smoke=True), repeats=0))
 
 
 @pytest.mark.skipif(not GPT2_TOKENIZER.is_dir(), reason="../shared/gpt2-tokenizer not present")
