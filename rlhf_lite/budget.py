@@ -31,22 +31,23 @@ def notebook_paths(folder: str | Path = NOTEBOOKS, only: list[str] | None = None
     return paths
 
 
+def _cell_span(cell) -> tuple[datetime, datetime] | None:
+    """(start, end) of an executed code cell, from the stamps Jupyter stores in ``metadata.execution``."""
+    stamps = cell.get("metadata", {}).get("execution", {})
+    if "iopub.execute_input" not in stamps or "shell.execute_reply" not in stamps:
+        return None
+    return tuple(datetime.fromisoformat(stamps[k].replace("Z", "+00:00")) for k in ("iopub.execute_input", "shell.execute_reply"))
+
+
 def recorded_seconds(path: str | Path) -> dict:
-    """Wall time of the execution stored in a notebook: first cell start to last cell end, from the cells'
-    ``metadata.execution`` stamps (``iopub.execute_input``, ``shell.execute_reply``); ``None`` if it has none."""
+    """Wall time of the execution stored in a notebook: first cell start to last cell end (``None`` if it has no
+    time stamps)."""
     from .student import read_notebook
 
-    nb = read_notebook(path)
-    stamps = [c.get("metadata", {}).get("execution", {}) for c in nb["cells"] if c["cell_type"] == "code"]
-    stamps = [s for s in stamps if "iopub.execute_input" in s and "shell.execute_reply" in s]
-    if not stamps:
+    spans = [sp for c in read_notebook(path)["cells"] if c["cell_type"] == "code" and (sp := _cell_span(c))]
+    if not spans:
         return {"notebook": Path(path).name, "seconds": None, "executed_at": None}
-
-    def t(s: str) -> datetime:
-        return datetime.fromisoformat(s.replace("Z", "+00:00"))
-
-    start = min(t(s["iopub.execute_input"]) for s in stamps)
-    end = max(t(s["shell.execute_reply"]) for s in stamps)
+    start, end = min(a for a, _ in spans), max(b for _, b in spans)
     return {"notebook": Path(path).name, "seconds": round((end - start).total_seconds(), 1),
             "executed_at": start.isoformat(timespec="seconds")}
 
@@ -69,22 +70,17 @@ def execute_seconds(path: str | Path, profile: str, timeout: int = 3600) -> dict
     except CellExecutionError as e:
         raise RuntimeError(f"{Path(path).name} failed on profile {profile!r}: {str(e).splitlines()[0][:300]}") from None
     finally:
-        for k, v in old.items():
-            os.environ.pop(k) if v is None else os.environ.__setitem__(k, v)
+        for k, v in old.items():  # put the caller's environment back
+            if v is None:
+                os.environ.pop(k)
+            else:
+                os.environ[k] = v
     seconds = time.time() - t0
-    cells = [(recorded_seconds_of_cell(c), i) for i, c in enumerate(nb.cells) if c.cell_type == "code"]
+    cells = [((sp[1] - sp[0]).total_seconds(), i) for i, c in enumerate(nb.cells)
+             if c.cell_type == "code" and (sp := _cell_span(c))]
     slowest = max(cells) if cells else (0.0, None)
     return {"notebook": Path(path).name, "seconds": round(seconds, 1), "slowest_cell": slowest[1],
             "slowest_cell_seconds": round(slowest[0], 1)}
-
-
-def recorded_seconds_of_cell(cell) -> float:
-    """One executed cell's own time stamps (0 when it has none)."""
-    s = cell.get("metadata", {}).get("execution", {})
-    if "iopub.execute_input" not in s or "shell.execute_reply" not in s:
-        return 0.0
-    a, b = (datetime.fromisoformat(s[k].replace("Z", "+00:00")) for k in ("iopub.execute_input", "shell.execute_reply"))
-    return (b - a).total_seconds()
 
 
 def notebook_times(profile: str = "smoke", mode: str = "execute", only: list[str] | None = None,
