@@ -223,14 +223,12 @@ def cmd_pipeline(args) -> int:
 
 
 def cmd_bench(args) -> int:
-    from dataclasses import replace as _replace
-
     from .bench import bench_config, bench_table, run_bench
     from .runtime import runs_dir
 
     cfg = bench_config(args.model, args.device, smoke=args.smoke)
     if args.repeats:
-        cfg = _replace(cfg, repeats=args.repeats)
+        cfg = replace(cfg, repeats=args.repeats)
     out = args.out or runs_dir() / f"bench-{args.model}-{args.device}{'-smoke' if args.smoke else ''}.json"
     result = run_bench(cfg, out, rows_wanted=args.rows)
     print(bench_table(result, markdown=args.markdown))

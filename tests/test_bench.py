@@ -91,3 +91,15 @@ def test_notebook_times_executes_with_the_profile_and_names_a_failing_notebook(t
         notebook_times("smoke", "execute", ["01"], folder=tmp_path)
     with pytest.raises(ValueError, match="unknown profile"):
         notebook_times("smoek", folder=tmp_path)
+
+
+def test_cli_bench_and_notebook_times(tmp_path, capsys):
+    from rlhf_lite.__main__ import main
+
+    assert main(["bench", "--smoke", "--rows", "dpo", "--markdown", "--out", str(tmp_path / "b.json")]) == 0
+    out = capsys.readouterr().out
+    assert "| DPO | pairs/s |" in out and json.loads((tmp_path / "b.json").read_text())["rows"][0]["row"] == "DPO"
+    assert main(["notebook-times", "--recorded", "--profile", "tiny", "--only", "00", "--out", str(tmp_path / "t.json")]) == 0
+    out = capsys.readouterr().out
+    assert "00_tour.ipynb" in out and "recorded, profile tiny" in out
+    assert json.loads((tmp_path / "t.json").read_text())["notebooks"][0]["seconds"] > 0
