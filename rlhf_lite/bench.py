@@ -397,7 +397,9 @@ def run_bench(cfg: BenchConfig, out: str | Path | None = None, progress: bool = 
     rows: list[dict] = []
     with tempfile.TemporaryDirectory(prefix="rlhf-lite-bench-") as work:
         model_dir = bench_model_dir(cfg.model, work)
-        _, tok = fresh_model(model_dir, cfg.device)
+        base, tok = fresh_model(model_dir, "cpu")
+        n_params, d = sum(p.numel() for p in base.parameters()), base.config.hidden_size
+        del base
         data = bench_data(tok, cfg)
         for name, fn in steps:
             if progress:
@@ -405,9 +407,7 @@ def run_bench(cfg: BenchConfig, out: str | Path | None = None, progress: bool = 
             got = fn(model_dir, data, cfg, with_trl)
             rows += got if isinstance(got, list) else [got]
         memory = ppo_memory(model_dir, cfg)
-        d = fresh_model(model_dir, "cpu")[0].config.hidden_size
         peak = matmul_gflops(d, cfg.device)
-        n_params = sum(p.numel() for p in fresh_model(model_dir, "cpu")[0].parameters())
     for r in rows:
         r["ratio"] = r["ours"]["median"] / r["trl"]["median"] if r.get("trl") else None
     result = {"setup": {**asdict(cfg), "parameters": n_params, "versions": versions(), "trl": trl_version(),
