@@ -110,6 +110,13 @@ def last_token_index(attention_mask: torch.Tensor) -> torch.Tensor:
     return t - 1 - attention_mask.long().flip(-1).argmax(-1)
 
 
+def trim_padding(ids: torch.Tensor, attn: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, int]:
+    """Drop the columns that are padding in every row: [b, T] -> [b, T'], and how many left columns went."""
+    cols = attn.any(0).nonzero().squeeze(1)
+    lo, hi = cols[0].item(), cols[-1].item() + 1
+    return ids[:, lo:hi], attn[:, lo:hi], lo
+
+
 def transformer_body(model):
     """The transformer without its LM head (``GPT2Model`` inside ``GPT2LMHeadModel``), looking through a
     peft wrapper; injected LoRA layers stay active inside it."""
@@ -186,10 +193,9 @@ def prefill(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, group:
     positions = position_ids_from_mask(attention_mask)
     logits, kv = None, None
     for rows in torch.argsort(attention_mask.sum(1), stable=True).split(group):  # similar lengths together
-        lo = T - int(attention_mask[rows].sum(1).max())  # left columns that are padding in every row of the group
-        a = attention_mask[rows, lo:]
-        out = model(input_ids=input_ids[rows, lo:], attention_mask=a, position_ids=position_ids_from_mask(a),
-                    use_cache=True, logits_to_keep=1)
+        ids_g, a, lo = trim_padding(input_ids[rows], attention_mask[rows])  # without the group's all-padding columns
+        out = model(input_ids=ids_g, attention_mask=a, position_ids=position_ids_from_mask(a), use_cache=True,
+                    logits_to_keep=1)
         cache = out.past_key_values
         if type(cache) is not DynamicCache or not all(hasattr(layer, "keys") for layer in cache.layers):
             out = model(input_ids=input_ids, attention_mask=attention_mask, position_ids=positions, use_cache=True,

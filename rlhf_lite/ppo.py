@@ -21,7 +21,7 @@ from torch import nn
 
 from .config import PPOConfig
 from .models import (Generation, add_lora_adapters, dropout_off, generate, last_token_index, position_ids_from_mask,
-                     transformer_body)
+                     transformer_body, trim_padding)
 from .runtime import atomic_file, progress_bar
 from .sft import length_grouped_batches
 
@@ -254,13 +254,6 @@ def rollout_tensors(tokenizer, prompts: Sequence[str], gens: Sequence[Generation
         ids[i, P:P + len(b)], attn[i, P:P + len(b)] = torch.tensor(b), 1
     return {"input_ids": ids.to(device), "attention_mask": attn.to(device), "mask": attn[:, P:].float().to(device),
             "finished": torch.tensor([g.finished for g in gens], device=device), "prompt_len": P}
-
-
-def trim_padding(ids: torch.Tensor, attn: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, int]:
-    """Drop the columns that are padding in every row: [b, T] -> [b, T'], and how many left columns went."""
-    cols = attn.any(0).nonzero().squeeze(1)
-    lo, hi = cols[0].item(), cols[-1].item() + 1
-    return ids[:, lo:hi], attn[:, lo:hi], lo
 
 
 def response_outputs(policy: PolicyWithValue, ids: torch.Tensor, attn: torch.Tensor, prompt_len: int, temperature: float,
