@@ -4,10 +4,36 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import random
 import sys
 import textwrap
 from dataclasses import replace
+from pathlib import Path
+
+
+def _at_least(lo: int):
+    """argparse type: a whole number ≥ ``lo`` (the error names the option and the range)."""
+    def parse(text: str) -> int:
+        try:
+            v = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+        if v < lo:
+            raise argparse.ArgumentTypeError(f"must be at least {lo}, got {v}")
+        return v
+    return parse
+
+
+def _non_negative_float(text: str) -> float:
+    """argparse type: a finite number ≥ 0."""
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not math.isfinite(v) or v < 0:
+        raise argparse.ArgumentTypeError(f"must be a finite number ≥ 0, got {text}")
+    return v
 
 
 def _world(args):
@@ -106,9 +132,11 @@ def cmd_sft(args) -> int:
     from .config import get_profile
     from .evaluate import gold_eval, win_rate
     from .models import load_base
-    from .runtime import atomic_dir, hf_bars_off, quiet
+    from .runtime import atomic_dir, check_output_dir, hf_bars_off, quiet
     from .sft import train_sft_model
 
+    if args.out:
+        check_output_dir(args.out, "sft")  # before training, not after it
     quiet()
     prof = get_profile(args.profile)
     cfg = replace(prof.sft, **{k: v for k, v in {"n_train": args.n_train, "max_steps": args.max_steps,
@@ -146,7 +174,7 @@ def cmd_sft(args) -> int:
         print(f"win rate SFT vs base, held-out labelers: {wins:.1%}   EOS rate SFT {sft['eos_rate']:.2f} "
               f"(base {base['eos_rate']:.2f})")
     if args.out:
-        with atomic_dir(args.out) as tmp:  # nothing half-written if saving fails
+        with atomic_dir(args.out, "sft") as tmp:  # nothing half-written if saving fails
             with hf_bars_off():
                 if cfg.lora:
                     model.save_pretrained(tmp / "adapter")  # first: merging folds the adapter away
@@ -163,9 +191,11 @@ def cmd_sft(args) -> int:
 def cmd_reward(args) -> int:
     from .config import get_profile
     from .reward import save_reward_model, train_reward_stage
-    from .runtime import quiet, seed_everything
+    from .runtime import check_output_dir, quiet, seed_everything
     from .sft import sft_checkpoint
 
+    if args.out:
+        check_output_dir(args.out, "reward")  # before training, not after it
     quiet()
     prof = get_profile(args.profile)
     cfg = replace(prof.reward, **{k: v for k, v in {"n_prompts": args.n_prompts, "grouped": False if args.shuffled else None,
@@ -193,9 +223,14 @@ def cmd_reward(args) -> int:
 
 def cmd_ppo(args) -> int:
     from .config import get_profile
-    from .ppo import ppo_stage
-    from .runtime import quiet
+    from .ppo import CHECKPOINT, ppo_stage
+    from .runtime import quiet, writable_dir
 
+    if args.out:
+        writable_dir(args.out)  # before any model is loaded or trained
+        if not args.resume and (Path(args.out) / CHECKPOINT).exists():
+            raise ValueError(f"--out {args.out} holds the checkpoint of an earlier PPO run; add --resume to continue it, "
+                             "or pick a new folder")
     quiet()
     prof = get_profile(args.profile)
     cfg = replace(prof.ppo, **{k: v for k, v in {"steps": args.steps, "ptx_coef": args.ptx, "init_kl_coef": args.beta,
@@ -266,7 +301,13 @@ def cmd_grade(args) -> int:
 
     total = passed = 0
     for path in args.notebooks:
-        for row in grade_notebook(path):
+        try:
+            graded = grade_notebook(path)
+        except (ValueError, OSError) as e:  # a damaged or missing notebook fails alone; the others are still graded
+            total += 1
+            print(f"✗ {path}: cannot grade it: {e}")
+            continue
+        for row in graded:
             total, passed = total + 1, passed + row["passed"]
             name = ", ".join(row["functions"]) or f"cell {row['cell']}"
             print(f"{'✓' if row['passed'] else '✗'} {path}: {name}" + ("" if row["passed"] else f"\n    {row['message']}"))
@@ -281,49 +322,49 @@ def main(argv: list[str] | None = None) -> int:
     sub = p.add_subparsers(dest="cmd", required=True)
     s = sub.add_parser("pretrain", help="build the tokenizer and pretrain the tiny GPT-2 from scratch")
     s.add_argument("--out", required=True, help="folder to write (replaced atomically when training finishes)")
-    s.add_argument("--steps", type=int, help="override the profile's number of optimizer steps")
-    s.add_argument("--seed", type=int, help="override the seed (world, corpus, init, batch order)")
-    s.add_argument("--threads", type=int, help="torch CPU threads (default: all cores)")
+    s.add_argument("--steps", type=_at_least(1), help="override the profile's number of optimizer steps")
+    s.add_argument("--seed", type=_at_least(0), help="override the seed (world, corpus, init, batch order)")
+    s.add_argument("--threads", type=_at_least(0), help="torch CPU threads (default: all cores)")
     s.set_defaults(fn=cmd_pretrain)
     s = sub.add_parser("world", help="print sample instruction records (Dolly schema) per category, or stats")
-    s.add_argument("--show", type=int, default=2, metavar="N", help="records per category (default 2)")
+    s.add_argument("--show", type=_at_least(1), default=2, metavar="N", help="records per category (default 2)")
     s.add_argument("--stats", action="store_true", help="print counts, splits and panel agreement as JSON instead")
-    s.add_argument("--seed", type=int, help="world seed (default: the profile's)")
+    s.add_argument("--seed", type=_at_least(0), help="world seed (default: the profile's)")
     s.set_defaults(fn=cmd_world)
     s = sub.add_parser("sft", help="supervised fine-tuning (LoRA by default), then gold score and win rate vs base")
     s.add_argument("--out", help="folder for the adapter, the merged model and metrics.json (optional)")
-    s.add_argument("--n", type=int, default=200, help="test prompts for the gold evaluation (default 200)")
-    s.add_argument("--n-train", type=int, help="train on the first N examples only (LIMA-style experiments)")
-    s.add_argument("--epochs", type=int, help="override the profile's epochs")
-    s.add_argument("--max-steps", type=int, help="override the profile's step limit")
+    s.add_argument("--n", type=_at_least(1), default=200, help="test prompts for the gold evaluation (default 200)")
+    s.add_argument("--n-train", type=_at_least(1), help="train on the first N examples only (LIMA-style experiments)")
+    s.add_argument("--epochs", type=_at_least(1), help="override the profile's epochs")
+    s.add_argument("--max-steps", type=_at_least(1), help="override the profile's step limit")
     s.add_argument("--full", action="store_true", help="full fine-tuning instead of LoRA (learning rate / 4)")
-    s.add_argument("--seed", type=int, help="world seed (default: the profile's)")
+    s.add_argument("--seed", type=_at_least(0), help="world seed (default: the profile's)")
     s.set_defaults(fn=cmd_sft)
     s = sub.add_parser("reward", help="comparisons from the SFT model, then the reward model, measured on held-out users")
     s.add_argument("--out", help="folder for the reward model (adapter or weights, head, metrics)")
-    s.add_argument("--n-prompts", type=int, help="override the number of ranked training prompts")
+    s.add_argument("--n-prompts", type=_at_least(1), help="override the number of ranked training prompts")
     s.add_argument("--shuffled", action="store_true", help="the ablation: pairs shuffled as independent examples")
     s.add_argument("--full", action="store_true", help="full fine-tuning instead of LoRA")
     s.set_defaults(fn=cmd_reward)
     s = sub.add_parser("ppo", help="PPO (or PPO-ptx) against the cached reward model, from the cached SFT model")
     s.add_argument("--out", help="folder for checkpoints and the final adapter")
     s.add_argument("--resume", action="store_true", help="continue the interrupted run whose checkpoints are in --out")
-    s.add_argument("--steps", type=int, help="override the number of PPO iterations")
-    s.add_argument("--ptx", type=float, help="γ of PPO-ptx (pretraining loss weight; default 0: plain PPO)")
-    s.add_argument("--beta", type=float, help="override the KL coefficient β")
-    s.add_argument("--seed", type=int, help="override the PPO seed")
+    s.add_argument("--steps", type=_at_least(1), help="override the number of PPO iterations")
+    s.add_argument("--ptx", type=_non_negative_float, help="γ of PPO-ptx (pretraining loss weight; default 0: plain PPO)")
+    s.add_argument("--beta", type=_non_negative_float, help="override the KL coefficient β")
+    s.add_argument("--seed", type=_at_least(0), help="override the PPO seed")
     s.set_defaults(fn=cmd_ppo)
     s = sub.add_parser("pipeline", help="the main job: SFT → comparisons → RM → PPO and PPO-ptx → evaluation, on TinyWorld")
     s.add_argument("--profile", default=argparse.SUPPRESS, help="tiny or smoke (default: $RLHF_LITE_PROFILE, else tiny)")
     s.add_argument("--out", help="folder for metrics.json, plots and logs (default runs/<timestamp>)")
-    s.add_argument("--seed", type=int, default=0, help="seed of every stage (default 0); same seed, same metrics")
+    s.add_argument("--seed", type=_at_least(0), default=0, help="seed of every stage (default 0); same seed, same metrics")
     s.set_defaults(fn=cmd_pipeline)
     s = sub.add_parser("bench", help="our trainers vs TRL's on the same model and data: rates, ratios, peak memory")
     s.add_argument("--model", default="tiny", choices=["tiny", "gpt2-shape"],
                    help="tiny (the shipped model) or gpt2-shape (GPT2Config(), random weights, the real tokenizer)")
     s.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     s.add_argument("--out", help="JSON file for the result (default runs/bench-MODEL-DEVICE.json)")
-    s.add_argument("--repeats", type=int, help="timed repetitions per row (default: the preset's)")
+    s.add_argument("--repeats", type=_at_least(1), help="timed repetitions per row (default: the preset's)")
     s.add_argument("--smoke", action="store_true", help="smallest sizes, one repetition (what the tests run)")
     s.add_argument("--rows", nargs="+", default=["sft", "reward", "dpo", "rl"], choices=["sft", "reward", "dpo", "rl"],
                    help="which rows to run (default all)")
@@ -345,10 +386,10 @@ def main(argv: list[str] | None = None) -> int:
     s.set_defaults(fn=cmd_grade)
     s = sub.add_parser("evaluate", help="gold-panel score of a model's responses on test prompts")
     s.add_argument("--model", help="'tiny', a folder, or a hub name (default: the profile's base model)")
-    s.add_argument("--n", type=int, default=200, help="test prompts to score (default 200)")
-    s.add_argument("--k", type=int, default=2, help="2: also measure panel agreement on pairs of samples; 1: skip")
-    s.add_argument("--examples", type=int, default=4, help="sample responses to print")
-    s.add_argument("--seed", type=int, help="world seed (default: the profile's)")
+    s.add_argument("--n", type=_at_least(1), default=200, help="test prompts to score (default 200)")
+    s.add_argument("--k", type=_at_least(1), default=2, help="2: also measure panel agreement on pairs of samples; 1: skip")
+    s.add_argument("--examples", type=_at_least(0), default=4, help="sample responses to print")
+    s.add_argument("--seed", type=_at_least(0), help="world seed (default: the profile's)")
     s.set_defaults(fn=cmd_evaluate)
     args = p.parse_args(argv)
     try:

@@ -327,6 +327,37 @@ class Profile:
     """Longest response generated; a response that hits it without EOS is unfinished."""
 
 
+# Which settings must be > 0, or lie in [0, 1]; every other number must be finite and ≥ 0 (``no_eos_penalty``: any
+# finite number or None). A count of 0 means "all" where the field's docstring says so (n_train, max_steps, n_prompts).
+_POSITIVE = {"steps", "batch_size", "minibatch_size", "ppo_epochs", "epochs", "lr", "temperature", "max_new_tokens",
+             "group_size", "prompts_per_step", "max_length", "lora_r", "lora_alpha", "k_min", "k_max", "eval_every",
+             "checkpoint_every", "n_positions", "n_embd", "n_layer", "n_head", "vocab_size", "n_docs", "ptx_batch_size",
+             "kl_target", "kl_horizon", "clip_range", "clip_range_value", "beta", "grad_clip"}
+_UNIT = {"gamma", "lam", "heldout_frac", "few_shot_prob", "lora_dropout"}
+
+
+def validate_config(cfg) -> None:
+    """Check every number of a stage's config (a dataclass above) before any work: an error names the setting,
+    its value and the valid range (``PPOConfig.init_kl_coef must be a finite number ≥ 0, got nan``)."""
+    import dataclasses
+    import math
+
+    for f in dataclasses.fields(cfg):
+        v, name = getattr(cfg, f.name), f"{type(cfg).__name__}.{f.name}"
+        if isinstance(v, bool) or not isinstance(v, (int, float)):
+            continue
+        if not math.isfinite(v):
+            raise ValueError(f"{name} must be a finite number, got {v}")
+        if f.name == "no_eos_penalty":
+            continue
+        if f.name in _UNIT and not 0 <= v <= 1:
+            raise ValueError(f"{name} must lie between 0 and 1, got {v}")
+        if f.name in _POSITIVE and v <= 0:
+            raise ValueError(f"{name} must be greater than 0, got {v}")
+        if v < 0:
+            raise ValueError(f"{name} must be a finite number ≥ 0, got {v}")
+
+
 PROFILES: dict[str, Profile] = {
     "smoke": Profile("smoke", "tiny", WorldConfig(n_prompts=600),
                      PretrainConfig(n_docs=600, steps=6, batch_size=4, n_positions=128, n_embd=32, n_layer=1,

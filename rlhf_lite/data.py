@@ -278,10 +278,12 @@ def validate_record(rec: dict, where: str) -> dict:
     return rec
 
 
-def _decode(path: Path) -> str:
+def decode_text(path: Path) -> str:
+    """A UTF-8 text file's contents, without a leading byte-order mark (spreadsheet programs write one); bytes
+    that are not UTF-8 are an error naming the file, line and offset."""
     raw = path.read_bytes()
     try:
-        return raw.decode("utf-8")
+        return raw.decode("utf-8-sig")
     except UnicodeDecodeError as e:
         line = raw[: e.start].count(b"\n") + 1
         raise DataFormatError(f"{path}, line {line}: not valid UTF-8 text (byte {raw[e.start]:#04x} at offset {e.start}); "
@@ -293,12 +295,15 @@ def read_rows(path: str | os.PathLike, what: str = "data file", check_columns=No
     Malformed files raise :class:`DataFormatError` naming the file and line. ``check_columns(columns,
     source)`` is called on a csv/parquet header before the rows are read."""
     p = Path(path)
+    if p.is_dir():
+        raise DataFormatError(f"{what} {p} is a folder; pass one .json/.jsonl/.csv/.parquet file inside it")
     if not p.is_file():
         raise FileNotFoundError(f"{what} {p} does not exist")
     suffix = p.suffix.lower()
     rows: list[tuple[str, dict]] = []
     if suffix == ".jsonl":
-        for n, line in enumerate(_decode(p).splitlines(), 1):
+        # split on "\n" only: str.splitlines would also split inside strings at U+2028, U+0085, …
+        for n, line in enumerate(decode_text(p).split("\n"), 1):
             if not line.strip():
                 continue
             try:
@@ -310,7 +315,7 @@ def read_rows(path: str | os.PathLike, what: str = "data file", check_columns=No
             rows.append((_where(str(p), "line", n), obj))
     elif suffix == ".json":
         try:
-            data = json.loads(_decode(p))
+            data = json.loads(decode_text(p))
         except json.JSONDecodeError as e:
             raise DataFormatError(f"{p}, line {e.lineno}: invalid JSON ({e.msg}); for one record per line use .jsonl") from None
         if not isinstance(data, list):
@@ -320,10 +325,15 @@ def read_rows(path: str | os.PathLike, what: str = "data file", check_columns=No
                 raise DataFormatError(f"{p}, record {n}: expected a JSON object, got a JSON {type(obj).__name__}")
             rows.append((_where(str(p), "record", n), obj))
     elif suffix == ".csv":
-        reader = csv.DictReader(io.StringIO(_decode(p), newline=""))
+        reader = csv.DictReader(io.StringIO(decode_text(p), newline=""))
         if check_columns:
             check_columns(reader.fieldnames or [], str(p))
-        rows = [(_where(str(p), "line", reader.line_num), dict(r)) for r in reader]
+        for r in reader:
+            where = _where(str(p), "line", reader.line_num)
+            if None in r:  # DictReader files cells beyond the header under the key None
+                raise DataFormatError(f"{where}: {len(r[None])} more cell(s) than the header's {len(reader.fieldnames)} "
+                                      f"columns ({r[None]!r:.60}); quote cells that contain commas")
+            rows.append((where, dict(r)))
     elif suffix == ".parquet":
         import pyarrow.parquet as pq
 

@@ -22,7 +22,7 @@ from collections.abc import Sequence
 import torch
 import torch.nn.functional as F
 
-from .config import DPOConfig
+from .config import DPOConfig, validate_config
 from .feedback import _agreement, _pref_probs, ranking_to_pairs
 from .models import add_lora_adapters, dropout_off, position_ids_from_mask, transformer_body
 from .reward import encode_response, pad_batch
@@ -166,6 +166,7 @@ def train_dpo(lm, tokenizer, train: Sequence[dict], cfg: DPOConfig, validation: 
     or more typical ones). A falling chosen reward with a growing margin is DPO working as designed, not a bug.
     Returns ``{"train": [...], "eval": [...], "pairs", "wall_time_s"}``.
     """
+    validate_config(cfg)
     t0 = time.time()
     torch.manual_seed(cfg.seed)
     rng = random.Random(cfg.seed)
@@ -190,10 +191,8 @@ def train_dpo(lm, tokenizer, train: Sequence[dict], cfg: DPOConfig, validation: 
         rng.shuffle(order)
         for i in range(0, len(order), cfg.batch_size):
             loss, s = records_loss(lm, tokenizer, [data[j] for j in order[i:i + cfg.batch_size]], cfg)
-            if not torch.isfinite(loss):
-                raise FloatingPointError(f"DPO loss is {loss.item()} at step {step}; lower DPOConfig.lr (now {cfg.lr}) "
-                                         f"or beta (now {cfg.beta})")
-            optimizer_step(loss, params, opt, sched, cfg.grad_clip)
+            optimizer_step(loss, params, opt, sched, cfg.grad_clip, f"DPO step {step + 1}",
+                           f"Lower DPOConfig.lr (now {cfg.lr}) or beta (now {cfg.beta}).")
             step += 1
             history["train"].append({"step": step, "loss": loss.item(), "accuracy": s["accuracy"].item(),
                                      "chosen_reward": s["chosen_rewards"].mean().item(),

@@ -24,6 +24,7 @@ responses in a nested list, e.g. ``[2, [0, 3], 1]``; pairs inside a tie carry no
 """
 from __future__ import annotations
 
+import contextlib
 import html
 import itertools
 import json
@@ -33,7 +34,12 @@ import warnings
 from pathlib import Path
 from typing import Callable, Sequence
 
-from .data import DataFormatError, read_rows, render_prompt
+from .data import DataFormatError, decode_text, read_rows, render_prompt
+
+try:
+    import fcntl
+except ImportError:  # Windows: no flock; single-writer use is still safe
+    fcntl = None
 from .models import generate
 
 HH_HUMAN, HH_ASSISTANT = "\n\nHuman:", "\n\nAssistant:"
@@ -81,6 +87,10 @@ def validate_comparison(rec: dict, where: str) -> dict:
         flat = flat_ranking(rec["ranking"])
     except TypeError:
         raise DataFormatError(f"{where}: field 'ranking' must be a list of response indices (best first)") from None
+    if not all(type(i) is int for i in flat):
+        raise DataFormatError(f"{where}: field 'ranking' {rec['ranking']} must hold whole-number response indices "
+                              "(0, 1, 2, …, best first), not " + ", ".join(sorted({type(i).__name__ for i in flat
+                                                                                    if type(i) is not int})))
     if sorted(flat) != list(range(len(resp))):
         raise DataFormatError(f"{where}: field 'ranking' {rec['ranking']} must order each of the {len(resp)} responses "
                               f"exactly once (indices 0..{len(resp) - 1}, best first)")
@@ -91,47 +101,74 @@ def validate_comparison(rec: dict, where: str) -> dict:
 
 
 class RankingStore:
-    """Append-only JSON-lines file of comparison records.
+    """Append-only JSON-lines file of comparison records, safe against a kernel killed at any moment.
 
-    ``append`` writes one line, flushes and fsyncs before returning: a ranking reported as saved
-    survives a killed kernel or a lost Colab session. A crash *during* a write can leave a torn last
-    line; opening the store cuts it off (with a warning that names it) so later appends stay valid.
+    * ``append``/``extend`` validate first, then write each batch with one ``write`` under an exclusive lock
+      (``flock``), flush and fsync before returning: a ranking reported as saved survives a killed kernel or a
+      lost Colab session, and two stores open on the same file (two notebook tabs) never interleave lines.
+    * A crash *during* a write can leave a torn last line (no trailing newline). Under the same lock, before
+      every write and when the store is opened, a torn tail that is not a valid record is cut off (with a
+      warning naming it); a valid record that only lacks its newline gets one. So a record is never glued to
+      a torn line, and every acknowledged record stays readable.
     """
 
     def __init__(self, path: str | os.PathLike):
         self.path = Path(path)
+        if self.path.exists() and not self.path.is_file():
+            raise DataFormatError(f"ranking store {self.path} is a folder, not a file; pass a .jsonl file path")
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._repair()
+        if self.path.exists():
+            with self._locked() as fd:
+                self._repair(fd)
 
-    def _repair(self) -> None:
-        if not self.path.exists():
+    @contextlib.contextmanager
+    def _locked(self):
+        """The file opened for appending with an exclusive lock held (released when the block ends)."""
+        fd = os.open(self.path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o644)
+        try:
+            if fcntl is not None:
+                fcntl.flock(fd, fcntl.LOCK_EX)
+            yield fd
+        finally:
+            os.close(fd)  # closing releases the lock
+
+    def _repair(self, fd: int) -> None:
+        """Make the file end with a newline: a torn tail that is not a valid record is cut off, a valid record
+        without its newline gets one. Called with the lock held."""
+        size = os.fstat(fd).st_size
+        if size == 0 or os.pread(fd, 1, size - 1) == b"\n":
             return
-        raw = self.path.read_bytes()
-        if raw and not raw.endswith(b"\n"):
-            keep = raw.rfind(b"\n") + 1
-            line = raw[:keep].count(b"\n") + 1
-            warnings.warn(f"{self.path}, line {line}: incomplete last record ({len(raw) - keep} bytes, an interrupted "
-                          "write); removed it, the records before it are intact", stacklevel=3)
-            with open(self.path, "r+b") as f:
-                f.truncate(keep)
+        raw = os.pread(fd, size, 0)
+        keep = raw.rfind(b"\n") + 1
+        tail, line = raw[keep:], raw[:keep].count(b"\n") + 1
+        try:
+            validate_comparison(json.loads(tail.decode("utf-8")), f"{self.path}, line {line}")
+            os.write(fd, b"\n")  # a complete record whose newline is missing (written by hand, or by another tool)
+        except (ValueError, UnicodeDecodeError):
+            warnings.warn(f"{self.path}, line {line}: incomplete last record ({len(tail)} bytes, an interrupted "
+                          "write); removed it, the records before it are intact", stacklevel=4)
+            os.ftruncate(fd, keep)
+        os.fsync(fd)
+
+    def _write(self, records: Sequence[dict]) -> None:
+        for i, r in enumerate(records):  # validate everything before writing anything
+            validate_comparison(dict(r), f"{self.path}, new record {i + 1} of {len(records)}")
+        data = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records).encode("utf-8")
+        with self._locked() as fd:
+            self._repair(fd)  # another writer may have been killed mid-line since we last looked
+            written = 0
+            while written < len(data):
+                written += os.write(fd, data[written:])
+            os.fsync(fd)
 
     def append(self, record: dict) -> None:
-        """Validate ``record`` and write it durably (one line; flush + fsync)."""
-        validate_comparison(dict(record), f"{self.path}, new record")
-        line = json.dumps(record, ensure_ascii=False) + "\n"
-        with open(self.path, "a", encoding="utf-8") as f:
-            f.write(line)
-            f.flush()
-            os.fsync(f.fileno())
+        """Validate ``record`` and write it durably (one line; fsync before returning)."""
+        self._write([record])
 
     def extend(self, records: Sequence[dict]) -> None:
-        """Append many records with a single fsync at the end (bulk collection by the synthetic panel)."""
-        with open(self.path, "a", encoding="utf-8") as f:
-            for r in records:
-                validate_comparison(dict(r), f"{self.path}, new record")
-                f.write(json.dumps(r, ensure_ascii=False) + "\n")
-            f.flush()
-            os.fsync(f.fileno())
+        """Validate all ``records``, then write them with a single fsync (bulk collection by the synthetic panel).
+        One invalid record writes none of them."""
+        self._write(list(records))
 
     def load(self) -> list[dict]:
         return read_comparisons(self.path) if self.path.exists() else []
@@ -142,11 +179,13 @@ class RankingStore:
 
 def read_comparisons(path: str | os.PathLike) -> list[dict]:
     """All records of a comparisons file. A torn *last* line (a crash mid-write) is skipped with a
-    warning naming it; a broken line anywhere else is an error naming the line."""
+    warning naming it; a broken line anywhere else is an error naming the line. Lines are split on
+    ``\\n`` only, so a record may contain any other line separator (U+2028, U+0085) inside its strings."""
     p = Path(path)
     if not p.is_file():
-        raise FileNotFoundError(f"comparisons file {p} does not exist")
-    lines = p.read_text(encoding="utf-8").split("\n")
+        raise FileNotFoundError(f"comparisons file {p} does not exist" if not p.exists() else
+                                f"comparisons file {p} is a folder, not a file")
+    lines = decode_text(p).split("\n")
     torn_tail = lines[-1] != ""  # a complete file ends with a newline
     out = []
     for n, line in enumerate(lines, 1):
@@ -284,13 +323,19 @@ def split_hh(chosen: str, rejected: str, where: str = "row") -> tuple[str, str, 
     prompt, c, r = chosen[:cut], chosen[cut:].strip(), rejected[cut:].strip()
     if not c or not r:
         raise DataFormatError(f"{where}: the {'chosen' if not c else 'rejected'} reply after the shared prompt is empty")
+    for name, reply in (("chosen", c), ("rejected", r)):
+        if HH_HUMAN in "\n\n" + reply or HH_ASSISTANT in "\n\n" + reply:
+            raise DataFormatError(f"{where}: the two dialogues differ before their last Assistant turn (the {name} reply "
+                                  f"after the shared prompt contains further turns); a preference pair must be two "
+                                  "replies to the same conversation")
     return prompt, c, r
 
 
 def preference_records(rows: Sequence[dict], source: str) -> list[dict]:
     """Rows of HH-RLHF (``chosen``/``rejected`` dialogues) or TRL (``prompt``/``chosen``/``rejected``)
-    format → comparison records with K = 2 (response 0 = chosen, ranking [0, 1])."""
-    out = []
+    format → comparison records with K = 2 (response 0 = chosen, ranking [0, 1]). Rows whose two replies are the
+    same text carry no preference: they are dropped, with a warning that counts them."""
+    out, same = [], 0
     for n, row in enumerate(rows):
         where = f"{source}, row {n}"
         if not isinstance(row, dict):
@@ -309,8 +354,16 @@ def preference_records(rows: Sequence[dict], source: str) -> list[dict]:
                     raise DataFormatError(f"{where}: field '{name}' must be non-empty text")
         else:
             prompt, c, r = split_hh(row["chosen"], row["rejected"], where)
+        if c.strip() == r.strip():
+            same += 1
+            continue
         out.append({"prompt_id": str(row.get("id", n)), "user_id": None, "labeler": source, "prompt": prompt,
                     "responses": [c, r], "ranking": [0, 1], "finished": [True, True]})
+    if same:
+        warnings.warn(f"{source}: dropped {same} of {len(rows)} rows whose chosen and rejected replies are the same text "
+                      "(no preference to learn from)", stacklevel=2)
+    if not out:
+        raise DataFormatError(f"{source}: no usable preference pairs (every row's chosen reply equals its rejected one)")
     return out
 
 
@@ -487,7 +540,7 @@ def comparison_data(profile=None, progress: bool = True) -> dict[str, list[dict]
               f"{cfg.n_prompts + cfg.n_eval_prompts} prompts and ranking them")
         world = world_from_config(profile.world)
         model, tok = load_base(str(sft_dir))
-        with atomic_dir(out) as tmp:
+        with atomic_dir(out, "comparisons") as tmp:
             for split, n, seed in (("train", cfg.n_prompts, cfg.seed), ("validation", cfg.n_eval_prompts, cfg.seed + 1)):
                 collect_comparisons(model, tok, world, world.splits[split][:n], world.panel.train, cfg.k_min, cfg.k_max,
                                     profile.max_new_tokens, cfg.temperature, profile.sft.prompt_format, seed,

@@ -17,9 +17,9 @@ from collections.abc import Sequence
 
 import torch
 
-from .config import GRPOConfig
+from .config import GRPOConfig, validate_config
 from .models import Generation, add_lora_adapters, dropout_off
-from .ppo import PolicyWithValue, _check_finite, masked_mean, response_outputs, rollout
+from .ppo import PolicyWithValue, check_step_finite, masked_mean, response_outputs, rollout
 from .runtime import progress_bar
 from .sft import length_grouped_batches
 
@@ -87,7 +87,7 @@ def grpo_step(policy: PolicyWithValue, reward_model, tokenizer, prompts: Sequenc
     ids, attn, mask, P = ro["input_ids"], ro["attention_mask"], ro["mask"], ro["prompt_len"]
     # 4. Advantages: each response's score against its own group's (no critic, no GAE)
     advantages = group_advantages(ro["scores"], cfg.group_size, cfg.scale_rewards)  # [B]
-    _check_finite("reward", advantages, step, "GRPO")
+    check_step_finite("reward", advantages, step, "GRPO")
     # 5. Epochs of minibatch updates; the first minibatch is on-policy (ratio 1), later ones are clipped
     stats: list[dict] = []
     gen = torch.Generator().manual_seed(cfg.seed * 100003 + step)
@@ -96,9 +96,10 @@ def grpo_step(policy: PolicyWithValue, reward_model, tokenizer, prompts: Sequenc
             new_logprobs, _ = response_outputs(policy, ids[mb], attn[mb], P, cfg.temperature)
             loss, s = grpo_loss(new_logprobs, ro["logprobs"][mb], ro["ref_logprobs"][mb], advantages[mb], mask[mb],
                                 cfg.clip_range, cfg.kl_coef)
-            _check_finite("policy loss", loss, step, "GRPO")
+            check_step_finite("policy loss", loss, step, "GRPO")
             loss.backward()
-            torch.nn.utils.clip_grad_norm_(policy.trainable_parameters(), cfg.grad_clip)
+            check_step_finite("gradient norm", torch.nn.utils.clip_grad_norm_(policy.trainable_parameters(), cfg.grad_clip),
+                              step, "GRPO")
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
             stats.append({"policy_loss": loss.item(), **s})
@@ -120,6 +121,7 @@ def train_grpo(policy: PolicyWithValue, reward_model, tokenizer, tasks: Sequence
     runs after each step."""
     from .data import render_prompt
 
+    validate_config(cfg)
     torch.manual_seed(cfg.seed)
     pool = list(tasks[: cfg.n_prompts] if cfg.n_prompts else tasks)
     prompts = [render_prompt(tokenizer, t.instruction, t.context, fmt) for t in pool]

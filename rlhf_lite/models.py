@@ -6,6 +6,7 @@ to ``from_pretrained``, so ``load_base("gpt2")`` is the same code on the real mo
 from __future__ import annotations
 
 import json
+import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -42,6 +43,44 @@ def _check_folder(path: Path) -> None:
                              f"or truncated: {REBUILD_HINT}") from None
     if not (path / "tokenizer_config.json").is_file():
         raise FileNotFoundError(f"checkpoint folder {path} has no tokenizer files (tokenizer_config.json); {REBUILD_HINT}")
+    if not any((path / f).is_file() for f in ("tokenizer.json", "vocab.json", "tokenizer.model")):
+        raise FileNotFoundError(f"checkpoint folder {path} has tokenizer_config.json but no vocabulary (tokenizer.json, or "
+                                f"vocab.json + merges.txt); copy the tokenizer files in, or {REBUILD_HINT}")
+    _check_weights_fit_config(path, weights)
+
+
+def _check_weights_fit_config(path: Path, weights: list[Path]) -> None:
+    """Build the model that config.json describes on the meta device (no memory, any size) and compare its
+    tensors with the ones the weight files hold: a missing layer, an extra layer or a wrong shape (vocabulary
+    size, width) is an error naming the tensors, instead of a model that loads with random layers."""
+    from safetensors import safe_open
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    try:
+        config = AutoConfig.from_pretrained(str(path))
+        with torch.device("meta"):
+            model = AutoModelForCausalLM.from_config(config)
+    except (ValueError, KeyError) as e:
+        raise ValueError(f"checkpoint folder {path}: config.json does not describe a causal LM transformers can build "
+                         f"({str(e).splitlines()[0][:200]}); {REBUILD_HINT}") from None
+    prefix = model.base_model_prefix + "."
+    expected = {k.removeprefix(prefix): tuple(v.shape) for k, v in model.state_dict().items()}
+    tied = {k.removeprefix(prefix) for k in (getattr(model, "_tied_weights_keys", None) or {})} \
+        if getattr(config, "tie_word_embeddings", False) else set()
+    found = {}
+    for w in weights:
+        with safe_open(str(w), framework="pt") as f:
+            found.update({k.removeprefix(prefix): tuple(f.get_slice(k).get_shape()) for k in f.keys()})
+    missing = sorted(k for k in expected if k not in found and k not in tied)
+    extra = sorted(k for k in found if k not in expected)
+    wrong = sorted(f"{k} {found[k]} (config: {expected[k]})" for k in expected if k in found and found[k] != expected[k])
+    if missing or extra or wrong:
+        parts = [f"{name} {', '.join(items[:3])}{' …' if len(items) > 3 else ''}"
+                 for name, items in (("missing from the weights:", missing), ("not in the config:", extra),
+                                     ("wrong shape:", wrong)) if items]
+        raise ValueError(f"checkpoint folder {path}: config.json and the weights disagree ({'; '.join(parts)}). The "
+                         "config must be the one the weights were saved with (save both with save_pretrained); for the "
+                         f"shipped model: {REBUILD_HINT}")
 
 
 def load_base(name: str = "tiny", device: str = "cpu", dtype: torch.dtype | None = None, **kwargs):
@@ -80,6 +119,13 @@ def load_base(name: str = "tiny", device: str = "cpu", dtype: torch.dtype | None
         raise OSError(f"could not load model {name!r} from the Hugging Face Hub{' (HF_HUB_OFFLINE=1 is set)' if offline else ''}: "
                       f"{str(e).splitlines()[0]}\nWithout network, use the offline TinyWorld model: "
                       "RLHF_LITE_PROFILE=tiny, or load_base('tiny').") from None
+    vocab = getattr(model.config, "vocab_size", None)
+    if len(tokenizer) == 0 or tokenizer.eos_token_id is None:
+        raise ValueError(f"the tokenizer of {name!r} is empty or has no end-of-text token; its tokenizer files are "
+                         f"incomplete. {REBUILD_HINT}")
+    if vocab is not None and len(tokenizer) > vocab:
+        raise ValueError(f"the tokenizer of {name!r} has {len(tokenizer):,} tokens but the model's embedding only "
+                         f"{vocab:,}: they do not belong together (a tokenizer from another model?)")
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     tokenizer.padding_side = "left"
@@ -271,6 +317,21 @@ def generate(model, tokenizer, prompts: list[str], max_new_tokens: int = 64, tem
     ``temperature``/``top_k`` are applied as given (top_k=0: no truncation, the pure policy that RLHF
     log-probs must match). ``seed`` makes sampling repeatable.
     """
+    if isinstance(prompts, str) or not all(isinstance(p, str) for p in prompts):
+        raise TypeError("generate: prompts must be a list of strings (wrap a single prompt in a list)")
+    if not prompts:
+        return []
+    empty = [i for i, p in enumerate(prompts) if not p]
+    if empty:
+        raise ValueError(f"generate: prompt {empty[0]} is empty; a model needs at least one token to continue "
+                         "(render it with rlhf_lite.data.render_prompt)")
+    if max_new_tokens < 1:
+        raise ValueError(f"generate: max_new_tokens must be at least 1, got {max_new_tokens}")
+    if do_sample and not (math.isfinite(temperature) and temperature > 0):
+        raise ValueError(f"generate: temperature must be a positive number, got {temperature}; for the most likely "
+                         "token at every step use do_sample=False (greedy) instead of temperature 0")
+    if top_k < 0 or batch_size < 1:
+        raise ValueError(f"generate: top_k must be ≥ 0 (0: no truncation) and batch_size ≥ 1, got {top_k}, {batch_size}")
     if seed is not None:
         torch.manual_seed(seed)
     was_training, side = model.training, tokenizer.padding_side

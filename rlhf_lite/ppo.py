@@ -19,10 +19,10 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .config import PPOConfig
+from .config import PPOConfig, validate_config
 from .models import (Generation, add_lora_adapters, dropout_off, generate, last_token_index, position_ids_from_mask,
                      transformer_body, trim_padding)
-from .runtime import atomic_file, progress_bar
+from .runtime import check_finite, load_state, progress_bar, save_state, writable_dir
 from .sft import length_grouped_batches
 
 
@@ -291,10 +291,10 @@ def score_and_features(reward_model, ids: torch.Tensor, attn: torch.Tensor, prom
     return scores, nn.functional.pad(feats, (0, 0, 0, R - feats.size(1)))
 
 
-def _check_finite(name: str, x: torch.Tensor, step: int, algo: str = "PPO") -> None:
-    if not torch.isfinite(x).all():
-        raise FloatingPointError(f"{algo} step {step}: {name} is not finite ({x.detach().flatten()[:4].tolist()}…). "
-                                 f"Lower {algo}Config.lr, raise its KL coefficient, or check the reward model's scores.")
+def check_step_finite(name: str, x: torch.Tensor, step: int, algo: str = "PPO") -> None:
+    """Stop if ``x`` has a NaN/inf; ``step`` is 0-based, the message counts from 1 like the logs."""
+    check_finite(x, f"{algo} step {step + 1}: {name}",
+                 f"Lower {algo}Config.lr, raise its KL coefficient, or check the reward model's scores.")
 
 
 def rollout(policy: PolicyWithValue, reward_model, tokenizer, prompts: Sequence[str], cfg, step: int = 0) -> dict:
@@ -353,7 +353,7 @@ def ppo_step(policy: PolicyWithValue, reward_model, tokenizer, prompts: Sequence
         # 6. GAE over each response; returns are the value targets
         advantages, returns = compute_gae(rewards, values, mask, cfg.gamma, cfg.lam)
         advantages = masked_whiten(advantages, mask)
-    _check_finite("reward", rewards, step)
+    check_step_finite("reward", rewards, step)
 
     # 7. Several epochs of minibatch updates on this rollout (the first minibatch is exactly on-policy)
     stats: list[dict] = []
@@ -373,10 +373,11 @@ def ppo_step(policy: PolicyWithValue, reward_model, tokenizer, prompts: Sequence
                 rows = ptx_rows[torch.randint(len(ptx_rows), (cfg.ptx_batch_size,), generator=gen)].to(device)
                 ptx_loss = policy.lm(input_ids=rows, attention_mask=torch.ones_like(rows), labels=rows, use_cache=False).loss
                 loss = loss + cfg.ptx_coef * ptx_loss
-            _check_finite("policy loss" if not torch.isfinite(pg_loss) else "value loss" if not torch.isfinite(vf_loss)
+            check_step_finite("policy loss" if not torch.isfinite(pg_loss) else "value loss" if not torch.isfinite(vf_loss)
                           else "pretraining loss", loss, step)
             loss.backward()
-            torch.nn.utils.clip_grad_norm_(policy.trainable_parameters(), cfg.grad_clip)
+            check_step_finite("gradient norm", torch.nn.utils.clip_grad_norm_(policy.trainable_parameters(), cfg.grad_clip),
+                              step)  # before the update: a NaN never reaches the weights
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
             stats.append({"policy_loss": pg_loss.item(), "value_loss": vf_loss.item(), "ptx_loss": ptx_loss.item(),
@@ -396,19 +397,28 @@ def ppo_step(policy: PolicyWithValue, reward_model, tokenizer, prompts: Sequence
 # ---------------------------------------------------------------------------------------------
 # The loop: ppo_step after ppo_step, with logging, checkpoints and resume
 # ---------------------------------------------------------------------------------------------
+CHECKPOINT = "ppo_checkpoint.safetensors"
+
+
+def _trainable_state(policy: PolicyWithValue) -> dict[str, torch.Tensor]:
+    """What a checkpoint stores of the policy: the LoRA adapters and the value head (the rest is the frozen SFT model)."""
+    return {k: v.detach().clone() for k, v in policy.state_dict().items() if k.startswith("value_head") or "lora_" in k}
+
+
 def train_ppo(policy: PolicyWithValue, reward_model, tokenizer, tasks: Sequence, cfg: PPOConfig, fmt: str = "alpaca",
               world=None, ptx_rows: torch.Tensor | None = None, out_dir: str | Path | None = None, resume: bool = False,
               progress: bool = True, callback=None) -> list[dict]:
     """Run ``cfg.steps`` PPO iterations on prompts drawn from ``tasks``; returns the per-step metrics.
 
     ``world`` (TinyWorld) adds the gold score of every batch of rollouts to the log: the number the proxy
-    reward stands in for. ``out_dir``: a checkpoint (``ppo_checkpoint.pt``: adapters, value head,
+    reward stands in for. ``out_dir``: a checkpoint (``ppo_checkpoint.safetensors``: adapters, value head,
     optimizer, β, random states, log) is written there every ``cfg.checkpoint_every`` steps, and with
     ``resume=True`` training continues from it, giving the same run as one never interrupted.
     ``callback(metrics, gens)`` is called after each step (the notebook's live dashboard).
     """
     from .data import render_prompt
 
+    validate_config(cfg)
     torch.manual_seed(cfg.seed)
     pool = list(tasks[: cfg.n_prompts] if cfg.n_prompts else tasks)
     prompts = [render_prompt(tokenizer, t.instruction, t.context, fmt) for t in pool]
@@ -417,22 +427,31 @@ def train_ppo(policy: PolicyWithValue, reward_model, tokenizer, tasks: Sequence,
         else FixedKLController(cfg.init_kl_coef)
     order_gen = torch.Generator().manual_seed(cfg.seed)
     order, pos, history, start = torch.randperm(len(pool), generator=order_gen), 0, [], 0
-    ckpt = Path(out_dir) / "ppo_checkpoint.pt" if out_dir else None
+    ckpt = Path(out_dir) / CHECKPOINT if out_dir else None
+    if ckpt is not None:
+        writable_dir(out_dir)  # an unwritable --out fails now, not after the first checkpoint's worth of training
     if resume:
         if ckpt is None or not ckpt.is_file():
             raise FileNotFoundError(f"resume=True but there is no checkpoint at {ckpt}; pass the out_dir of the "
                                     "interrupted run, or resume=False to start fresh")
-        state = torch.load(ckpt, weights_only=False)
+        state = load_state(ckpt)  # safetensors + JSON: loading never runs code from the file
         changed = sorted(k for k, v in asdict(cfg).items()
                          if k not in ("steps", "checkpoint_every") and state["config"].get(k) != v)
         if changed:
             raise ValueError(f"the checkpoint in {ckpt} was written with different settings ({', '.join(changed)}); "
                              "resume with the same PPOConfig (only steps may grow), or start a new out_dir")
+        expected = set(_trainable_state(policy))
+        if set(state["trainable"]) != expected:
+            missing, extra = sorted(expected - set(state["trainable"])), sorted(set(state["trainable"]) - expected)
+            raise ValueError(f"the checkpoint in {ckpt} does not fit this policy (missing {missing[:3]}, unexpected "
+                             f"{extra[:3]}); it was written for another model or LoRA setting")
         policy.load_state_dict(state["trainable"], strict=False)
         optimizer.load_state_dict(state["optimizer"])
         kl_ctl.value, history, start, pos, order = state["beta"], state["history"], state["step"], state["pos"], state["order"]
         order_gen.set_state(state["order_gen"])
         torch.set_rng_state(state["rng"])
+        if state.get("cuda_rng") and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(list(state["cuda_rng"]))
     bar = progress_bar(range(start, cfg.steps), desc="PPO" if cfg.ptx_coef == 0 else "PPO-ptx", enabled=progress,
                        initial=start, total=cfg.steps)
     for step in bar:
@@ -452,12 +471,11 @@ def train_ppo(policy: PolicyWithValue, reward_model, tokenizer, tasks: Sequence,
         if callback is not None:
             callback(metrics, gens)
         if ckpt is not None and ((step + 1) % cfg.checkpoint_every == 0 or step + 1 == cfg.steps):
-            trainable = {k: v.detach().clone() for k, v in policy.state_dict().items()
-                         if k.startswith("value_head") or "lora_" in k}
-            with atomic_file(ckpt) as tmp:  # a crash mid-write leaves the previous checkpoint intact
-                torch.save({"step": step + 1, "trainable": trainable, "optimizer": optimizer.state_dict(),
-                            "beta": kl_ctl.value, "history": history, "pos": pos, "order": order,
-                            "order_gen": order_gen.get_state(), "rng": torch.get_rng_state(), "config": asdict(cfg)}, tmp)
+            save_state(ckpt, {"step": step + 1, "trainable": _trainable_state(policy), "optimizer": optimizer.state_dict(),
+                              "beta": kl_ctl.value, "history": history, "pos": pos, "order": order,
+                              "order_gen": order_gen.get_state(), "rng": torch.get_rng_state(),
+                              "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+                              "config": asdict(cfg)})  # written atomically: a crash keeps the previous checkpoint
     return history
 
 

@@ -17,8 +17,8 @@ from pathlib import Path
 
 import torch
 
-from .config import PretrainConfig
-from .runtime import atomic_dir, hf_bars_off, progress_bar
+from .config import PretrainConfig, validate_config
+from .runtime import atomic_dir, check_finite, check_output_dir, hf_bars_off, progress_bar
 from .world import build_world
 
 EOS = "<|endoftext|>"
@@ -81,7 +81,8 @@ def pretrain(cfg: PretrainConfig, out_dir: str | os.PathLike, progress: bool = T
     """Build the tokenizer and model from scratch and save both to ``out_dir``. Returns the card."""
     from transformers import GPT2Config, GPT2LMHeadModel, GenerationConfig
 
-    out_dir = Path(out_dir)
+    validate_config(cfg)
+    out_dir = check_output_dir(out_dir, "pretrain")  # before the work, not after it
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     t0 = time.time()
@@ -123,11 +124,11 @@ def pretrain(cfg: PretrainConfig, out_dir: str | os.PathLike, progress: bool = T
         for group in opt.param_groups:
             group["lr"] = lr_at(step)
         loss = model(input_ids=batch, attention_mask=torch.ones_like(batch), labels=batch).loss  # packed: no padding
-        if not torch.isfinite(loss):
-            raise FloatingPointError(f"pretraining loss is {loss.item()} at step {step}; lower PretrainConfig.lr "
-                                     f"(now {cfg.lr}) and run again")
+        hint = f"Lower PretrainConfig.lr (now {cfg.lr}) and run again."
+        check_finite(loss, f"pretraining step {step + 1}: the loss", hint)
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        check_finite(torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0), f"pretraining step {step + 1}: the gradient norm",
+                     hint)
         opt.step()
         opt.zero_grad(set_to_none=True)
         loss_ema = loss.item() if loss_ema is None else 0.95 * loss_ema + 0.05 * loss.item()
@@ -144,7 +145,7 @@ def pretrain(cfg: PretrainConfig, out_dir: str | os.PathLike, progress: bool = T
             "wall_time_s": round(elapsed, 1), "threads": torch.get_num_threads(), "torch": torch.__version__,
             "corpus_digest": corpus_digest(docs), "history": history}
     # write everything to a temporary folder first: an interrupted run leaves nothing half-written
-    with atomic_dir(out_dir) as tmp:
+    with atomic_dir(out_dir, "pretrain") as tmp:
         model.generation_config = GenerationConfig(bos_token_id=tokenizer.eos_token_id, eos_token_id=tokenizer.eos_token_id,
                                                    pad_token_id=tokenizer.eos_token_id)
         with hf_bars_off():

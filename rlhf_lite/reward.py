@@ -24,7 +24,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .config import RewardConfig
+from .config import RewardConfig, validate_config
 from .feedback import _agreement, _distinct_pairs, _pref_probs, flat_ranking, ranking_to_pairs
 from .models import last_token_index, position_ids_from_mask, transformer_body
 from .runtime import optimizer_step, progress_bar, warmup_linear_schedule
@@ -206,6 +206,7 @@ def train_reward_model(rm: RewardModel, tokenizer, train: Sequence[dict], cfg: R
     Returns ``{"train": [{step, loss, accuracy}], "eval": [{step, loss, accuracy}], "wall_time_s", "pairs",
     "responses_forwarded"}``.
     """
+    validate_config(cfg)
     t0 = time.time()
     torch.manual_seed(cfg.seed)
     rng = random.Random(cfg.seed)
@@ -233,10 +234,8 @@ def train_reward_model(rm: RewardModel, tokenizer, train: Sequence[dict], cfg: R
         for i in range(0, len(order), per_step):
             idx = order[i:i + per_step]
             loss, acc = _records_loss(rm, [enc[j] for j in idx], [data[j] for j in idx], tokenizer.pad_token_id)
-            if not torch.isfinite(loss):
-                raise FloatingPointError(f"reward-model loss is {loss.item()} at step {step}; lower RewardConfig.lr "
-                                         f"(now {cfg.lr})")
-            optimizer_step(loss, params, opt, sched, cfg.grad_clip)
+            optimizer_step(loss, params, opt, sched, cfg.grad_clip, f"reward-model step {step + 1}",
+                           f"Lower RewardConfig.lr (now {cfg.lr}).")
             step += 1
             history["responses_forwarded"] += sum(len(enc[j]) for j in idx)
             history["train"].append({"step": step, "loss": loss.item(), "accuracy": sum(acc) / max(len(acc), 1)})
@@ -332,7 +331,7 @@ def save_reward_model(rm: RewardModel, path: str | Path, base: str | Path, extra
     from .runtime import atomic_dir, hf_bars_off
 
     lora = hasattr(rm.lm, "peft_config")
-    with atomic_dir(path) as tmp, hf_bars_off():
+    with atomic_dir(path, "reward") as tmp, hf_bars_off():
         rm.lm.save_pretrained(tmp / ("adapter" if lora else "model"))
         save_file({k: v.detach().cpu().contiguous() for k, v in rm.head.state_dict().items()}, str(tmp / "head.safetensors"))
         (tmp / "reward_model.json").write_text(json.dumps({"base": str(base), "lora": lora, **(extra or {})}, indent=1))

@@ -15,7 +15,7 @@ from typing import Sequence
 import torch
 import torch.nn.functional as F
 
-from .config import SFTConfig
+from .config import SFTConfig, validate_config
 from .data import IGNORE_INDEX, SFTCollator, TruncationWarning, render_prompt, sft_example
 from .models import Generation, generate  # noqa: F401  (re-exported: the generation helper of every stage)
 from .runtime import optimizer_step, progress_bar, warmup_linear_schedule
@@ -144,6 +144,7 @@ def train_sft(model, tokenizer, dataset, cfg: SFTConfig, progress: bool = True) 
     Returns the history: ``{"train": [{step, loss, lr}], "eval": [{step, loss}], "samples": [{step, prompt,
     text, finished}], "wall_time_s", "tokens", "config"}``.
     """
+    validate_config(cfg)
     t0 = time.time()
     random.seed(cfg.seed)
     torch.manual_seed(cfg.seed)
@@ -189,9 +190,8 @@ def train_sft(model, tokenizer, dataset, cfg: SFTConfig, progress: bool = True) 
             logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
                            use_cache=False).logits  # [B, T, V]; no KV cache kept, nothing is generated
             loss = sft_loss(logits, batch["labels"])
-            if not torch.isfinite(loss):
-                raise FloatingPointError(f"SFT loss is {loss.item()} at step {step}; lower SFTConfig.lr (now {cfg.lr})")
-            optimizer_step(loss, params, opt, sched, cfg.grad_clip)
+            optimizer_step(loss, params, opt, sched, cfg.grad_clip, f"SFT step {step + 1}",
+                           f"Lower SFTConfig.lr (now {cfg.lr}).")
             step += 1
             history["tokens"] += int(batch["attention_mask"].sum())
             history["train"].append({"step": step, "loss": loss.item(), "lr": sched.get_last_lr()[0]})
@@ -243,7 +243,7 @@ def sft_checkpoint(profile=None, progress: bool = True):
         return out
     print(f"no SFT model for profile {profile.name!r} yet: training one (cached in {out})")
     model, tok, history = train_sft_model(profile, progress=progress)
-    with atomic_dir(out) as tmp, hf_bars_off():
+    with atomic_dir(out, "sft") as tmp, hf_bars_off():
         merged = model.merge_and_unload() if profile.sft.lora else model
         merged.save_pretrained(tmp)
         tok.save_pretrained(tmp)

@@ -84,9 +84,16 @@ def read_notebook(path: str | Path) -> dict:
     import json
 
     try:
-        return json.loads(Path(path).read_text(encoding="utf-8"))
+        nb = json.loads(Path(path).read_text(encoding="utf-8"))
     except json.JSONDecodeError as e:
         raise ValueError(f"{path} is not a valid notebook (JSON error at line {e.lineno}): {e.msg}") from None
+    except UnicodeDecodeError as e:
+        raise ValueError(f"{path} is not a notebook: it is not UTF-8 text ({e.reason} at byte {e.start})") from None
+    if not isinstance(nb, dict) or not isinstance(nb.get("cells"), list) or \
+            not all(isinstance(c, dict) and "cell_type" in c for c in nb["cells"]):
+        raise ValueError(f"{path} is not a notebook: expected a JSON object with a list of cells (nbformat 4), got "
+                         f"{json.dumps(nb)[:60]}")
+    return nb
 
 
 def write_student_notebooks(out: str | Path, src: str | Path | None = None) -> list[Path]:
@@ -114,15 +121,21 @@ def write_student_notebooks(out: str | Path, src: str | Path | None = None) -> l
     return written
 
 
-def grade_notebook(path: str | Path) -> list[dict]:
-    """Grade the implement-exercises of a student's notebook without running the whole notebook: each exercise
-    cell (or solution cell) is run in a fresh namespace that holds the notebook's imports and, for checkers that
-    need one, the tiny tokenizer as ``tok``; then the checker cell after it runs. Returns one row per exercise:
-    ``{"cell", "functions", "checker", "passed", "message"}``. The message is the checker's explanation."""
-    import io
-    from contextlib import redirect_stdout
+GRADE_TIMEOUT_S = 120
+"""Time one exercise's checker may take in its own process before it counts as failed (an endless loop)."""
 
-    from .exercises import ExerciseError
+
+def grade_notebook(path: str | Path, timeout: float = GRADE_TIMEOUT_S) -> list[dict]:
+    """Grade the implement-exercises of a student's notebook without running the whole notebook. Each exercise
+    runs in a fresh Python process (:func:`run_exercise`) with a time limit: the notebook's imports, the tiny
+    tokenizer as ``tok`` for checkers that need one, the exercise (or solution) cell, then the checker calls of the
+    cell after it. An exercise passes only when every checker call returned; anything else (a checker's
+    explanation, a crash, ``exit()``, a killed process, the time limit) fails with its reason. Returns one row per
+    exercise: ``{"cell", "functions", "checker", "passed", "message"}``."""
+    import json
+    import subprocess
+    import sys
+    import tempfile
 
     nb = read_notebook(path)
     cells = nb["cells"]
@@ -144,28 +157,64 @@ def grade_notebook(path: str | Path) -> list[dict]:
         calls = CHECK_CALL.findall(check_cell)
         row = {"cell": i, "functions": defined_functions(_source(c)) if _parses(_source(c)) else [],
                "checker": ", ".join(sorted({chk for chk, _ in calls})) or None, "passed": False, "message": ""}
-        ns: dict = {}
-        out = io.StringIO()
-        try:
-            with redirect_stdout(out):
-                for line in imports:
-                    with contextlib.suppress(Exception):
-                        exec(line, ns)
-                if "tok" in check_cell:
-                    from .models import load_base
-
-                    ns["tok"] = load_base("tiny")[1]
-                exec(_source(c), ns)
-                for line in check_cell.splitlines():
-                    if CHECK_CALL.search(line):
-                        exec(line.strip(), ns)
-            row["passed"], row["message"] = True, out.getvalue().strip()
-        except ExerciseError as e:
-            row["message"] = str(e)
-        except Exception as e:  # a syntax error or a crash in the student's cell
-            row["message"] = f"the cell did not run: {type(e).__name__}: {e}"
+        if not calls:
+            row["message"] = "no checker call (check_…(my_…)) follows this exercise"
+            rows.append(row)
+            continue
+        with tempfile.TemporaryDirectory() as tmp:
+            result = Path(tmp) / "result.json"
+            spec = {"imports": imports, "cell": _source(c), "needs_tok": "tok" in check_cell, "result": str(result),
+                    "checks": [line.strip() for line in check_cell.splitlines() if CHECK_CALL.search(line)]}
+            try:
+                proc = subprocess.run([sys.executable, "-c", "from rlhf_lite.student import run_exercise; run_exercise()"],
+                                      input=json.dumps(spec), capture_output=True, text=True, timeout=timeout, cwd=tmp)
+                outcome = json.loads(result.read_text()) if result.is_file() else None
+                if outcome is None:
+                    tail = (proc.stderr or proc.stdout).strip().splitlines()[-1:] or [""]
+                    outcome = {"passed": False, "message": f"the exercise's process ended (exit code {proc.returncode}) "
+                                                           f"before its checker finished {tail[0][:200]}".rstrip()}
+            except subprocess.TimeoutExpired:
+                outcome = {"passed": False, "message": f"the exercise did not finish within {timeout:.0f} s (an endless "
+                                                       "loop?); it was stopped"}
+        row.update(outcome)
         rows.append(row)
     return rows
+
+
+def run_exercise() -> None:
+    """The child process of :func:`grade_notebook`: reads a JSON spec on stdin, runs imports, the exercise cell and
+    the checker calls, and writes ``{"passed", "message"}`` to the spec's result file, only once all of them have
+    run (so ``exit()`` in a student's cell, or a crash of the process, can never count as a pass)."""
+    import io
+    import json
+    import sys
+    from contextlib import redirect_stdout
+
+    from .exercises import ExerciseError
+
+    spec = json.loads(sys.stdin.read())
+    ns: dict = {}
+    out = io.StringIO()
+    try:
+        with redirect_stdout(out):
+            for line in spec["imports"]:
+                with contextlib.suppress(Exception):
+                    exec(line, ns)
+            if spec["needs_tok"]:
+                from .models import load_base
+
+                ns["tok"] = load_base("tiny")[1]
+            exec(spec["cell"], ns)
+            for line in spec["checks"]:
+                exec(line, ns)
+        outcome = {"passed": True, "message": out.getvalue().strip()}
+    except ExerciseError as e:
+        outcome = {"passed": False, "message": str(e)}
+    except SystemExit as e:
+        outcome = {"passed": False, "message": f"the cell called exit() (SystemExit({e.code!r})) before its checker ran"}
+    except BaseException as e:  # a syntax error or a crash in the student's cell, or KeyboardInterrupt
+        outcome = {"passed": False, "message": f"the cell did not run: {type(e).__name__}: {e}"}
+    Path(spec["result"]).write_text(json.dumps(outcome))
 
 
 def _parses(source: str) -> bool:

@@ -63,7 +63,7 @@ def test_ppo_command_checkpoints_and_resumes(tmp_path):
     r = run("ppo", "--out", str(tmp_path / "ppo"), "--steps", "2")
     assert r.returncode == 0, r.stderr
     first = json.loads(r.stdout.strip().splitlines()[-2])
-    assert first["step"] == 2 and (tmp_path / "ppo" / "ppo_checkpoint.pt").is_file()
+    assert first["step"] == 2 and (tmp_path / "ppo" / "ppo_checkpoint.safetensors").is_file()
     assert (tmp_path / "ppo" / "adapter" / "adapter_config.json").is_file()
     r = run("ppo", "--out", str(tmp_path / "ppo"), "--steps", "3", "--resume")  # one more step after the checkpoint
     assert r.returncode == 0, r.stderr

@@ -158,9 +158,9 @@ def test_nan_reward_stops_with_a_message(smoke_parts):
     broken = copy.deepcopy(rm)
     with torch.no_grad():
         broken.head.bias.fill_(float("nan"))  # every score NaN
-    with pytest.raises(FloatingPointError, match="PPO step 7: reward"):
+    with pytest.raises(FloatingPointError, match="PPO step 8: reward"):
         ppo_step(policy, broken, tok, ["a", "b"], replace(profile.ppo, no_eos_penalty=None), opt, FixedKLController(0.1),
-                 step=7)
+                 step=7)  # 0-based: the 8th iteration, logged as step 8
 
 
 def test_smoke_ppo_raises_the_reward_model_score(smoke_parts):
