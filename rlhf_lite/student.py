@@ -98,7 +98,8 @@ def read_notebook(path: str | Path) -> dict:
 
 def write_student_notebooks(out: str | Path, src: str | Path | None = None) -> list[Path]:
     """Write the student version of every ``NN_*.ipynb`` in ``src`` (default: the course's notebooks) to ``out``.
-    Refuses to write into the folder it reads from (that would overwrite the solutions)."""
+    Refuses to write into the folder it reads from (that would overwrite the solutions), and to replace a notebook
+    in ``out`` that an earlier run of this function did not write (a student's own work)."""
     import json
 
     src = Path(src) if src else Path(__file__).resolve().parent.parent / "notebooks"
@@ -110,6 +111,12 @@ def write_student_notebooks(out: str | Path, src: str | Path | None = None) -> l
         raise ValueError(f"--out {out} is the notebooks folder itself: the student versions would replace the solutions. "
                          "Pick another folder")
     out.mkdir(parents=True, exist_ok=True)
+    marker = out / ".rlhf-lite-student-notebooks.json"  # the notebooks an earlier run wrote here: safe to replace
+    ours = set(json.loads(marker.read_text())) if marker.is_file() else set()
+    clash = [p.name for p in paths if (out / p.name).exists() and p.name not in ours]
+    if clash:
+        raise ValueError(f"--out {out} already holds {', '.join(clash[:3])}{' …' if len(clash) > 3 else ''}, not written "
+                         "by student-notebooks (a student's work?); pick another folder or move them away")
     written = []
     for p in paths:
         nb = read_notebook(p)
@@ -118,6 +125,7 @@ def write_student_notebooks(out: str | Path, src: str | Path | None = None) -> l
         tmp.write_text(json.dumps(student_notebook(nb), indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
         tmp.replace(target)  # never a half-written notebook under the real name
         written.append(target)
+        marker.write_text(json.dumps(sorted(ours | {t.name for t in written})))
     return written
 
 

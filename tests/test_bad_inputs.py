@@ -369,3 +369,19 @@ def test_a_non_finite_gradient_stops_before_the_update():
     with pytest.raises(FloatingPointError, match="SFT step 5: the gradient is not finite"):
         optimizer_step(loss, [w], opt, sched, 1.0, "SFT step 5")
     assert torch.equal(w.detach(), torch.zeros(2))  # the update was not applied
+
+
+def test_student_notebooks_never_overwrite_a_students_own_notebook(tmp_path):
+    from rlhf_lite.student import write_student_notebooks
+
+    src, out = tmp_path / "src", tmp_path / "out"
+    src.mkdir()
+    (src / "00_a.ipynb").write_text(json.dumps(notebook_with("def my_ranking_to_pairs(r):\n    return []\n")))
+    write_student_notebooks(out, src)
+    write_student_notebooks(out, src)  # its own earlier output: replaced
+    (out / "00_a.ipynb").unlink()
+    (out / ".rlhf-lite-student-notebooks.json").unlink()
+    (out / "00_a.ipynb").write_text("my work")
+    with pytest.raises(ValueError, match="00_a.ipynb, not written by student-notebooks"):
+        write_student_notebooks(out, src)
+    assert (out / "00_a.ipynb").read_text() == "my work"
