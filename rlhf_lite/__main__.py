@@ -1,4 +1,5 @@
-"""Command line: ``python -m rlhf_lite {pretrain,world,sft,reward,ppo,pipeline,bench,notebook-times,student-notebooks,grade,evaluate} …``
+"""Command line: ``python -m rlhf_lite
+{pretrain,world,sft,reward,ppo,pipeline,bench,notebook-times,student-notebooks,grade,evaluate} …``
 (see ``--help``)."""
 from __future__ import annotations
 
@@ -40,7 +41,7 @@ def _world(args):
     from .config import get_profile
     from .world import world_from_config
 
-    return world_from_config(get_profile(args.profile).world, seed=args.seed)
+    return world_from_config(get_profile(args.profile).world, seed=args.world_seed)
 
 
 def cmd_pretrain(args) -> int:
@@ -50,11 +51,13 @@ def cmd_pretrain(args) -> int:
 
     quiet()
     cfg = get_profile(args.profile).pretrain
-    overrides = {k: v for k, v in {"steps": args.steps, "seed": args.seed, "threads": args.threads}.items() if v is not None}
+    overrides = {k: v for k,
+                 v in {"steps": args.steps, "seed": args.seed, "threads": args.threads}.items() if v is not None}
     cfg = replace(cfg, **overrides)
     print(f"pretraining a tiny GPT-2 on the TinyWorld corpus ({cfg.steps} steps) -> {args.out}")
     card = pretrain(cfg, args.out)
-    print(f"done in {card['wall_time_s']:.0f} s: {card['parameters']:,} parameters, {card['tokens_seen']:,} tokens seen, "
+    print(f"done in {card['wall_time_s']:.0f} s: {card['parameters']:,} parameters, {card['tokens_seen']:,} tokens "
+          "seen, "
           f"train loss {card['final_train_loss']:.3f}, held-out loss {card['final_heldout_loss']:.3f}")
     return 0
 
@@ -83,7 +86,7 @@ def cmd_world(args) -> int:
                  "corruptions": CORRUPTIONS, "digest": world.digest()}
         print(json.dumps(stats, indent=1))
         return 0
-    rng = random.Random(args.seed or 0)
+    rng = random.Random(args.seed)
     for cat in CATEGORIES:
         pool = [t for t in world.splits["train"] if t.category == cat]
         for t in rng.sample(pool, min(args.show, len(pool))):
@@ -93,19 +96,18 @@ def cmd_world(args) -> int:
 
 
 def cmd_evaluate(args) -> int:
-
     from .config import get_profile
     from .evaluate import gold_eval
     from .models import load_base
     from .runtime import quiet, seed_everything
 
     quiet()
-    seed_everything(0)
+    seed_everything(args.seed)
     prof = get_profile(args.profile)
     world = _world(args)
     model, tok = load_base(args.model or prof.base_model)
     tasks = world.splits["test"][: args.n]
-    r = gold_eval(model, tok, world, tasks, max_new_tokens=prof.max_new_tokens, seed=0, progress=True)
+    r = gold_eval(model, tok, world, tasks, max_new_tokens=prof.max_new_tokens, seed=args.seed, progress=True)
     print(f"model {args.model or prof.base_model} on {len(tasks)} test prompts (profile {prof.name}):")
     print(f"  gold score of its responses: {r['gold']:.3f}   reference responses: {r['reference_gold']:.3f}   "
           f"EOS rate: {r['eos_rate']:.2f}")
@@ -117,12 +119,14 @@ def cmd_evaluate(args) -> int:
 
         pairs = []
         for i, t in enumerate(tasks):
-            g = generate(model, tok, [format_prompt(t.instruction, t.context)] * 2, prof.max_new_tokens, seed=1000 + i)
+            g = generate(model, tok, [format_prompt(t.instruction, t.context)] * 2, prof.max_new_tokens,
+                         seed=args.seed + 1000 + i)
             pairs.append((t, g[0].text, g[1].text))
         print(f"  panel agreement on pairs of its samples: {world.panel.agreement(pairs):.3f} "
               f"(InstructGPT labelers: 0.726)")
     for t, g, s in r["samples"][: args.examples]:
-        print(textwrap.indent(f"--- {t.category}: {t.instruction[:100]!r}\n    -> {g.text[:160]!r} (gold {s:.2f})", "  "))
+        print(textwrap.indent(f"--- {t.category}: {t.instruction[:100]!r}\n    -> {g.text[:160]!r} (gold {s:.2f})",
+                              "  "))
     return 0
 
 
@@ -133,21 +137,24 @@ def cmd_sft(args) -> int:
     from .evaluate import gold_eval, win_rate
     from .models import load_base
     from .runtime import atomic_dir, check_output_dir, hf_bars_off, quiet
-    from .sft import train_sft_model
+    from .stages import train_sft_model
 
     if args.out:
         check_output_dir(args.out, "sft")  # before training, not after it
     quiet()
     prof = get_profile(args.profile)
+    if args.world_seed is not None:
+        prof = replace(prof, world=replace(prof.world, seed=args.world_seed))
     cfg = replace(prof.sft, **{k: v for k, v in {"n_train": args.n_train, "max_steps": args.max_steps,
-                                                   "epochs": args.epochs}.items() if v is not None})
+                                                   "epochs": args.epochs, "seed": args.seed}.items() if v is not None})
     if args.full:
         cfg = replace(cfg, lora=False, lr=cfg.lr / 4)
     source = "dolly" if prof.name == "gpt2" else "tinyworld"
     print(f"SFT on {source} with {'LoRA' if cfg.lora else 'full fine-tuning'}")
     model, tok, history = train_sft_model(prof, cfg)
     params = history["parameters"]
-    print(f"{params['trainable']:,} of {params['total']:,} parameters trained on {history['n_train_examples']} examples")
+    print(f"{params['trainable']:,} of {params['total']:,} parameters trained on {history['n_train_examples']} "
+          "examples")
     metrics = {"profile": prof.name, "wall_time_s": round(history["wall_time_s"], 1), "steps": len(history["train"]),
                "train_tokens": history["tokens"], "trainable_parameters": params["trainable"],
                "final_validation_loss": history["eval"][-1]["loss"] if history["eval"] else None}
@@ -159,11 +166,13 @@ def cmd_sft(args) -> int:
         sft = gold_eval(model, tok, world, tasks, prof.max_new_tokens, seed=0, fmt=cfg.prompt_format, progress=True)
         if cfg.lora:  # the base model is the same weights with the adapter switched off
             with model.disable_adapter():
-                base = gold_eval(model, tok, world, tasks, prof.max_new_tokens, seed=0, fmt=cfg.prompt_format, progress=True)
+                base = gold_eval(model, tok, world, tasks, prof.max_new_tokens, seed=0, fmt=cfg.prompt_format,
+                                 progress=True)
         else:
             base = gold_eval(load_base(prof.base_model)[0], tok, world, tasks, prof.max_new_tokens, seed=0,
                              fmt=cfg.prompt_format, progress=True)
-        wins = win_rate(tasks, [g for _, g, _ in sft["samples"]], [g for _, g, _ in base["samples"]], world.panel.held_out)
+        wins = win_rate(tasks, [g for _, g, _ in sft["samples"]], [g for _, g, _ in base["samples"]],
+                        world.panel.held_out)
         metrics.update(n_test_prompts=len(tasks), gold_sft=round(sft["gold"], 4), gold_base=round(base["gold"], 4),
                        gold_reference=round(sft["reference_gold"], 4), win_rate_vs_base_held_out=round(wins, 4),
                        eos_rate_sft=round(sft["eos_rate"], 3), eos_rate_base=round(base["eos_rate"], 3),
@@ -181,7 +190,8 @@ def cmd_sft(args) -> int:
                 merged = model.merge_and_unload() if cfg.lora else model
                 merged.save_pretrained(tmp / "merged")
             tok.save_pretrained(tmp / "merged")
-            (tmp / "metrics.json").write_text(json.dumps({**metrics, "config": asdict(cfg)}, indent=1, default=str) + "\n")
+            (tmp / "metrics.json").write_text(json.dumps({**metrics, "config": asdict(cfg)}, indent=1,
+                                                         default=str) + "\n")
             (tmp / "history.json").write_text(json.dumps({k: v for k, v in history.items() if k != "config"},
                                                          default=str) + "\n")
         print(f"saved adapter, merged model and metrics to {args.out}")
@@ -190,25 +200,29 @@ def cmd_sft(args) -> int:
 
 def cmd_reward(args) -> int:
     from .config import get_profile
-    from .reward import save_reward_model, train_reward_stage
+    from .reward import save_reward_model
     from .runtime import check_output_dir, quiet, seed_everything
-    from .sft import sft_checkpoint
+    from .stages import sft_checkpoint, train_reward_stage
 
     if args.out:
         check_output_dir(args.out, "reward")  # before training, not after it
     quiet()
     prof = get_profile(args.profile)
-    cfg = replace(prof.reward, **{k: v for k, v in {"n_prompts": args.n_prompts, "grouped": False if args.shuffled else None,
+    cfg = replace(prof.reward,
+                  **{k: v for k, v in {"n_prompts": args.n_prompts, "grouped": False if args.shuffled else None,
                                                    "lora": False if args.full else None}.items() if v is not None})
     prof = replace(prof, reward=cfg)
     seed_everything(cfg.seed)
     print(f"reward model for profile {prof.name}: comparisons from {cfg.source}, "
-          f"{'K-choose-2 batches' if cfg.grouped else 'shuffled pairs (ablation)'}, {'LoRA' if cfg.lora else 'full fine-tuning'}")
+          f"{'K-choose-2 batches' if cfg.grouped else 'shuffled pairs (ablation)'}, "
+          f"{'LoRA' if cfg.lora else 'full fine-tuning'}")
     rm, tok, metrics, history = train_reward_stage(prof)
-    print(f"trained on {metrics['comparisons']:,} comparisons from {metrics['prompts']:,} prompts in {metrics['wall_time_s']:.0f} s; "
+    print(f"trained on {metrics['comparisons']:,} comparisons from {metrics['prompts']:,} prompts in "
+          f"{metrics['wall_time_s']:.0f} s; "
           f"validation loss {history['eval'][0]['loss']:.3f} -> {metrics['validation_loss']:.3f}")
     if "accuracy_train_labelers" in metrics:
-        print(f"pairwise accuracy on held-out users' pairs: training labelers {metrics['accuracy_train_labelers']:.3f}, "
+        print("pairwise accuracy on held-out users' pairs: training labelers "
+              f"{metrics['accuracy_train_labelers']:.3f}, "
               f"held-out labelers {metrics['accuracy_heldout_labelers']:.3f}; labelers agree with each other "
               f"{metrics['panel_agreement']:.3f}; the gold score itself reaches {metrics['gold_ceiling']:.3f}")
         v = metrics["variant_pairs"]
@@ -222,20 +236,23 @@ def cmd_reward(args) -> int:
 
 
 def cmd_ppo(args) -> int:
+    from .checkpoint import CHECKPOINT
     from .config import get_profile
-    from .ppo import CHECKPOINT, ppo_stage
     from .runtime import quiet, writable_dir
+    from .stages import ppo_stage
 
     if args.out:
         writable_dir(args.out)  # before any model is loaded or trained
         if not args.resume and (Path(args.out) / CHECKPOINT).exists():
-            raise ValueError(f"--out {args.out} holds the checkpoint of an earlier PPO run; add --resume to continue it, "
+            raise ValueError(f"--out {args.out} holds the checkpoint of an earlier PPO run; add --resume to continue "
+                             "it, "
                              "or pick a new folder")
     quiet()
     prof = get_profile(args.profile)
     cfg = replace(prof.ppo, **{k: v for k, v in {"steps": args.steps, "ptx_coef": args.ptx, "init_kl_coef": args.beta,
                                                  "seed": args.seed}.items() if v is not None})
-    print(f"PPO{'-ptx (γ = ' + str(cfg.ptx_coef) + ')' if cfg.ptx_coef else ''} on profile {prof.name}: {cfg.steps} steps of "
+    print(f"PPO{'-ptx (γ = ' + str(cfg.ptx_coef) + ')' if cfg.ptx_coef else ''} on profile {prof.name}: {cfg.steps} "
+          "steps of "
           f"{cfg.batch_size} episodes, β = {cfg.init_kl_coef}" + (f", checkpoints in {args.out}" if args.out else ""))
     policy, _, _, history = ppo_stage(prof, cfg, out_dir=args.out, resume=args.resume)
     last = history[-1]
@@ -258,7 +275,7 @@ def cmd_pipeline(args) -> int:
 
 
 def cmd_bench(args) -> int:
-    from .bench import bench_config, bench_table, run_bench
+    from .course.bench import bench_config, bench_table, run_bench
     from .runtime import runs_dir
 
     cfg = bench_config(args.model, args.device, smoke=args.smoke)
@@ -272,7 +289,7 @@ def cmd_bench(args) -> int:
 
 
 def cmd_notebook_times(args) -> int:
-    from .budget import notebook_times, times_table
+    from .course.budget import notebook_times, times_table
     from .runtime import runs_dir
 
     mode = "recorded" if args.recorded else "execute"
@@ -284,7 +301,7 @@ def cmd_notebook_times(args) -> int:
 
 
 def cmd_student_notebooks(args) -> int:
-    from .student import defined_functions, read_notebook, write_student_notebooks
+    from .course.student import defined_functions, read_notebook, write_student_notebooks
 
     for path in write_student_notebooks(args.out, args.src):
         cells = read_notebook(path)["cells"]
@@ -297,7 +314,7 @@ def cmd_student_notebooks(args) -> int:
 
 
 def cmd_grade(args) -> int:
-    from .student import grade_notebook
+    from .course.student import grade_notebook
 
     total = passed = 0
     for path in args.notebooks:
@@ -310,7 +327,8 @@ def cmd_grade(args) -> int:
         for row in graded:
             total, passed = total + 1, passed + row["passed"]
             name = ", ".join(row["functions"]) or f"cell {row['cell']}"
-            print(f"{'✓' if row['passed'] else '✗'} {path}: {name}" + ("" if row["passed"] else f"\n    {row['message']}"))
+            detail = "" if row["passed"] else f"\n    {row['message']}"
+            print(f"{'✓' if row['passed'] else '✗'} {path}: {name}{detail}")
     print(f"{passed}/{total} exercises pass their checkers")
     return 0 if passed == total else 1
 
@@ -323,13 +341,15 @@ def main(argv: list[str] | None = None) -> int:
     s = sub.add_parser("pretrain", help="build the tokenizer and pretrain the tiny GPT-2 from scratch")
     s.add_argument("--out", required=True, help="folder to write (replaced atomically when training finishes)")
     s.add_argument("--steps", type=_at_least(1), help="override the profile's number of optimizer steps")
-    s.add_argument("--seed", type=_at_least(0), help="override the seed (world, corpus, init, batch order)")
+    s.add_argument("--seed", type=_at_least(0),
+                   help="seed of pretraining: the world and corpus it is built from, initialisation, batch order")
     s.add_argument("--threads", type=_at_least(0), help="torch CPU threads (default: all cores)")
     s.set_defaults(fn=cmd_pretrain)
     s = sub.add_parser("world", help="print sample instruction records (Dolly schema) per category, or stats")
     s.add_argument("--show", type=_at_least(1), default=2, metavar="N", help="records per category (default 2)")
     s.add_argument("--stats", action="store_true", help="print counts, splits and panel agreement as JSON instead")
-    s.add_argument("--seed", type=_at_least(0), help="world seed (default: the profile's)")
+    s.add_argument("--world-seed", type=_at_least(0), help="which world (default: the profile's, the shipped model's)")
+    s.add_argument("--seed", type=_at_least(0), default=0, help="seed of which records --show picks (default 0)")
     s.set_defaults(fn=cmd_world)
     s = sub.add_parser("sft", help="supervised fine-tuning (LoRA by default), then gold score and win rate vs base")
     s.add_argument("--out", help="folder for the adapter, the merged model and metrics.json (optional)")
@@ -338,9 +358,12 @@ def main(argv: list[str] | None = None) -> int:
     s.add_argument("--epochs", type=_at_least(1), help="override the profile's epochs")
     s.add_argument("--max-steps", type=_at_least(1), help="override the profile's step limit")
     s.add_argument("--full", action="store_true", help="full fine-tuning instead of LoRA (learning rate / 4)")
-    s.add_argument("--seed", type=_at_least(0), help="world seed (default: the profile's)")
+    s.add_argument("--world-seed", type=_at_least(0), help="which world (default: the profile's, the shipped model's)")
+    s.add_argument("--seed", type=_at_least(0),
+                   help="seed of the SFT run: data order, adapters, dropout (default: the profile's)")
     s.set_defaults(fn=cmd_sft)
-    s = sub.add_parser("reward", help="comparisons from the SFT model, then the reward model, measured on held-out users")
+    s = sub.add_parser("reward",
+                       help="comparisons from the SFT model, then the reward model, measured on held-out users")
     s.add_argument("--out", help="folder for the reward model (adapter or weights, head, metrics)")
     s.add_argument("--n-prompts", type=_at_least(1), help="override the number of ranked training prompts")
     s.add_argument("--shuffled", action="store_true", help="the ablation: pairs shuffled as independent examples")
@@ -350,14 +373,18 @@ def main(argv: list[str] | None = None) -> int:
     s.add_argument("--out", help="folder for checkpoints and the final adapter")
     s.add_argument("--resume", action="store_true", help="continue the interrupted run whose checkpoints are in --out")
     s.add_argument("--steps", type=_at_least(1), help="override the number of PPO iterations")
-    s.add_argument("--ptx", type=_non_negative_float, help="γ of PPO-ptx (pretraining loss weight; default 0: plain PPO)")
+    s.add_argument("--ptx", type=_non_negative_float,
+                   help="γ of PPO-ptx (pretraining loss weight; default 0: plain PPO)")
     s.add_argument("--beta", type=_non_negative_float, help="override the KL coefficient β")
     s.add_argument("--seed", type=_at_least(0), help="override the PPO seed")
     s.set_defaults(fn=cmd_ppo)
-    s = sub.add_parser("pipeline", help="the main job: SFT → comparisons → RM → PPO and PPO-ptx → evaluation, on TinyWorld")
-    s.add_argument("--profile", default=argparse.SUPPRESS, help="tiny or smoke (default: $RLHF_LITE_PROFILE, else tiny)")
+    s = sub.add_parser("pipeline",
+                       help="the main job: SFT → comparisons → RM → PPO and PPO-ptx → evaluation, on TinyWorld")
+    s.add_argument("--profile", default=argparse.SUPPRESS,
+                   help="tiny or smoke (default: $RLHF_LITE_PROFILE, else tiny)")
     s.add_argument("--out", help="folder for metrics.json, plots and logs (default runs/<timestamp>)")
-    s.add_argument("--seed", type=_at_least(0), default=0, help="seed of every stage (default 0); same seed, same metrics")
+    s.add_argument("--seed", type=_at_least(0), default=0,
+                   help="seed of every stage (default 0); same seed, same metrics")
     s.set_defaults(fn=cmd_pipeline)
     s = sub.add_parser("bench", help="our trainers vs TRL's on the same model and data: rates, ratios, peak memory")
     s.add_argument("--model", default="tiny", choices=["tiny", "gpt2-shape"],
@@ -374,10 +401,12 @@ def main(argv: list[str] | None = None) -> int:
     s.add_argument("--profile", default="smoke", help="profile to execute the notebooks on (default smoke, as CI)")
     s.add_argument("--recorded", action="store_true",
                    help="read the time stamps of the committed (executed) notebooks instead of running them")
-    s.add_argument("--only", nargs="+", metavar="NN", help="only the notebooks whose names start with these, e.g. 00 05")
+    s.add_argument("--only", nargs="+", metavar="NN",
+                   help="only the notebooks whose names start with these, e.g. 00 05")
     s.add_argument("--out", help="JSON file for the result (default runs/notebook-times-PROFILE-MODE.json)")
     s.set_defaults(fn=cmd_notebook_times)
-    s = sub.add_parser("student-notebooks", help="write the notebooks with solutions replaced by stubs, outputs cleared")
+    s = sub.add_parser("student-notebooks",
+                       help="write the notebooks with solutions replaced by stubs, outputs cleared")
     s.add_argument("--out", required=True, help="folder for the student notebooks (not the notebooks folder itself)")
     s.add_argument("--src", help="folder of the solution notebooks (default: the course's notebooks/)")
     s.set_defaults(fn=cmd_student_notebooks)
@@ -387,9 +416,11 @@ def main(argv: list[str] | None = None) -> int:
     s = sub.add_parser("evaluate", help="gold-panel score of a model's responses on test prompts")
     s.add_argument("--model", help="'tiny', a folder, or a hub name (default: the profile's base model)")
     s.add_argument("--n", type=_at_least(1), default=200, help="test prompts to score (default 200)")
-    s.add_argument("--k", type=_at_least(1), default=2, help="2: also measure panel agreement on pairs of samples; 1: skip")
+    s.add_argument("--k", type=_at_least(1), default=2,
+                   help="2: also measure panel agreement on pairs of samples; 1: skip")
     s.add_argument("--examples", type=_at_least(0), default=4, help="sample responses to print")
-    s.add_argument("--seed", type=_at_least(0), help="world seed (default: the profile's)")
+    s.add_argument("--world-seed", type=_at_least(0), help="which world (default: the profile's, the shipped model's)")
+    s.add_argument("--seed", type=_at_least(0), default=0, help="sampling seed (default 0)")
     s.set_defaults(fn=cmd_evaluate)
     args = p.parse_args(argv)
     try:
@@ -397,9 +428,21 @@ def main(argv: list[str] | None = None) -> int:
 
         get_profile(args.profile)
         return args.fn(args)
-    except (ValueError, FileNotFoundError, OSError, FloatingPointError) as e:
-        print(f"error: {e}", file=sys.stderr)
+    except (ValueError, OSError, FloatingPointError, TypeError) as e:
+        if not _raised_by_us(e):
+            raise  # a bug, ours or a library's: the traceback says where
+        print(f"error: {e}", file=sys.stderr)  # a message we wrote for the user: one line, no traceback
         return 2
+
+
+def _raised_by_us(e: BaseException) -> bool:
+    """True when the exception was raised by a ``raise`` in this package (a checked setting, a bad file, a NaN
+    stop): those messages are written for users. Anything raised deep inside a library is shown in full."""
+    tb = e.__traceback__
+    while tb is not None and tb.tb_next is not None:
+        tb = tb.tb_next
+    package = Path(__file__).resolve().parent
+    return tb is not None and Path(tb.tb_frame.f_code.co_filename).resolve().is_relative_to(package)
 
 
 if __name__ == "__main__":

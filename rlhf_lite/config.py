@@ -8,10 +8,29 @@ Profiles (pick with the ``RLHF_LITE_PROFILE`` environment variable, default ``ti
 """
 from __future__ import annotations
 
+import dataclasses
+import math
 import os
 from dataclasses import dataclass, field, replace
 
 PROFILE_ENV = "RLHF_LITE_PROFILE"
+
+
+@dataclass
+class LoRAConfig:
+    """The low-rank adapters every stage trains (SFT, reward model, PPO, DPO, GRPO): one setting for all of them,
+    so another model family needs one change (``targets``)."""
+
+    r: int = 16
+    """Rank r: adapter matrices are (d x r) and (r x k)."""
+    alpha: int = 32
+    """Scale numerator: the update is (alpha / r) * B @ A."""
+    dropout: float = 0.0
+    """Dropout on the adapters' input. 0: on a CPU it makes every step noticeably slower (an extra copy of each
+    adapted layer's input), and the RL stages need dropout off anyway (ratio 1 on the first minibatch)."""
+    targets: tuple[str, ...] = ("c_attn", "c_proj", "c_fc")
+    """Modules that get adapters. GPT-2: c_attn (q,k,v), c_proj (attention and MLP outputs), c_fc (MLP input);
+    Llama-style models: q_proj, k_proj, v_proj, o_proj, gate_proj, up_proj, down_proj."""
 
 
 @dataclass
@@ -91,16 +110,7 @@ class SFTConfig:
     grad_clip: float = 1.0
     """Clip the gradient's global norm to this."""
     lora: bool = True
-    """Train low-rank adapters (peft) instead of all weights."""
-    lora_r: int = 16
-    """LoRA rank r: adapter matrices are (d x r) and (r x k)."""
-    lora_alpha: int = 32
-    """LoRA scale numerator: the update is (alpha / r) * B @ A."""
-    lora_dropout: float = 0.0
-    """Dropout on the LoRA input. 0: GPT-2's own dropout (0.1) already regularises, and on a CPU LoRA
-    dropout makes every step noticeably slower (an extra copy of each adapted layer's input)."""
-    lora_targets: tuple[str, ...] = ("c_attn", "c_proj", "c_fc")
-    """Modules that get adapters. GPT-2: c_attn (q,k,v), c_proj (attention and MLP outputs), c_fc (MLP input)."""
+    """Train low-rank adapters (the profile's ``LoRAConfig``) instead of all weights."""
     quantization: str = "none"
     """QLoRA: "4bit" (NF4) or "8bit" base weights via bitsandbytes, or "none"."""
     eval_every: int = 100
@@ -131,14 +141,12 @@ class RewardConfig:
     """Most responses ranked per prompt (InstructGPT: 9); K is drawn uniformly per prompt."""
     temperature: float = 1.0
     """Sampling temperature of the SFT model when producing the responses to rank."""
+    max_new_tokens: int = 64
+    """Longest sampled response to rank; one that reaches it without EOS is unfinished."""
     max_length: int = 256
     """Longest prompt + response in tokens; longer ones lose prompt tokens from the left."""
     lora: bool = True
-    """Train LoRA adapters (plus the scalar head) instead of all weights."""
-    lora_r: int = 16
-    """LoRA rank of the reward model's adapters."""
-    lora_alpha: int = 32
-    """LoRA scale numerator (update = alpha / r * B @ A)."""
+    """Train LoRA adapters (the profile's ``LoRAConfig``, plus the scalar head) instead of all weights."""
     epochs: int = 1
     """Passes over the comparisons. InstructGPT trains one: a second overfits (Ouyang et al. 2022, App. C.2)."""
     batch_size: int = 8
@@ -210,10 +218,6 @@ class PPOConfig:
     """γ of PPO-ptx: weight of the pretraining LM loss added to every minibatch (0: plain PPO)."""
     ptx_batch_size: int = 4
     """Pretraining-corpus rows (``n_positions`` tokens each) per minibatch when ``ptx_coef`` > 0."""
-    lora_r: int = 16
-    """LoRA rank of the policy's adapters (the reference is the same model with them switched off)."""
-    lora_alpha: int = 32
-    """LoRA scale numerator (update = alpha / r * B @ A)."""
     grad_clip: float = 1.0
     """Clip the gradient's global norm to this."""
     n_prompts: int = 0
@@ -241,10 +245,6 @@ class DPOConfig:
     """Linear warm-up steps."""
     max_length: int = 256
     """Longest prompt + response in tokens; longer ones lose prompt tokens from the left."""
-    lora_r: int = 16
-    """LoRA rank of the policy's adapters (the reference is the same model with them switched off)."""
-    lora_alpha: int = 32
-    """LoRA scale numerator (update = alpha / r * B @ A)."""
     grad_clip: float = 1.0
     """Clip the gradient's global norm to this."""
     n_prompts: int = 0
@@ -285,10 +285,6 @@ class GRPOConfig:
     scores (Liu et al. 2025, "Dr. GRPO", argue the division over-weights groups whose answers are all alike)."""
     no_eos_penalty: float | None = -1.0
     """Score given to a response that never emitted EOS, instead of the reward model's (None: keep the RM's)."""
-    lora_r: int = 16
-    """LoRA rank of the policy's adapters (the reference is the same model with them switched off)."""
-    lora_alpha: int = 32
-    """LoRA scale numerator (update = alpha / r * B @ A)."""
     grad_clip: float = 1.0
     """Clip the gradient's global norm to this."""
     n_prompts: int = 0
@@ -319,29 +315,28 @@ class Profile:
     """DPO settings (notebook 07)."""
     grpo: GRPOConfig = field(default_factory=GRPOConfig)
     """GRPO settings (notebook 07)."""
+    lora: LoRAConfig = field(default_factory=LoRAConfig)
+    """The adapters every stage trains."""
     ptx_coef: float = 1.0
     """γ of the PPO-ptx run the pipeline trains beside plain PPO (same settings otherwise)."""
     n_eval_prompts: int = 200
     """Test prompts scored by the gold panel when a notebook measures a model."""
     max_new_tokens: int = 64
-    """Longest response generated; a response that hits it without EOS is unfinished."""
+    """Longest response generated when a model is evaluated; one that hits it without EOS is unfinished."""
 
 
 # Which settings must be > 0, or lie in [0, 1]; every other number must be finite and ≥ 0 (``no_eos_penalty``: any
 # finite number or None). A count of 0 means "all" where the field's docstring says so (n_train, max_steps, n_prompts).
 _POSITIVE = {"steps", "batch_size", "minibatch_size", "ppo_epochs", "epochs", "lr", "temperature", "max_new_tokens",
-             "group_size", "prompts_per_step", "max_length", "lora_r", "lora_alpha", "k_min", "k_max", "eval_every",
+             "group_size", "prompts_per_step", "max_length", "r", "alpha", "k_min", "k_max", "eval_every",
              "checkpoint_every", "n_positions", "n_embd", "n_layer", "n_head", "vocab_size", "n_docs", "ptx_batch_size",
              "kl_target", "kl_horizon", "clip_range", "clip_range_value", "beta", "grad_clip"}
-_UNIT = {"gamma", "lam", "heldout_frac", "few_shot_prob", "lora_dropout"}
+_UNIT = {"gamma", "lam", "heldout_frac", "few_shot_prob", "dropout"}
 
 
 def validate_config(cfg) -> None:
     """Check every number of a stage's config (a dataclass above) before any work: an error names the setting,
     its value and the valid range (``PPOConfig.init_kl_coef must be a finite number ≥ 0, got nan``)."""
-    import dataclasses
-    import math
-
     for f in dataclasses.fields(cfg):
         v, name = getattr(cfg, f.name), f"{type(cfg).__name__}.{f.name}"
         if isinstance(v, bool) or not isinstance(v, (int, float)):
@@ -364,17 +359,20 @@ PROFILES: dict[str, Profile] = {
                                     n_head=2, vocab_size=512, eval_every=3, warmup_steps=2),
                      SFTConfig(epochs=1, max_steps=40, batch_size=16, eval_every=20, eval_examples=16, n_samples=1,
                                max_new_tokens=24, lr=3e-3),
-                     RewardConfig(n_prompts=48, n_eval_prompts=16, k_min=4, k_max=5, lr=3e-3, eval_every=3),
-                     PPOConfig(steps=4, batch_size=8, minibatch_size=4, ppo_epochs=2, max_new_tokens=24, ptx_batch_size=2,
+                     RewardConfig(n_prompts=48, n_eval_prompts=16, k_min=4, k_max=5, lr=3e-3, eval_every=3,
+                                  max_new_tokens=24),
+                     PPOConfig(steps=4, batch_size=8, minibatch_size=4, ppo_epochs=2, max_new_tokens=24,
+                               ptx_batch_size=2,
                                checkpoint_every=2),
                      DPOConfig(batch_size=4, lr=1e-3, eval_every=3, warmup_steps=2, n_prompts=24),
-                     GRPOConfig(steps=4, prompts_per_step=4, group_size=2, minibatch_size=4, epochs=2, max_new_tokens=24),
+                     GRPOConfig(steps=4, prompts_per_step=4, group_size=2, minibatch_size=4, epochs=2,
+                                max_new_tokens=24),
                      n_eval_prompts=32, max_new_tokens=24),
     "tiny": Profile("tiny", "tiny"),
     "gpt2": Profile("gpt2", "gpt2", sft=SFTConfig(max_length=512, epochs=1, batch_size=8, lr=2e-4, eval_every=200,
                                                   max_new_tokens=128),
                     reward=RewardConfig(source="hh-rlhf", n_prompts=20000, n_eval_prompts=1000, lr=1e-4,
-                                        max_length=512, eval_every=200),
+                                        max_length=512, eval_every=200, max_new_tokens=128),
                     ppo=PPOConfig(steps=100, batch_size=64, minibatch_size=8, lr=1e-4, max_new_tokens=128,
                                   ptx_batch_size=4),
                     dpo=DPOConfig(lr=5e-5, max_length=512, eval_every=200),
@@ -392,5 +390,6 @@ def get_profile(name: str | None = None) -> Profile:
         raise ValueError(f"unknown profile {name!r} (from {source}); valid profiles are: {', '.join(PROFILES)}. "
                          f"For example: export {PROFILE_ENV}=tiny")
     p = PROFILES[name]
-    return replace(p, world=replace(p.world), pretrain=replace(p.pretrain), sft=replace(p.sft), reward=replace(p.reward),
-                   ppo=replace(p.ppo), dpo=replace(p.dpo), grpo=replace(p.grpo))
+    return replace(p, world=replace(p.world), pretrain=replace(p.pretrain), sft=replace(p.sft),
+                   reward=replace(p.reward),
+                   ppo=replace(p.ppo), dpo=replace(p.dpo), grpo=replace(p.grpo), lora=replace(p.lora))

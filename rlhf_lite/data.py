@@ -24,7 +24,11 @@ from pathlib import Path
 from typing import Sequence
 
 import torch
+from datasets import Dataset, DatasetDict, load_dataset
 
+from .config import get_profile
+from .models import encode_prompt
+from .world import world_from_config
 from .world.tasks import CATEGORIES
 
 IGNORE_INDEX = -100  # label value that cross-entropy skips
@@ -121,7 +125,7 @@ def build_sft_example(tokenizer, prompt: str, response: str, max_length: int) ->
         raise ValueError(f"max_length must be at least 2, got {max_length}")
     if tokenizer.eos_token_id is None:
         raise ValueError("the tokenizer has no EOS token; set tokenizer.eos_token before building SFT examples")
-    prompt_ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
+    prompt_ids = encode_prompt(tokenizer, prompt)
     response_ids = tokenizer(response, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
     drop_prompt = drop_response = 0
     if len(prompt_ids) + len(response_ids) > max_length:
@@ -138,9 +142,11 @@ def build_sft_example(tokenizer, prompt: str, response: str, max_length: int) ->
             "labels": [IGNORE_INDEX] * len(prompt_ids) + response_ids}
 
 
-def build_chat_example(tokenizer, messages: list[dict], max_length: int, template: str = "chatml") -> dict[str, list[int]]:
+def build_chat_example(tokenizer, messages: list[dict], max_length: int, template: str = "chatml") -> dict[str,
+                                                                                                           list[int]]:
     """Like :func:`build_sft_example`, but the mask comes from the chat template's generation markers."""
-    enc = tokenizer.apply_chat_template(messages, chat_template=CHAT_TEMPLATES[template], tokenize=True, return_dict=True,
+    enc = tokenizer.apply_chat_template(messages, chat_template=CHAT_TEMPLATES[template], tokenize=True,
+                                        return_dict=True,
                                         return_assistant_tokens_mask=True)
     ids, mask = list(enc["input_ids"]), list(enc["assistant_masks"])
     if len(ids) > max_length:
@@ -158,7 +164,8 @@ def sft_example(tokenizer, record: dict, max_length: int, fmt: str = "alpaca") -
                                  record["response"], max_length)
     if fmt not in CHAT_TEMPLATES:
         raise ValueError(f"unknown prompt format {fmt!r}; choose 'alpaca' or one of {sorted(CHAT_TEMPLATES)}")
-    return build_chat_example(tokenizer, to_messages(record["instruction"], record.get("context", ""), record["response"]),
+    return build_chat_example(tokenizer,
+                              to_messages(record["instruction"], record.get("context", ""), record["response"]),
                               max_length, fmt)
 
 
@@ -174,7 +181,8 @@ class SFTCollator:
     def __post_init__(self) -> None:
         if self.pad_token_id is None:
             raise ValueError("SFTCollator needs a pad token id, and this tokenizer has none: set "
-                             "tokenizer.pad_token = tokenizer.eos_token (load_base does this) and pass tokenizer.pad_token_id")
+                             "tokenizer.pad_token = tokenizer.eos_token (load_base does this) and pass "
+                             "tokenizer.pad_token_id")
 
     def __call__(self, examples: Sequence[dict]) -> dict[str, torch.Tensor]:
         n = max(len(e["input_ids"]) for e in examples)
@@ -187,6 +195,30 @@ class SFTCollator:
             batch["attention_mask"].append(list(e["attention_mask"]) + [0] * pad)
             batch["labels"].append(list(e["labels"]) + [IGNORE_INDEX] * pad)
         return {k: torch.tensor(v, dtype=torch.long) for k, v in batch.items()}  # each [B, T]
+
+
+def length_grouped_batches(lengths: Sequence[int], batch_size: int, generator: torch.Generator,
+                           window: int = 32) -> list[list[int]]:
+    """One epoch of batches: shuffle, sort each window of ``window`` batches by length, shuffle the batches.
+    Similar lengths share a batch, so little compute goes to padding, and the order stays random."""
+    order = torch.randperm(len(lengths), generator=generator).tolist()
+    span = batch_size * window
+    batches = []
+    for i in range(0, len(order), span):
+        chunk = sorted(order[i:i + span], key=lengths.__getitem__)
+        batches += [chunk[j:j + batch_size] for j in range(0, len(chunk), batch_size)]
+    return [batches[k] for k in torch.randperm(len(batches), generator=generator).tolist()]
+
+
+# ---------------------------------------------------------------------------------------------
+# Scoring inputs: prompt + response (+ EOS) for the reward model and DPO
+# ---------------------------------------------------------------------------------------------
+def encode_response(tokenizer, prompt: str, response: str, finished: bool, max_length: int) -> list[int]:
+    """Token ids of prompt + response (+ EOS if the response ended): the reward is read at that EOS.
+    Too long: prompt tokens go from the left, the response stays."""
+    p = encode_prompt(tokenizer, prompt)
+    r = tokenizer(response, add_special_tokens=False)["input_ids"] + ([tokenizer.eos_token_id] if finished else [])
+    return (p + r)[-max_length:]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -222,7 +254,8 @@ class TokenView:
             for i, t, text, l, kind in self.rows)
         legend = " ".join(f'<span style="background:{c};padding:1px 4px;font-family:monospace">{k}</span>'
                           for k, c in _COLOURS.items())
-        return f'<div style="line-height:1.9">{spans}</div><div style="margin-top:4px">{legend} · hover a token for its label</div>'
+        return (f'<div style="line-height:1.9">{spans}</div>'
+                f'<div style="margin-top:4px">{legend} · hover a token for its label</div>')
 
     def counts(self) -> dict[str, int]:
         out = dict.fromkeys(_COLOURS, 0)
@@ -286,7 +319,8 @@ def decode_text(path: Path) -> str:
         return raw.decode("utf-8-sig")
     except UnicodeDecodeError as e:
         line = raw[: e.start].count(b"\n") + 1
-        raise DataFormatError(f"{path}, line {line}: not valid UTF-8 text (byte {raw[e.start]:#04x} at offset {e.start}); "
+        raise DataFormatError(f"{path}, line {line}: not valid UTF-8 text (byte {raw[e.start]:#04x} at offset "
+                              f"{e.start}); "
                               "re-save the file as UTF-8") from None
 
 
@@ -311,13 +345,15 @@ def read_rows(path: str | os.PathLike, what: str = "data file", check_columns=No
             except json.JSONDecodeError as e:
                 raise DataFormatError(f"{p}, line {n}: invalid JSON ({e.msg} at column {e.colno})") from None
             if not isinstance(obj, dict):
-                raise DataFormatError(f"{p}, line {n}: expected a JSON object per line, got a JSON {type(obj).__name__}")
+                raise DataFormatError(f"{p}, line {n}: expected a JSON object per line, got a JSON "
+                                      f"{type(obj).__name__}")
             rows.append((_where(str(p), "line", n), obj))
     elif suffix == ".json":
         try:
             data = json.loads(decode_text(p))
         except json.JSONDecodeError as e:
-            raise DataFormatError(f"{p}, line {e.lineno}: invalid JSON ({e.msg}); for one record per line use .jsonl") from None
+            raise DataFormatError(f"{p}, line {e.lineno}: invalid JSON ({e.msg}); for one record per line use "
+                                  ".jsonl") from None
         if not isinstance(data, list):
             raise DataFormatError(f"{p}: expected a JSON list of records, got a JSON {type(data).__name__}")
         for n, obj in enumerate(data):
@@ -331,7 +367,8 @@ def read_rows(path: str | os.PathLike, what: str = "data file", check_columns=No
         for r in reader:
             where = _where(str(p), "line", reader.line_num)
             if None in r:  # DictReader files cells beyond the header under the key None
-                raise DataFormatError(f"{where}: {len(r[None])} more cell(s) than the header's {len(reader.fieldnames)} "
+                raise DataFormatError(f"{where}: {len(r[None])} more cell(s) than the header's "
+                                      f"{len(reader.fieldnames)} "
                                       f"columns ({r[None]!r:.60}); quote cells that contain commas")
             rows.append((where, dict(r)))
     elif suffix == ".parquet":
@@ -359,27 +396,20 @@ def read_records(path: str | os.PathLike) -> list[dict]:
     return out
 
 
-def load_instruction_dataset(source: str = "tinyworld"):
+def load_instruction_dataset(source: str = "tinyworld", world_config=None):
     """Instruction data as a ``datasets.DatasetDict`` with Dolly's columns.
 
-    * ``"tinyworld"``: the generated world of the current profile; train/validation/test split by user
-      (columns also carry ``prompt_id``, ``user_id``, ``task_type``).
+    * ``"tinyworld"``: the generated world (``world_config``, default: the current profile's); train/validation/
+      test split by user (columns also carry ``prompt_id``, ``user_id``, ``task_type``).
     * ``"dolly"``: ``databricks/databricks-dolly-15k`` from the Hugging Face Hub (a "train" split).
     * a path to a local ``.json``/``.jsonl``/``.csv``/``.parquet`` file in the same schema ("train").
     """
-    from datasets import Dataset, DatasetDict
-
     if source == "tinyworld":
-        from .config import get_profile
-        from .world import world_from_config
-
-        world = world_from_config(get_profile().world)
+        world = world_from_config(world_config or get_profile().world)
         return DatasetDict({s: Dataset.from_list([{**t.to_dolly(), "prompt_id": t.prompt_id, "user_id": t.user_id,
                                                    "task_type": t.task_type} for t in tasks])
                             for s, tasks in world.splits.items()})
     if source == "dolly":
-        from datasets import load_dataset
-
         name = "databricks/databricks-dolly-15k"
         try:
             ds = load_dataset(name, split="train")

@@ -22,10 +22,10 @@ from collections.abc import Sequence
 import torch
 import torch.nn.functional as F
 
-from .config import DPOConfig, validate_config
-from .feedback import _agreement, _pref_probs, ranking_to_pairs
-from .models import add_lora_adapters, dropout_off, position_ids_from_mask, transformer_body
-from .reward import encode_response, pad_batch
+from .config import DPOConfig, LoRAConfig, validate_config
+from .data import encode_response
+from .feedback import agreement, pref_probs, ranking_to_pairs
+from .models import add_lora_adapters, dropout_off, pad_batch, position_ids_from_mask, transformer_body
 from .runtime import optimizer_step, progress_bar, warmup_linear_schedule
 
 
@@ -82,7 +82,8 @@ def encode_pairs_batch(tokenizer, records: Sequence[dict], max_length: int) -> t
     return {**batch, "response_mask": resp}, counts
 
 
-def sequence_logps(lm, input_ids: torch.Tensor, attention_mask: torch.Tensor, response_mask: torch.Tensor) -> torch.Tensor:
+def sequence_logps(lm, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                   response_mask: torch.Tensor) -> torch.Tensor:
     """log π(response | prompt) of each row: the sum over response tokens of the log-probability the model
     gives the token at the position before it. input_ids/attention_mask/response_mask: [N, T] -> [N].
 
@@ -91,7 +92,8 @@ def sequence_logps(lm, input_ids: torch.Tensor, attention_mask: torch.Tensor, re
     memory while contributing nothing to the sum.
     """
     h = transformer_body(lm)(input_ids=input_ids, attention_mask=attention_mask,
-                             position_ids=position_ids_from_mask(attention_mask), use_cache=False).last_hidden_state  # [N, T, d]
+                             # [N, T, d]
+                             position_ids=position_ids_from_mask(attention_mask), use_cache=False).last_hidden_state
     predicts = response_mask[:, 1:].bool()  # [N, T-1]: position t predicts response token t+1
     logits = lm.get_output_embeddings()(h[:, :-1][predicts]).float()  # [n_tokens, V]
     logp = torch.log_softmax(logits, -1).gather(-1, input_ids[:, 1:][predicts][:, None]).squeeze(-1)  # [n_tokens]
@@ -124,6 +126,10 @@ def records_loss(lm, tokenizer, records: Sequence[dict], cfg: DPOConfig) -> tupl
             losses.append(loss)
             stats.append(s)
         start += k
+    if not losses:  # every pair of the batch tied: no preference to learn from, a zero loss that still backpropagates
+        empty = pol.new_zeros(0)
+        return pol.sum() * 0.0, {"chosen_rewards": empty, "rejected_rewards": empty, "margins": empty,
+                                 "accuracy": pol.new_tensor(float("nan"))}
     cat = {k: torch.cat([s[k] for s in stats]) for k in ("chosen_rewards", "rejected_rewards", "margins")}
     return torch.stack(losses).mean(), {**cat, "accuracy": pair_correct(cat["margins"]).mean()}
 
@@ -131,10 +137,11 @@ def records_loss(lm, tokenizer, records: Sequence[dict], cfg: DPOConfig) -> tupl
 # ---------------------------------------------------------------------------------------------
 # 3. Training
 # ---------------------------------------------------------------------------------------------
-def build_dpo_policy(sft_model, cfg: DPOConfig):
-    """LoRA adapters on the SFT model, dropout off: with adapters on it is π, with them disabled π_ref."""
+def build_dpo_policy(sft_model, cfg: DPOConfig, lora: LoRAConfig | None = None):
+    """LoRA adapters (``lora``: the profile's, default ``LoRAConfig()``) on the SFT model, dropout off: with
+    adapters on it is π, with them disabled π_ref."""
     dropout_off(sft_model)
-    return add_lora_adapters(sft_model, cfg.lora_r, cfg.lora_alpha, ("c_attn", "c_proj", "c_fc"), 0.0, cfg.seed)
+    return add_lora_adapters(sft_model, lora or LoRAConfig(), cfg.seed)
 
 
 @torch.no_grad()
@@ -223,22 +230,5 @@ def implicit_reward_accuracy(lm, tokenizer, world, records: Sequence[dict], labe
     """Expected pairwise accuracy of the implicit reward against ``labelers`` on ``records``' distinct pairs:
     the number :func:`rlhf_lite.reward.rm_accuracy` gives for the explicit reward model."""
     judge = implicit_reward_judge(lm, tokenizer, cfg)
-    probs = [_pref_probs(world, r, judge) for r in records]
-    return sum(_agreement(probs, [_pref_probs(world, r, lab) for r in records]) for lab in labelers) / len(labelers)
-
-
-def dpo_stage(profile=None, cfg: DPOConfig | None = None, progress: bool = True, callback=None):
-    """DPO for a profile: the cached SFT model and comparisons (the reward model's training data), a LoRA policy,
-    ``train_dpo``. Returns (policy lm, tokenizer, history)."""
-    from .config import get_profile
-    from .feedback import comparison_data
-    from .models import load_base
-    from .sft import sft_checkpoint
-
-    profile = profile or get_profile()
-    cfg = cfg or profile.dpo
-    data = comparison_data(profile, progress=progress)
-    sft, tok = load_base(str(sft_checkpoint(profile, progress=progress)))
-    lm = build_dpo_policy(sft, cfg)
-    history = train_dpo(lm, tok, data["train"], cfg, data["validation"], progress=progress, callback=callback)
-    return lm, tok, history
+    probs = [pref_probs(world, r, judge) for r in records]
+    return sum(agreement(probs, [pref_probs(world, r, lab) for r in records]) for lab in labelers) / len(labelers)

@@ -9,10 +9,11 @@ import torch
 
 from .data import render_prompt
 from .models import Generation, generate
+from .pretrain import lm_loss
+from .rollout import response_outputs, rollout_tensors
 from .world import CRITERIA, World
 from .world.labelers import Labeler, prefer_prob
-from .world.tasks import RUDE_MARKERS
-from .world.tasks import Task
+from .world.tasks import RUDE_MARKERS, Task
 
 
 def gold_eval(model, tokenizer, world: World, tasks: list[Task], max_new_tokens: int = 64, temperature: float = 1.0,
@@ -25,16 +26,19 @@ def gold_eval(model, tokenizer, world: World, tasks: list[Task], max_new_tokens:
     share of responses that ended with EOS, "samples": [(task, Generation, gold)]}``.
     """
     prompts = [render_prompt(tokenizer, t.instruction, t.context, fmt) for t in tasks]
-    gens = generate(model, tokenizer, prompts, max_new_tokens, temperature=temperature, seed=seed, batch_size=batch_size,
+    gens = generate(model, tokenizer, prompts, max_new_tokens, temperature=temperature, seed=seed,
+                    batch_size=batch_size,
                     progress=progress, do_sample=do_sample)
     panel = world.panel
     golds = panel.gold_scores(tasks, gens)
     refs = [panel.gold_score(t.instruction, t.context, t.response, True, task=t) for t in tasks]
-    crit = [panel.labelers[0].score(t.instruction, t.context, g.text, g.finished, task=t).criteria for t, g in zip(tasks, gens)]
+    crit = [panel.labelers[0].score(t.instruction, t.context, g.text, g.finished, task=t).criteria for t,
+            g in zip(tasks, gens)]
     by_cat: dict[str, list[float]] = {}
     for t, s in zip(tasks, golds):
         by_cat.setdefault(t.category, []).append(s)
-    return {"gold": mean(golds), "reference_gold": mean(refs), "criteria": {c: mean(x[c] for x in crit) for c in CRITERIA},
+    return {"gold": mean(golds), "reference_gold": mean(refs),
+            "criteria": {c: mean(x[c] for x in crit) for c in CRITERIA},
             "by_category": {c: mean(v) for c, v in sorted(by_cat.items())}, "eos_rate": mean(g.finished for g in gens),
             "samples": list(zip(tasks, gens, golds))}
 
@@ -43,17 +47,39 @@ def win_rate(tasks: Sequence[Task], a: Sequence[Generation | str], b: Sequence[G
              labelers: Sequence[Labeler]) -> float:
     """How often ``labelers`` prefer response ``a`` over ``b`` for the same prompt, in expectation over their
     Bradley–Terry choice noise (ties count half): mean over tasks and labelers of σ((s_a − s_b) / T)."""
+    return mean(prompt_win_rates(tasks, a, b, labelers))
+
+
+def prompt_win_rates(tasks: Sequence[Task], a: Sequence[Generation | str], b: Sequence[Generation | str],
+                     labelers: Sequence[Labeler]) -> list[float]:
+    """Per prompt: the mean over ``labelers`` of P(a ≻ b) = σ((s_a − s_b) / T). Their mean is :func:`win_rate`;
+    resampling them gives its interval (:func:`bootstrap_ci`)."""
     def parts(x):
         return (x.text, x.finished) if isinstance(x, Generation) else (x, None)
 
-    probs = []
+    out = []
     for t, x, y in zip(tasks, a, b):
         (ta, fa), (tb, fb) = parts(x), parts(y)
-        for lab in labelers:
-            sa = lab.score(t.instruction, t.context, ta, fa, task=t).total
-            sb = lab.score(t.instruction, t.context, tb, fb, task=t).total
-            probs.append(prefer_prob(sa, sb, lab.temperature))
-    return mean(probs)
+        probs = [prefer_prob(lab.score(t.instruction, t.context, ta, fa, task=t).total,
+                             lab.score(t.instruction, t.context, tb, fb, task=t).total, lab.temperature)
+                 for lab in labelers]
+        out.append(sum(probs) / len(probs))
+    return out
+
+
+def bootstrap_ci(values: Sequence[float], n_boot: int = 2000, level: float = 0.95, seed: int = 0) -> list[float]:
+    """Percentile bootstrap interval of the mean of per-prompt ``values`` (Efron & Tibshirani 1993): resample the
+    prompts with replacement ``n_boot`` times. For a comparison of two models on the same prompts, pass the
+    per-prompt differences or win probabilities: the paired bootstrap. Returns [lo, hi]; a difference whose
+    interval contains 0 (a win rate whose interval contains 0.5) is noise."""
+    if not values:
+        raise ValueError("bootstrap_ci needs at least one value")
+    x = torch.tensor([float(v) for v in values], dtype=torch.float64)
+    g = torch.Generator().manual_seed(seed)
+    means = x[torch.randint(len(x), (n_boot, len(x)), generator=g)].mean(1)  # [n_boot]
+    tail = (1 - level) / 2
+    lo, hi = torch.quantile(means, torch.tensor([tail, 1 - tail], dtype=torch.float64)).tolist()
+    return [lo, hi]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -82,7 +108,8 @@ def hallucinates(world: World, task: Task, response: str) -> bool:
     (false or made up), InstructGPT's "makes up information not in the input" (Ouyang et al. 2022, §4.2)."""
     if not task.meta.get("closed"):
         raise ValueError(f"task {task.prompt_id} is not closed-domain: hallucination is measured on closed tasks only")
-    # the labelers' ``truthful`` criterion judges closed tasks against the context: < 1 iff a claim is false or unsupported
+    # the labelers' ``truthful`` criterion judges closed tasks against the context: < 1 iff a claim is false or
+    # unsupported
     return world.panel.labelers[0].score(task.instruction, task.context, response, task=task).criteria["truthful"] < 1
 
 
@@ -93,14 +120,13 @@ def hallucination_rate(world: World, tasks: Sequence[Task], responses: Sequence[
 
 
 @torch.no_grad()
-def kl_to_reference(policy, tokenizer, prompts: Sequence[str], responses: Sequence[Generation], temperature: float = 1.0,
+def kl_to_reference(policy, tokenizer, prompts: Sequence[str], responses: Sequence[Generation],
+                    temperature: float = 1.0,
                     batch_size: int = 32) -> float:
     """KL(π_RL ‖ π_SFT) in nats per response, estimated on the policy's own samples: the mean over
     responses of Σ_t (log π(y_t) − log π_ref(y_t)) (EOS included), with the reference being the same
     model with its LoRA adapters disabled. Non-negative in expectation; a clearly negative value means
     the samples did not come from ``policy`` or the reference still had the adapters on (trl#925)."""
-    from .ppo import response_outputs, rollout_tensors
-
     total = 0.0
     for i in range(0, len(prompts), batch_size):
         b = rollout_tensors(tokenizer, prompts[i:i + batch_size], responses[i:i + batch_size], policy.device)
@@ -148,7 +174,8 @@ def fit_overoptimization(d: Sequence[float], r: Sequence[float], form: str) -> d
     coef = torch.linalg.lstsq(X, r_t[:, None]).solution.squeeze(1)
     resid = ((X @ coef - r_t) ** 2).sum()
     tot = ((r_t - r_t.mean()) ** 2).sum()
-    return {"alpha": coef[0].item(), "beta": coef[1].item(), "r2": (1 - resid / tot).item() if tot > 0 else float("nan")}
+    return {"alpha": coef[0].item(), "beta": coef[1].item(),
+            "r2": (1 - resid / tot).item() if tot > 0 else float("nan")}
 
 
 def gao_curve(d, alpha: float, beta: float, form: str):
@@ -160,7 +187,8 @@ def gao_curve(d, alpha: float, beta: float, form: str):
 # ---------------------------------------------------------------------------------------------
 # All models side by side: what the pipeline and notebook 06 report
 # ---------------------------------------------------------------------------------------------
-def evaluate_model(model, tokenizer, world: World, tasks: Sequence[Task], closed: Sequence[Task], max_new_tokens: int = 64,
+def evaluate_model(model, tokenizer, world: World, tasks: Sequence[Task], closed: Sequence[Task],
+                   max_new_tokens: int = 64,
                    fmt: str = "alpaca", seed: int = 0, heldout_rows: torch.Tensor | None = None, policy=None,
                    progress: bool = False) -> dict:
     """One model on the test users' prompts: responses to ``tasks`` and to the closed-domain ``closed`` (sampled
@@ -171,12 +199,11 @@ def evaluate_model(model, tokenizer, world: World, tasks: Sequence[Task], closed
     gens = generate(model, tokenizer, prompts, max_new_tokens, seed=seed, batch_size=64, progress=progress)
     main, cl = gens[:len(tasks)], gens[len(tasks):]
     panel = world.panel
-    out = {"gold_score": mean(panel.gold_scores(tasks, main)),
+    golds = panel.gold_scores(tasks, main)
+    out = {"gold_score": mean(golds), "gold_scores": golds,
            "unsafe_rate": unsafe_rate(main), "hallucination_rate": hallucination_rate(world, closed, cl),
            "eos_rate": mean(g.finished for g in main), "response_tokens": mean(len(g.token_ids) for g in main)}
     if heldout_rows is not None:
-        from .pretrain import lm_loss
-
         out["pretrain_loss"] = lm_loss(model, heldout_rows)
     if policy is not None:
         out["kl_to_sft"] = kl_to_reference(policy, tokenizer, prompts[:len(tasks)], main)

@@ -34,6 +34,8 @@ import warnings
 from pathlib import Path
 from typing import Callable, Sequence
 
+from datasets import load_dataset
+
 from .data import DataFormatError, decode_text, read_rows, render_prompt
 
 try:
@@ -41,6 +43,7 @@ try:
 except ImportError:  # Windows: no flock; single-writer use is still safe
     fcntl = None
 from .models import generate
+from .world.labelers import Labeler, prefer_prob
 
 HH_HUMAN, HH_ASSISTANT = "\n\nHuman:", "\n\nAssistant:"
 RECORD_FIELDS = ("prompt", "responses", "ranking")
@@ -250,7 +253,8 @@ def variant_comparisons(world, tasks, labelers, tokenizer=None, fmt: str = "alpa
         fin = [k != "unending" for k in names]  # the never-ending answer never emits EOS
         lab = labelers[rng.randrange(len(labelers))]
         out.append({"prompt_id": t.prompt_id, "user_id": t.user_id, "labeler": lab.name,
-                    "prompt": render_prompt(tokenizer, t.instruction, t.context, fmt), "responses": [v[k] for k in names],
+                    "prompt": render_prompt(tokenizer, t.instruction, t.context, fmt),
+                    "responses": [v[k] for k in names],
                     "ranking": lab.rank(t.instruction, t.context, [v[k] for k in names], rng, task=t, finished=fin),
                     "finished": fin, "kinds": names})
     return out
@@ -260,10 +264,10 @@ def expected_agreement(world, records: Sequence[dict], a: Callable | object, b: 
     """How often two judges pick the same winner, in expectation, over all distinct-response pairs of
     ``records``. A judge is a :class:`~rlhf_lite.world.Labeler` (a Bradley–Terry chooser) or a function
     ``scores(record) -> [K floats]`` that picks the higher score (ties: half)."""
-    return _agreement([_pref_probs(world, r, a) for r in records], [_pref_probs(world, r, b) for r in records])
+    return agreement([pref_probs(world, r, a) for r in records], [pref_probs(world, r, b) for r in records])
 
 
-def _agreement(pa: Sequence[list[float]], pb: Sequence[list[float]]) -> float:
+def agreement(pa: Sequence[list[float]], pb: Sequence[list[float]]) -> float:
     """Mean over pairs of P(both pick the first) + P(both pick the second), from each judge's P(first)."""
     total, n = 0.0, 0
     for xs, ys in zip(pa, pb):
@@ -273,19 +277,19 @@ def _agreement(pa: Sequence[list[float]], pb: Sequence[list[float]]) -> float:
     return total / max(n, 1)
 
 
-def _distinct_pairs(rec: dict) -> list[tuple[int, int]]:
+def distinct_pairs(rec: dict) -> list[tuple[int, int]]:
+    """The index pairs (i, j), i < j, of a record's responses that differ (in text or in having ended)."""
     r, f = rec["responses"], rec.get("finished") or [True] * len(rec["responses"])
     return [(i, j) for i, j in itertools.combinations(range(len(r)), 2) if (r[i], f[i]) != (r[j], f[j])]
 
 
-def _pref_probs(world, rec: dict, judge) -> list[float]:
+def pref_probs(world, rec: dict, judge) -> list[float]:
     """P(judge prefers i over j) for each distinct pair (i, j) of ``rec``."""
-    from .world.labelers import Labeler, prefer_prob
-
-    pairs = _distinct_pairs(rec)
+    pairs = distinct_pairs(rec)
     if isinstance(judge, Labeler):
         t = world.tasks_by_id[rec["prompt_id"]]
-        s = [judge.score(t.instruction, t.context, r, f, task=t).total for r, f in zip(rec["responses"], rec["finished"])]
+        s = [judge.score(t.instruction, t.context, r, f, task=t).total for r,
+             f in zip(rec["responses"], rec["finished"])]
         return [prefer_prob(s[i], s[j], judge.temperature) for i, j in pairs]
     s = judge(rec)
     return [1.0 if s[i] > s[j] else 0.0 if s[i] < s[j] else 0.5 for i, j in pairs]
@@ -294,8 +298,8 @@ def _pref_probs(world, rec: dict, judge) -> list[float]:
 def agreement_matrix(world, records: Sequence[dict], labelers) -> list[list[float]]:
     """Expected agreement of every pair of ``labelers`` on the pairs of ``records`` (diagonal: each
     labeler against a fresh draw of their own noise)."""
-    probs = [[_pref_probs(world, r, lab) for r in records] for lab in labelers]  # each labeler scores once
-    return [[_agreement(pa, pb) for pb in probs] for pa in probs]
+    probs = [[pref_probs(world, r, lab) for r in records] for lab in labelers]  # each labeler scores once
+    return [[agreement(pa, pb) for pb in probs] for pa in probs]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -322,10 +326,12 @@ def split_hh(chosen: str, rejected: str, where: str = "row") -> tuple[str, str, 
     cut += len(HH_ASSISTANT)
     prompt, c, r = chosen[:cut], chosen[cut:].strip(), rejected[cut:].strip()
     if not c or not r:
-        raise DataFormatError(f"{where}: the {'chosen' if not c else 'rejected'} reply after the shared prompt is empty")
+        raise DataFormatError(f"{where}: the {'chosen' if not c else 'rejected'} reply after the shared prompt is "
+                              "empty")
     for name, reply in (("chosen", c), ("rejected", r)):
         if HH_HUMAN in "\n\n" + reply or HH_ASSISTANT in "\n\n" + reply:
-            raise DataFormatError(f"{where}: the two dialogues differ before their last Assistant turn (the {name} reply "
+            raise DataFormatError(f"{where}: the two dialogues differ before their last Assistant turn (the {name} "
+                                  "reply "
                                   f"after the shared prompt contains further turns); a preference pair must be two "
                                   "replies to the same conversation")
     return prompt, c, r
@@ -348,8 +354,10 @@ def preference_records(rows: Sequence[dict], source: str) -> list[dict]:
             prompt, c, r = row["prompt"], row["chosen"], row["rejected"]
             for name, v in (("prompt", prompt), ("chosen", c), ("rejected", r)):
                 if isinstance(v, list):
-                    raise DataFormatError(f"{where}: field '{name}' is a list of messages (TRL's conversational format); "
-                                          "render it to text first with tokenizer.apply_chat_template(..., tokenize=False)")
+                    raise DataFormatError(f"{where}: field '{name}' is a list of messages (TRL's conversational "
+                                          "format); "
+                                          "render it to text first with tokenizer.apply_chat_template(..., "
+                                          "tokenize=False)")
                 if not isinstance(v, str) or not v.strip():
                     raise DataFormatError(f"{where}: field '{name}' must be non-empty text")
         else:
@@ -360,10 +368,12 @@ def preference_records(rows: Sequence[dict], source: str) -> list[dict]:
         out.append({"prompt_id": str(row.get("id", n)), "user_id": None, "labeler": source, "prompt": prompt,
                     "responses": [c, r], "ranking": [0, 1], "finished": [True, True]})
     if same:
-        warnings.warn(f"{source}: dropped {same} of {len(rows)} rows whose chosen and rejected replies are the same text "
+        warnings.warn(f"{source}: dropped {same} of {len(rows)} rows whose chosen and rejected replies are the same "
+                      "text "
                       "(no preference to learn from)", stacklevel=2)
     if not out:
-        raise DataFormatError(f"{source}: no usable preference pairs (every row's chosen reply equals its rejected one)")
+        raise DataFormatError(f"{source}: no usable preference pairs (every row's chosen reply equals its rejected "
+                              "one)")
     return out
 
 
@@ -371,8 +381,6 @@ def load_preference_dataset(source: str = "hh-rlhf", split: str = "train") -> li
     """Preference pairs as comparison records. ``source``: "hh-rlhf" (Anthropic/hh-rlhf from the Hub)
     or a local .json/.jsonl/.csv/.parquet file in HH-RLHF or TRL format; both load the same way."""
     if source == "hh-rlhf":
-        from datasets import load_dataset
-
         name = "Anthropic/hh-rlhf"
         try:
             ds = load_dataset(name, split=split)
@@ -449,7 +457,7 @@ def ranking_widget(session: RankingSession):
     """The crowdworker interface in core ipywidgets (7.7 in Colab, 8 in JupyterLab): the prompt, K
     responses with a rank drop-down each (equal ranks = tie), or two buttons when K = 2; Submit saves
     at once and shows progress and your agreement with the gold panel."""
-    import ipywidgets as w
+    import ipywidgets as w  # optional: only the widget needs it (Colab ships its own)
 
     title, body, status = w.HTML(), w.VBox(), w.HTML()
     bar = w.IntProgress(min=0, max=max(session.n_done + len(session.items), 1), value=session.n_done,
@@ -463,7 +471,8 @@ def ranking_widget(session: RankingSession):
     def after(result: dict) -> None:
         bar.value = result["done"]
         agree = result["agreement_overall"]
-        status.value = (f"saved to <code>{html.escape(result['saved'])}</code> · {result['done']} ranked, {result['left']} left"
+        status.value = (f"saved to <code>{html.escape(result['saved'])}</code> · {result['done']} ranked, "
+                        f"{result['left']} left"
                         + (f" · your agreement with the gold panel: <b>{agree:.0%}</b> (labelers agree with each "
                            "other about 70 % of the time)" if agree is not None else ""))
         show()
@@ -474,7 +483,8 @@ def ranking_widget(session: RankingSession):
             title.value, body.children = "<b>All done — thank you!</b>", []
             return
         k = len(item["responses"])
-        title.value = f"<pre style='white-space:pre-wrap;background:#f6f6f6;padding:6px'>{html.escape(item['prompt'])}</pre>"
+        title.value = ("<pre style='white-space:pre-wrap;background:#f6f6f6;padding:6px'>"
+                       f"{html.escape(item['prompt'])}</pre>")
         letters = [chr(65 + i) for i in range(k)]
         texts = [w.HTML(box(r, f, letters[i])) for i, (r, f) in enumerate(zip(item["responses"], item["finished"]))]
         skip = w.Button(description="Skip")
@@ -497,54 +507,3 @@ def ranking_widget(session: RankingSession):
                  bar, status])
     ui.session = session  # tests and curious learners can reach the logic behind the buttons
     return ui
-
-
-# ---------------------------------------------------------------------------------------------
-# The stage, cached: comparisons for a profile
-# ---------------------------------------------------------------------------------------------
-def comparison_data(profile=None, progress: bool = True) -> dict[str, list[dict]]:
-    """The profile's comparisons: ``{"train": [...], "validation": [...]}``, built once and cached.
-
-    TinyWorld: the SFT model (:func:`rlhf_lite.sft.sft_checkpoint`) samples K responses per prompt;
-    training prompts are ranked by the training labelers, one labeler per prompt; validation prompts
-    (held-out users) too, to measure the reward model on people it has not seen. Held-out labelers
-    never rank anything here: they only judge. Real data (``source`` "hh-rlhf" or a file): its own splits.
-    """
-    import time
-
-    from .config import get_profile
-    from .runtime import atomic_dir, config_key, runs_dir
-
-    profile = profile or get_profile()
-    cfg = profile.reward
-    if cfg.source != "tinyworld":
-        train = load_preference_dataset(cfg.source, "train")
-        if cfg.source == "hh-rlhf":
-            val = load_preference_dataset(cfg.source, "test")
-        else:
-            rng = random.Random(cfg.seed)
-            rng.shuffle(train)
-            val, train = train[: max(1, len(train) // 10)], train[max(1, len(train) // 10):]
-        return {"train": train[: cfg.n_prompts], "validation": val[: cfg.n_eval_prompts]}
-    from .models import load_base
-    from .sft import sft_checkpoint
-    from .world import world_from_config
-
-    sft_dir = sft_checkpoint(profile, progress=progress)
-    collection = {k: getattr(cfg, k) for k in ("source", "n_prompts", "n_eval_prompts", "k_min", "k_max", "temperature", "seed")}
-    key = config_key(sft_dir.name, profile.world, collection, profile.max_new_tokens, profile.sft.prompt_format)
-    out = runs_dir() / "cache" / f"comparisons-{profile.name}-{key}"
-    if not (out / "train.jsonl").is_file():
-        t0 = time.time()
-        print(f"no comparisons for profile {profile.name!r} yet: sampling {cfg.k_min}-{cfg.k_max} answers for "
-              f"{cfg.n_prompts + cfg.n_eval_prompts} prompts and ranking them")
-        world = world_from_config(profile.world)
-        model, tok = load_base(str(sft_dir))
-        with atomic_dir(out, "comparisons") as tmp:
-            for split, n, seed in (("train", cfg.n_prompts, cfg.seed), ("validation", cfg.n_eval_prompts, cfg.seed + 1)):
-                collect_comparisons(model, tok, world, world.splits[split][:n], world.panel.train, cfg.k_min, cfg.k_max,
-                                    profile.max_new_tokens, cfg.temperature, profile.sft.prompt_format, seed,
-                                    store=RankingStore(tmp / f"{split}.jsonl"), progress=progress)
-            (tmp / "info.json").write_text(json.dumps({"seconds": round(time.time() - t0, 1), "sft": str(sft_dir)}))
-        print(f"sampled and ranked the comparisons in {time.time() - t0:.0f} s (cached in {out})")
-    return {split: read_comparisons(out / f"{split}.jsonl") for split in ("train", "validation")}

@@ -7,7 +7,7 @@ the reference goes into the loss instead of the reward:
     J = mean_i 1/|o_i| Σ_t [ min(ρ_t Â_i, clip(ρ_t, 1 − ε, 1 + ε) Â_i) − β KL_t ],
     ρ_t = π(o_t) / π_old(o_t),   KL_t = π_ref(o_t)/π(o_t) − log(π_ref(o_t)/π(o_t)) − 1      (DeepSeekMath eqs. 3–4)
 
-Sampling, scoring and the log-probs are PPO's own code (``rlhf_lite.ppo.rollout``), so the two are
+Sampling, scoring and the log-probs are PPO's own code (``rlhf_lite.rollout.rollout``), so the two are
 compared with everything else equal. What GRPO saves is the critic; what it pays is G samples per prompt.
 """
 from __future__ import annotations
@@ -17,11 +17,11 @@ from collections.abc import Sequence
 
 import torch
 
-from .config import GRPOConfig, validate_config
+from .config import GRPOConfig, LoRAConfig, validate_config
+from .data import length_grouped_batches, render_prompt
 from .models import Generation, add_lora_adapters, dropout_off
-from .ppo import PolicyWithValue, check_step_finite, masked_mean, response_outputs, rollout
+from .rollout import PolicyWithValue, check_step_finite, clip_fraction, masked_mean, response_outputs, rollout
 from .runtime import progress_bar
-from .sft import length_grouped_batches
 
 
 # ---------------------------------------------------------------------------------------------
@@ -51,7 +51,8 @@ def grpo_loss(logprobs: torch.Tensor, old_logprobs: torch.Tensor, ref_logprobs: 
     trained, the policy that sampled them, and the reference); advantages: [B], one per response.
     Per token: −min(ρ Â, clip(ρ) Â) + β (exp(ref − logp) − (ref − logp) − 1); averaged over each response's
     tokens, then over responses. Returns (loss, stats) with ``kl`` (mean per-token KL estimate), ``approx_kl``
-    (½ E[(log ρ)²], as in PPO), ``clipfrac`` and ``ratio``.
+    (½ E[(log ρ)²], as in PPO), ``clipfrac`` (share of tokens whose gradient the clip removed, PPO's definition:
+    :func:`rlhf_lite.rollout.clip_fraction`) and ``ratio``.
     """
     log_ratio = logprobs - old_logprobs  # [B, T]
     ratio = torch.exp(log_ratio)
@@ -63,7 +64,7 @@ def grpo_loss(logprobs: torch.Tensor, old_logprobs: torch.Tensor, ref_logprobs: 
     loss = masked_mean(per_token, mask, dim=1).mean()  # mean over each response's tokens, then over responses
     with torch.no_grad():
         stats = {"kl_loss": masked_mean(kl, mask).item(), "approx_kl": 0.5 * masked_mean(log_ratio ** 2, mask).item(),
-                 "clipfrac": masked_mean(((ratio - 1).abs() > clip_range).float(), mask).item(),
+                 "clipfrac": clip_fraction(ratio, adv, mask, clip_range),
                  "ratio": masked_mean(ratio, mask).item()}
     return loss, stats
 
@@ -71,11 +72,11 @@ def grpo_loss(logprobs: torch.Tensor, old_logprobs: torch.Tensor, ref_logprobs: 
 # ---------------------------------------------------------------------------------------------
 # The policy and one iteration
 # ---------------------------------------------------------------------------------------------
-def build_grpo_policy(sft_model, cfg: GRPOConfig) -> PolicyWithValue:
-    """LoRA adapters on the SFT model (dropout off); adapters disabled = the reference. No critic."""
+def build_grpo_policy(sft_model, cfg: GRPOConfig, lora: LoRAConfig | None = None) -> PolicyWithValue:
+    """LoRA adapters (``lora``: the profile's, default ``LoRAConfig()``) on the SFT model (dropout off); adapters
+    disabled = the reference. No critic."""
     dropout_off(sft_model)
-    return PolicyWithValue(add_lora_adapters(sft_model, cfg.lora_r, cfg.lora_alpha, ("c_attn", "c_proj", "c_fc"), 0.0,
-                                             cfg.seed), None)
+    return PolicyWithValue(add_lora_adapters(sft_model, lora or LoRAConfig(), cfg.seed), None)
 
 
 def grpo_step(policy: PolicyWithValue, reward_model, tokenizer, prompts: Sequence[str], cfg: GRPOConfig, optimizer,
@@ -84,34 +85,35 @@ def grpo_step(policy: PolicyWithValue, reward_model, tokenizer, prompts: Sequenc
     clipped updates with the KL in the loss. Returns (metrics, the responses, grouped by prompt)."""
     # 1–3. Rollout, scores, log-probs of policy and reference: PPO's code, each prompt repeated G times
     ro = rollout(policy, reward_model, tokenizer, [p for p in prompts for _ in range(cfg.group_size)], cfg, step)
-    ids, attn, mask, P = ro["input_ids"], ro["attention_mask"], ro["mask"], ro["prompt_len"]
+    ids, attn, mask, P = ro.input_ids, ro.attention_mask, ro.mask, ro.prompt_len
     # 4. Advantages: each response's score against its own group's (no critic, no GAE)
-    advantages = group_advantages(ro["scores"], cfg.group_size, cfg.scale_rewards)  # [B]
+    advantages = group_advantages(ro.scores, cfg.group_size, cfg.scale_rewards)  # [B]
     check_step_finite("reward", advantages, step, "GRPO")
     # 5. Epochs of minibatch updates; the first minibatch is on-policy (ratio 1), later ones are clipped
     stats: list[dict] = []
     gen = torch.Generator().manual_seed(cfg.seed * 100003 + step)
     for epoch in range(cfg.epochs):
-        for mb in (ro["chunks"] if epoch == 0 else length_grouped_batches(ro["lengths"], cfg.minibatch_size, gen)):
+        for mb in (ro.chunks if epoch == 0 else length_grouped_batches(ro.lengths, cfg.minibatch_size, gen)):
             new_logprobs, _ = response_outputs(policy, ids[mb], attn[mb], P, cfg.temperature)
-            loss, s = grpo_loss(new_logprobs, ro["logprobs"][mb], ro["ref_logprobs"][mb], advantages[mb], mask[mb],
+            loss, s = grpo_loss(new_logprobs, ro.logprobs[mb], ro.ref_logprobs[mb], advantages[mb], mask[mb],
                                 cfg.clip_range, cfg.kl_coef)
             check_step_finite("policy loss", loss, step, "GRPO")
             loss.backward()
-            check_step_finite("gradient norm", torch.nn.utils.clip_grad_norm_(policy.trainable_parameters(), cfg.grad_clip),
+            check_step_finite("gradient norm",
+                              torch.nn.utils.clip_grad_norm_(policy.trainable_parameters(), cfg.grad_clip),
                               step, "GRPO")
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
             stats.append({"policy_loss": loss.item(), **s})
     # 6. Metrics (``kl``: nats per response on the sampled tokens, the same estimate PPO logs)
-    kl = ((ro["logprobs"] - ro["ref_logprobs"]) * mask).sum(1).mean().item()
-    metrics = {"step": step + 1, "reward": ro["rm_scores"].mean().item(), "score": ro["scores"].mean().item(), "kl": kl,
-               "beta": cfg.kl_coef, "entropy": masked_mean(ro["entropy"], mask).item(),
-               "response_length": mask.sum(1).mean().item(), "eos_rate": ro["finished"].float().mean().item(),
-               "group_std": ro["scores"].view(-1, cfg.group_size).std(1).mean().item() if cfg.group_size > 1 else 0.0,
+    kl = ((ro.logprobs - ro.ref_logprobs) * mask).sum(1).mean().item()
+    metrics = {"step": step + 1, "reward": ro.rm_scores.mean().item(), "score": ro.scores.mean().item(), "kl": kl,
+               "beta": cfg.kl_coef, "entropy": masked_mean(ro.entropy, mask).item(),
+               "response_length": mask.sum(1).mean().item(), "eos_rate": ro.finished.float().mean().item(),
+               "group_std": ro.scores.view(-1, cfg.group_size).std(1).mean().item() if cfg.group_size > 1 else 0.0,
                "first_ratio": stats[0]["ratio"], "first_approx_kl": stats[0]["approx_kl"],
                **{k: sum(s[k] for s in stats) / len(stats) for k in stats[0]}}
-    return metrics, ro["gens"]
+    return metrics, ro.gens
 
 
 def train_grpo(policy: PolicyWithValue, reward_model, tokenizer, tasks: Sequence, cfg: GRPOConfig, fmt: str = "alpaca",
@@ -119,8 +121,6 @@ def train_grpo(policy: PolicyWithValue, reward_model, tokenizer, tasks: Sequence
     """Run ``cfg.steps`` GRPO iterations on prompts drawn from ``tasks`` (a fresh shuffle each pass); returns the
     per-step metrics, with the gold score of every batch when ``world`` is given. ``callback(metrics, gens)``
     runs after each step."""
-    from .data import render_prompt
-
     validate_config(cfg)
     torch.manual_seed(cfg.seed)
     pool = list(tasks[: cfg.n_prompts] if cfg.n_prompts else tasks)
@@ -143,23 +143,3 @@ def train_grpo(policy: PolicyWithValue, reward_model, tokenizer, tasks: Sequence
         if callback is not None:
             callback(metrics, gens)
     return history
-
-
-def grpo_stage(profile=None, cfg: GRPOConfig | None = None, progress: bool = True, callback=None):
-    """GRPO for a profile against its cached reward model. Returns (policy, tokenizer, reward model, history)."""
-    from .config import get_profile
-    from .models import load_base
-    from .reward import load_reward_model, reward_checkpoint
-    from .sft import sft_checkpoint
-    from .world import world_from_config
-
-    profile = profile or get_profile()
-    cfg = cfg or profile.grpo
-    rm, _ = load_reward_model(reward_checkpoint(profile, progress=progress))
-    for p in rm.parameters():
-        p.requires_grad_(False)
-    sft, tok = load_base(str(sft_checkpoint(profile, progress=progress)))
-    policy = build_grpo_policy(sft, cfg)
-    world = world_from_config(profile.world)
-    history = train_grpo(policy, rm, tok, world.splits["train"], cfg, profile.sft.prompt_format, world, progress, callback)
-    return policy, tok, rm, history

@@ -8,11 +8,17 @@ from __future__ import annotations
 import json
 import math
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from peft import LoraConfig, get_peft_model
+from safetensors import safe_open
+from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, DynamicCache
+from transformers.pytorch_utils import Conv1D
 
+from .config import LoRAConfig
 from .runtime import hf_bars_off, progress_bar
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -23,17 +29,17 @@ REBUILD_HINT = "rebuild it with `python -m rlhf_lite pretrain --out data/tiny-ba
 def _check_folder(path: Path) -> None:
     """A checkpoint folder must hold a readable config and safetensors weights; say what is wrong if not."""
     if not (path / "config.json").is_file():
-        raise FileNotFoundError(f"checkpoint folder {path} has no config.json, so it is not a model folder; {REBUILD_HINT}, "
+        raise FileNotFoundError(f"checkpoint folder {path} has no config.json, so it is not a model folder; "
+                                f"{REBUILD_HINT}, "
                                 "or pass the folder that `save_pretrained` wrote")
     try:
         json.loads((path / "config.json").read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise ValueError(f"checkpoint folder {path}: config.json is not valid JSON ({e}); the folder is corrupt, {REBUILD_HINT}") from None
+        raise ValueError(f"checkpoint folder {path}: config.json is not valid JSON ({e}); the folder is corrupt, "
+                         f"{REBUILD_HINT}") from None
     weights = list(path.glob("*.safetensors"))
     if not weights:
         raise FileNotFoundError(f"checkpoint folder {path} has no *.safetensors weights; {REBUILD_HINT}")
-    from safetensors import safe_open
-
     for w in weights:
         try:
             with safe_open(str(w), framework="pt") as f:
@@ -42,9 +48,11 @@ def _check_folder(path: Path) -> None:
             raise ValueError(f"checkpoint weights {w} cannot be read ({type(e).__name__}: {e}); the file is corrupt "
                              f"or truncated: {REBUILD_HINT}") from None
     if not (path / "tokenizer_config.json").is_file():
-        raise FileNotFoundError(f"checkpoint folder {path} has no tokenizer files (tokenizer_config.json); {REBUILD_HINT}")
+        raise FileNotFoundError(f"checkpoint folder {path} has no tokenizer files (tokenizer_config.json); "
+                                f"{REBUILD_HINT}")
     if not any((path / f).is_file() for f in ("tokenizer.json", "vocab.json", "tokenizer.model")):
-        raise FileNotFoundError(f"checkpoint folder {path} has tokenizer_config.json but no vocabulary (tokenizer.json, or "
+        raise FileNotFoundError(f"checkpoint folder {path} has tokenizer_config.json but no vocabulary "
+                                "(tokenizer.json, or "
                                 f"vocab.json + merges.txt); copy the tokenizer files in, or {REBUILD_HINT}")
     _check_weights_fit_config(path, weights)
 
@@ -53,9 +61,6 @@ def _check_weights_fit_config(path: Path, weights: list[Path]) -> None:
     """Build the model that config.json describes on the meta device (no memory, any size) and compare its
     tensors with the ones the weight files hold: a missing layer, an extra layer or a wrong shape (vocabulary
     size, width) is an error naming the tensors, instead of a model that loads with random layers."""
-    from safetensors import safe_open
-    from transformers import AutoConfig, AutoModelForCausalLM
-
     try:
         config = AutoConfig.from_pretrained(str(path))
         with torch.device("meta"):
@@ -73,7 +78,8 @@ def _check_weights_fit_config(path: Path, weights: list[Path]) -> None:
             found.update({k.removeprefix(prefix): tuple(f.get_slice(k).get_shape()) for k in f.keys()})
     missing = sorted(k for k in expected if k not in found and k not in tied)
     extra = sorted(k for k in found if k not in expected)
-    wrong = sorted(f"{k} {found[k]} (config: {expected[k]})" for k in expected if k in found and found[k] != expected[k])
+    wrong = sorted(f"{k} {found[k]} (config: {expected[k]})" for k in expected
+                   if k in found and found[k] != expected[k])
     if missing or extra or wrong:
         parts = [f"{name} {', '.join(items[:3])}{' …' if len(items) > 3 else ''}"
                  for name, items in (("missing from the weights:", missing), ("not in the config:", extra),
@@ -96,17 +102,17 @@ def load_base(name: str = "tiny", device: str = "cpu", dtype: torch.dtype | None
     The model is returned in eval mode (dropout off); training loops switch it on themselves.
     Extra keyword arguments go to ``from_pretrained`` (e.g. ``quantization_config``).
     """
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
     local = TINY_BASE if name == "tiny" else Path(name)
     if name == "tiny" and not local.is_dir():
-        raise FileNotFoundError(f"the shipped TinyWorld model is not at {local}. Install from a clone of the repository "
+        raise FileNotFoundError(f"the shipped TinyWorld model is not at {local}. Install from a clone of the "
+                                "repository "
                                 f"(`pip install -e .`), or {REBUILD_HINT} and pass that folder")
     if local.is_dir():
         _check_folder(local)
         source = str(local)
     elif name.startswith((".", "/", "~")) or name.count("/") > 1:  # a path, not a hub id ("gpt2", "org/name")
-        raise FileNotFoundError(f"model folder {name!r} does not exist; use 'tiny', a folder written by save_pretrained, "
+        raise FileNotFoundError(f"model folder {name!r} does not exist; use 'tiny', a folder written by "
+                                "save_pretrained, "
                                 "or a hub name such as 'gpt2'")
     else:
         source = name
@@ -116,7 +122,8 @@ def load_base(name: str = "tiny", device: str = "cpu", dtype: torch.dtype | None
             model = AutoModelForCausalLM.from_pretrained(source, dtype=dtype or torch.float32, **kwargs)
     except OSError as e:
         offline = os.environ.get("HF_HUB_OFFLINE") == "1"
-        raise OSError(f"could not load model {name!r} from the Hugging Face Hub{' (HF_HUB_OFFLINE=1 is set)' if offline else ''}: "
+        raise OSError(f"could not load model {name!r} from the Hugging Face "
+                      f"Hub{' (HF_HUB_OFFLINE=1 is set)' if offline else ''}: "
                       f"{str(e).splitlines()[0]}\nWithout network, use the offline TinyWorld model: "
                       "RLHF_LITE_PROFILE=tiny, or load_base('tiny').") from None
     vocab = getattr(model.config, "vocab_size", None)
@@ -136,6 +143,18 @@ def load_base(name: str = "tiny", device: str = "cpu", dtype: torch.dtype | None
     if "quantization_config" not in kwargs:  # quantized weights are placed by from_pretrained itself
         model = model.to(device)
     return model.eval(), tokenizer
+
+
+def pad_batch(seqs: Sequence[Sequence[int]], pad_id: int, side: str = "right") -> dict[str, torch.Tensor]:
+    """Pad token-id lists to [N, T]; the mask marks real tokens (a pad id equal to EOS stays unmasked
+    where it is a real EOS, because the mask comes from lengths, not from token values)."""
+    t = max(len(s) for s in seqs)
+    ids = torch.full((len(seqs), t), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(seqs), t), dtype=torch.long)
+    for i, s in enumerate(seqs):
+        sl = slice(t - len(s), t) if side == "left" else slice(0, len(s))
+        ids[i, sl], mask[i, sl] = torch.tensor(list(s), dtype=torch.long), 1
+    return {"input_ids": ids, "attention_mask": mask}
 
 
 def position_ids_from_mask(attention_mask: torch.Tensor) -> torch.Tensor:
@@ -171,9 +190,9 @@ def transformer_body(model):
     return getattr(model, model.base_model_prefix, model)
 
 
-def add_lora_adapters(model, r: int, alpha: int, targets, dropout: float = 0.0, seed: int = 0,
-                      task_type: str | None = "CAUSAL_LM"):
-    """Wrap ``model`` with LoRA adapters (peft) on the modules named ``targets``; only adapters train.
+def add_lora_adapters(model, lora: LoRAConfig, seed: int = 0, task_type: str | None = "CAUSAL_LM"):
+    """Wrap ``model`` with LoRA adapters (peft) as ``lora`` says (rank, α, dropout, target modules); only adapters
+    train.
 
     GPT-2 implements its projections with ``transformers.Conv1D``, whose weight is stored (in, out),
     transposed relative to ``nn.Linear``. peft must know, or the adapter is applied the wrong way
@@ -181,14 +200,11 @@ def add_lora_adapters(model, r: int, alpha: int, targets, dropout: float = 0.0, 
     The adapters' random initialisation is seeded with ``seed``: the same config gives the same run.
     ``task_type=None`` for models whose LM head is never run (reward model).
     """
-    from peft import LoraConfig, get_peft_model
-    from transformers.pytorch_utils import Conv1D
-
-    found = [m for n, m in model.named_modules() if n.split(".")[-1] in targets]
+    found = [m for n, m in model.named_modules() if n.split(".")[-1] in lora.targets]
     if not found:
-        raise ValueError(f"no module named {list(targets)} in this model; set the config's lora_targets to "
-                         "the names of its attention/MLP projections (e.g. q_proj, v_proj for Llama)")
-    lcfg = LoraConfig(r=r, lora_alpha=alpha, lora_dropout=dropout, target_modules=list(targets),
+        raise ValueError(f"no module named {list(lora.targets)} in this model; set LoRAConfig.targets (the profile's "
+                         "`lora`) to the names of its attention/MLP projections (e.g. q_proj, v_proj for Llama)")
+    lcfg = LoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout, target_modules=list(lora.targets),
                       fan_in_fan_out=isinstance(found[0], Conv1D), bias="none", task_type=task_type)
     with torch.random.fork_rng(devices=[]):  # A's random init depends on the seed only, not on what ran before
         torch.manual_seed(seed)
@@ -203,6 +219,13 @@ def dropout_off(model) -> None:
             m.p = 0.0
 
 
+def encode_prompt(tokenizer, prompt: str) -> list[int]:
+    """The one way a prompt becomes token ids, everywhere (sampling, SFT examples, rollouts, reward-model inputs):
+    with the tokenizer's special tokens (a BOS, for tokenizers that add one; none for GPT-2), so the ids the policy
+    sampled after are exactly the ids its log-probs are later computed on."""
+    return tokenizer(prompt)["input_ids"]
+
+
 @dataclass
 class Generation:
     """One generated response: ``text`` (without EOS), its token ids, and whether EOS ended it."""
@@ -214,8 +237,6 @@ class Generation:
 
 def _cache_of(layers_kv):
     """A DynamicCache holding, per layer, the (keys, values) [B, H, T, D] assembled by :func:`prefill`."""
-    from transformers import DynamicCache
-
     cache = DynamicCache()
     for i, (k, v) in enumerate(layers_kv):
         cache.update(k, v, i)
@@ -233,8 +254,6 @@ def prefill(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, group:
     groups' caches are put back into one left-padded cache (zeros under the padding, which the attention
     mask hides). Models whose cache is not a plain ``DynamicCache`` get the one batched pass.
     """
-    from transformers import DynamicCache
-
     B, T = input_ids.shape
     positions = position_ids_from_mask(attention_mask)
     logits, kv = None, None
@@ -331,7 +350,8 @@ def generate(model, tokenizer, prompts: list[str], max_new_tokens: int = 64, tem
         raise ValueError(f"generate: temperature must be a positive number, got {temperature}; for the most likely "
                          "token at every step use do_sample=False (greedy) instead of temperature 0")
     if top_k < 0 or batch_size < 1:
-        raise ValueError(f"generate: top_k must be ≥ 0 (0: no truncation) and batch_size ≥ 1, got {top_k}, {batch_size}")
+        raise ValueError(f"generate: top_k must be ≥ 0 (0: no truncation) and batch_size ≥ 1, got {top_k}, "
+                         f"{batch_size}")
     if seed is not None:
         torch.manual_seed(seed)
     was_training, side = model.training, tokenizer.padding_side
@@ -341,12 +361,16 @@ def generate(model, tokenizer, prompts: list[str], max_new_tokens: int = 64, tem
     try:
         limit = getattr(model.config, "n_positions", None) or getattr(model.config, "max_position_embeddings", None)
         for i in progress_bar(range(0, len(prompts), batch_size), desc="generate", enabled=progress):
-            enc = tokenizer(prompts[i:i + batch_size], return_tensors="pt", padding=True).to(model.device)
+            enc = {k: v.to(model.device) for k,
+                   v in pad_batch([encode_prompt(tokenizer, p) for p in prompts[i:i + batch_size]],
+                                                                 tokenizer.pad_token_id, side="left").items()}
             if limit and enc["input_ids"].shape[1] + max_new_tokens > limit:
                 lengths = enc["attention_mask"].sum(1).tolist()
                 j = max(range(len(lengths)), key=lengths.__getitem__)
-                raise ValueError(f"prompt {i + j} is {lengths[j]} tokens; with max_new_tokens={max_new_tokens} it does not "
-                                 f"fit the model's context of {limit} tokens. Shorten the prompt or lower max_new_tokens: "
+                raise ValueError(f"prompt {i + j} is {lengths[j]} tokens; with max_new_tokens={max_new_tokens} it does "
+                                 "not "
+                                 f"fit the model's context of {limit} tokens. Shorten the prompt or lower "
+                                 "max_new_tokens: "
                                  f"{prompts[i + j][:80]!r}…")
             new = sample_tokens(model, enc["input_ids"], enc["attention_mask"], max_new_tokens, eos, do_sample,
                                 temperature, top_k)

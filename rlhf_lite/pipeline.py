@@ -12,6 +12,17 @@ import time
 from dataclasses import asdict, replace
 from pathlib import Path
 
+import matplotlib
+import torch
+
+from .config import get_profile
+from .evaluate import bootstrap_ci, closed_tasks, evaluate_model, prompt_win_rates
+from .models import load_base
+from .pretrain import corpus_blocks
+from .runtime import atomic_file, config_key, quiet, runs_dir, seed_everything
+from .stages import comparison_data, ppo_stage, reward_checkpoint, sft_checkpoint
+from .world import world_from_config
+
 MODELS = ("base", "sft", "ppo", "ppo_ptx")
 
 
@@ -28,21 +39,6 @@ def run_pipeline(profile: str | None = None, out: str | Path | None = None, seed
     ``ppo_history.json``, ``samples.json`` and two plots in ``out`` (default ``runs/<timestamp>``).
     Returns the metrics. ``reuse=True``: if ``out`` already holds the metrics of a run with identical
     settings (``setup.config_key``), return those instead of running again (notebook 06 does this)."""
-    import torch
-
-    from .config import get_profile
-    from .evaluate import closed_tasks, evaluate_model, win_rate
-    from .feedback import comparison_data
-    from .models import load_base
-    from .ppo import ppo_stage
-    from .pretrain import corpus_blocks
-    from .reward import reward_checkpoint
-    from .runtime import quiet, runs_dir, seed_everything
-    from .sft import sft_checkpoint
-    from .world import world_from_config
-
-    from .runtime import config_key
-
     quiet()
     prof = seeded_profile(get_profile(profile), seed)
     # the settings this job uses (notebook 07's DPO and GRPO settings do not change its results)
@@ -54,7 +50,8 @@ def run_pipeline(profile: str | None = None, out: str | Path | None = None, seed
             print(results_table(old))
             return old
     if prof.base_model != "tiny":
-        raise ValueError(f"the pipeline runs on TinyWorld, where a gold panel can judge the result; profile {prof.name!r} "
+        raise ValueError("the pipeline runs on TinyWorld, where a gold panel can judge the result; profile "
+                         f"{prof.name!r} "
                          "uses a hub model. Run the notebooks for the gpt2 profile, or pick --profile tiny or smoke")
     out = Path(out) if out else runs_dir() / time.strftime("%Y%m%d-%H%M%S")
     out.mkdir(parents=True, exist_ok=True)
@@ -79,8 +76,8 @@ def run_pipeline(profile: str | None = None, out: str | Path | None = None, seed
 
     def evaluation():
         world = world_from_config(prof.world)
-        test = world.splits["test"]
-        tasks, closed = test[: prof.n_eval_prompts], closed_tasks(test)[: prof.n_eval_prompts]
+        tasks = world.splits["test"]  # every test-user prompt: the more prompts, the tighter the intervals
+        closed = closed_tasks(tasks)
         heldout = corpus_blocks(tok, "heldout", prof.pretrain)
         models = {"base": (load_base(prof.base_model)[0], None), "sft": (load_base(str(sft_dir))[0], None),
                   "ppo": (ppo.lm, ppo), "ppo_ptx": (ptx.lm, ptx)}
@@ -88,22 +85,31 @@ def run_pipeline(profile: str | None = None, out: str | Path | None = None, seed
             res = {name: evaluate_model(m, tok, world, tasks, closed, prof.max_new_tokens, prof.sft.prompt_format,
                                         seed, heldout, pol, progress) for name, (m, pol) in models.items()}
         held = world.panel.held_out
-        res["sft"]["winrate_vs_base"] = win_rate(tasks, res["sft"]["gens"], res["base"]["gens"], held)
-        for name in ("ppo", "ppo_ptx"):
-            res[name]["winrate_vs_sft"] = win_rate(tasks, res[name]["gens"], res["sft"]["gens"], held)
+        for name, other in (("sft", "base"), ("ppo", "sft"), ("ppo_ptx", "sft")):
+            res[name].update(comparison(tasks, res[name], res[other], other, held, seed))
+        for name in ("ppo", "ppo_ptx"):  # the alignment tax against SFT, the model PPO started from
+            res[name]["pretrain_loss_vs_sft"] = res[name]["pretrain_loss"] - res["sft"]["pretrain_loss"]
+        tax = res["ppo"]["pretrain_loss_vs_sft"]
+        res["ppo_ptx"]["tax_recovered"] = 1 - res["ppo_ptx"]["pretrain_loss_vs_sft"] / tax if tax > 0 else None
         return res, len(tasks), len(closed)
 
     res, n_tasks, n_closed = stage("evaluation", evaluation)
 
     def clean(x):
-        return {k: clean(v) for k, v in x.items()} if isinstance(x, dict) else round(x, 4) if isinstance(x, float) else x
+        if isinstance(x, dict):
+            return {k: clean(v) for k, v in x.items()}
+        if isinstance(x, list):
+            return [clean(v) for v in x]
+        return round(x, 4) if isinstance(x, float) else x
 
-    metrics = {name: {k: v for k, v in res[name].items() if k not in ("gens", "closed_gens")} for name in MODELS}
-    metrics["rm"] = {k: rm_metrics[k] for k in ("accuracy_heldout_labelers", "accuracy_train_labelers", "panel_agreement",
-                                                "comparisons") if k in rm_metrics}
-    metrics["setup"] = {"profile": prof.name, "seed": seed, "config_key": key, "test_prompts": n_tasks, "closed_domain_prompts": n_closed,
-                        "ppo_steps": prof.ppo.steps, "ppo_batch_size": prof.ppo.batch_size, "beta": prof.ppo.init_kl_coef,
-                        "ptx_coef": prof.ptx_coef}
+    metrics = {name: {k: v for k, v in res[name].items() if k not in ("gens", "closed_gens", "gold_scores")}
+               for name in MODELS}
+    metrics["rm"] = {k: rm_metrics[k] for k in ("accuracy_heldout_labelers", "accuracy_train_labelers",
+                                                "panel_agreement", "comparisons") if k in rm_metrics}
+    metrics["setup"] = {"profile": prof.name, "seed": seed, "config_key": key, "test_prompts": n_tasks,
+                        "closed_domain_prompts": n_closed, "ppo_steps": prof.ppo.steps,
+                        "ppo_batch_size": prof.ppo.batch_size, "beta": prof.ppo.init_kl_coef, "ptx_coef": prof.ptx_coef,
+                        "intervals": "95 % paired bootstrap over test prompts (2,000 resamples)"}
     metrics["runtime_s"] = {**times, "total": round(time.time() - t_start, 1)}
     metrics = clean(metrics)
     _save(out, metrics, {"ppo": ppo_hist, "ppo_ptx": ptx_hist}, res)
@@ -112,16 +118,24 @@ def run_pipeline(profile: str | None = None, out: str | Path | None = None, seed
     return metrics
 
 
+def comparison(tasks, a: dict, b: dict, b_name: str, labelers, seed: int = 0) -> dict:
+    """Model a against model b on the same prompts: the held-out labelers' win rate of a and the gold-score
+    difference, each with its 95 % paired-bootstrap interval (``…_ci: [lo, hi]``)."""
+    wins = prompt_win_rates(tasks, a["gens"], b["gens"], labelers)
+    diffs = [x - y for x, y in zip(a["gold_scores"], b["gold_scores"])]
+    return {f"winrate_vs_{b_name}": sum(wins) / len(wins), f"winrate_vs_{b_name}_ci": bootstrap_ci(wins, seed=seed),
+            f"gold_vs_{b_name}": sum(diffs) / len(diffs), f"gold_vs_{b_name}_ci": bootstrap_ci(diffs, seed=seed)}
+
+
 def _save(out: Path, metrics: dict, histories: dict, res: dict) -> None:
     """metrics.json, ppo_history.json, samples.json and the plots; each file appears whole or not at all."""
-    from .runtime import atomic_file
-
     def write(name: str, text: str) -> None:
         with atomic_file(out / name) as tmp:
             tmp.write_text(text)
 
     write("ppo_history.json", json.dumps(histories, indent=1) + "\n")
-    write("samples.json", json.dumps({name: [g.text for g in res[name]["gens"][:50]] for name in MODELS}, indent=1) + "\n")
+    write("samples.json",
+          json.dumps({name: [g.text for g in res[name]["gens"][:50]] for name in MODELS}, indent=1) + "\n")
     plot_results(metrics, histories, out)
     write("metrics.json", json.dumps(metrics, indent=1) + "\n")
 
@@ -134,15 +148,18 @@ def results_table(m: dict) -> str:
     def num(x, f="{:.3f}"):
         return "—" if x is None else f.format(x)
 
-    rows = [f"{'model':<8} {'gold':>6} {'win rate':>16} {'unsafe':>7} {'halluc.':>8} {'EOS':>6} {'KL→SFT':>7} {'pretrain loss':>14}"]
-    wins = {"sft": ("vs base", m["sft"].get("winrate_vs_base")), "ppo": ("vs SFT", m["ppo"].get("winrate_vs_sft")),
-            "ppo_ptx": ("vs SFT", m["ppo_ptx"].get("winrate_vs_sft"))}
+    rows = [f"{'model':<8} {'gold':>6} {'win rate [95 % interval]':>31} {'unsafe':>7} {'halluc.':>8} {'EOS':>6} "
+            f"{'KL→SFT':>7} {'pretrain loss':>14}"]
+    against = {"sft": "base", "ppo": "sft", "ppo_ptx": "sft"}
     for name in MODELS:
-        r = m[name]
-        label, w = wins.get(name, ("", None))
-        rows.append(f"{name:<8} {r['gold_score']:>6.3f} {(pct(w) + ' ' + label) if w is not None else '—':>16} "
-                    f"{pct(r['unsafe_rate']):>7} {pct(r['hallucination_rate']):>8} {pct(r['eos_rate']):>6} "
-                    f"{num(r.get('kl_to_sft'), '{:.2f}'):>7} {num(r.get('pretrain_loss')):>14}")
+        r, other = m[name], against.get(name)
+        win = "—"
+        if other and f"winrate_vs_{other}" in r:
+            lo, hi = r[f"winrate_vs_{other}_ci"]
+            win = f"{pct(r[f'winrate_vs_{other}'])} [{lo:.1%}, {hi:.1%}] vs {'SFT' if other == 'sft' else other}"
+        rows.append(f"{name:<8} {r['gold_score']:>6.3f} {win:>31} {pct(r['unsafe_rate']):>7} "
+                    f"{pct(r['hallucination_rate']):>8} {pct(r['eos_rate']):>6} {num(r.get('kl_to_sft'), '{:.2f}'):>7} "
+                    f"{num(r.get('pretrain_loss')):>14}")
     rm = m["rm"]
     rows.append(f"reward model: accuracy {rm['accuracy_heldout_labelers']:.3f} on held-out labelers "
                 f"(labeler-labeler agreement {rm['panel_agreement']:.3f})   total time {m['runtime_s']['total']:.0f} s")
@@ -151,18 +168,19 @@ def results_table(m: dict) -> str:
 
 def plot_results(metrics: dict, histories: dict, out: Path) -> None:
     """winrates.png (InstructGPT Figure 1 for our models) and ppo_training.png (reward, KL, gold per step)."""
-    import matplotlib
-
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # after choosing the file-only backend
 
     fig, ax = plt.subplots(figsize=(5, 3.2))
-    bars = [("SFT vs base", metrics["sft"]["winrate_vs_base"]), ("PPO vs SFT", metrics["ppo"]["winrate_vs_sft"]),
-            ("PPO-ptx vs SFT", metrics["ppo_ptx"]["winrate_vs_sft"])]
-    ax.bar([b[0] for b in bars], [b[1] for b in bars], color=["#999", "#d62728", "#ff9896"])
+    bars = [("SFT vs base", metrics["sft"], "base"), ("PPO vs SFT", metrics["ppo"], "sft"),
+            ("PPO-ptx vs SFT", metrics["ppo_ptx"], "sft")]
+    heights = [r[f"winrate_vs_{o}"] for _, r, o in bars]
+    errors = [[h - r[f"winrate_vs_{o}_ci"][0] for h, (_, r, o) in zip(heights, bars)],
+              [r[f"winrate_vs_{o}_ci"][1] - h for h, (_, r, o) in zip(heights, bars)]]
+    ax.bar([b[0] for b in bars], heights, yerr=errors, capsize=4, color=["#999", "#d62728", "#ff9896"])
     ax.axhline(0.5, color="k", lw=0.8, ls="--")
     ax.set_ylim(0, 1)
-    ax.set_ylabel("win rate (held-out labelers)")
+    ax.set_ylabel("win rate, held-out labelers\n(95 % paired bootstrap)")
     fig.tight_layout()
     fig.savefig(out / "winrates.png", dpi=120)
     plt.close(fig)

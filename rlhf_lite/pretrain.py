@@ -13,9 +13,10 @@ import os
 import random
 import time
 from dataclasses import asdict
-from pathlib import Path
 
 import torch
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+from transformers import GenerationConfig, GPT2Config, GPT2LMHeadModel, GPT2TokenizerFast
 
 from .config import PretrainConfig, validate_config
 from .runtime import atomic_dir, check_finite, check_output_dir, hf_bars_off, progress_bar
@@ -26,9 +27,6 @@ EOS = "<|endoftext|>"
 
 def train_tokenizer(texts: list[str], vocab_size: int, n_positions: int):
     """Byte-level BPE (as GPT-2's) with <|endoftext|> as BOS/EOS/UNK, as a transformers fast tokenizer."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import GPT2TokenizerFast
-
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
@@ -42,7 +40,8 @@ def train_tokenizer(texts: list[str], vocab_size: int, n_positions: int):
 def _blocks(docs: list[tuple[str, bool]], tokenizer, block: int) -> torch.Tensor:
     """Concatenate documents (EOS after each finished one) and cut into [N, block] rows."""
     ids: list[int] = []
-    enc = tokenizer([t for t, _ in docs], add_special_tokens=False, verbose=False)["input_ids"]  # long docs are fine here
+    # long docs are fine here
+    enc = tokenizer([t for t, _ in docs], add_special_tokens=False, verbose=False)["input_ids"]
     for toks, (_, ended) in zip(enc, docs):
         ids.extend(toks + ([tokenizer.eos_token_id] if ended else []))
     n = len(ids) // block
@@ -79,8 +78,6 @@ def corpus_blocks(tokenizer, split: str = "heldout", cfg: PretrainConfig | None 
 
 def pretrain(cfg: PretrainConfig, out_dir: str | os.PathLike, progress: bool = True) -> dict:
     """Build the tokenizer and model from scratch and save both to ``out_dir``. Returns the card."""
-    from transformers import GPT2Config, GPT2LMHeadModel, GenerationConfig
-
     validate_config(cfg)
     out_dir = check_output_dir(out_dir, "pretrain")  # before the work, not after it
     if cfg.threads:
@@ -95,7 +92,8 @@ def pretrain(cfg: PretrainConfig, out_dir: str | os.PathLike, progress: bool = T
     tokenizer = train_tokenizer([t for t, _ in train_docs], cfg.vocab_size, cfg.n_positions)
     train, held = _blocks(train_docs, tokenizer, cfg.n_positions), _blocks(held_docs, tokenizer, cfg.n_positions)
 
-    mcfg = GPT2Config(loss_type="ForCausalLM", vocab_size=len(tokenizer), n_positions=cfg.n_positions, n_embd=cfg.n_embd, n_layer=cfg.n_layer,
+    mcfg = GPT2Config(loss_type="ForCausalLM", vocab_size=len(tokenizer), n_positions=cfg.n_positions,
+                      n_embd=cfg.n_embd, n_layer=cfg.n_layer,
                       n_head=cfg.n_head, bos_token_id=tokenizer.eos_token_id, eos_token_id=tokenizer.eos_token_id,
                       pad_token_id=tokenizer.eos_token_id)
     model = GPT2LMHeadModel(mcfg)
@@ -127,7 +125,8 @@ def pretrain(cfg: PretrainConfig, out_dir: str | os.PathLike, progress: bool = T
         hint = f"Lower PretrainConfig.lr (now {cfg.lr}) and run again."
         check_finite(loss, f"pretraining step {step + 1}: the loss", hint)
         loss.backward()
-        check_finite(torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0), f"pretraining step {step + 1}: the gradient norm",
+        check_finite(torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0),
+                     f"pretraining step {step + 1}: the gradient norm",
                      hint)
         opt.step()
         opt.zero_grad(set_to_none=True)
@@ -140,13 +139,15 @@ def pretrain(cfg: PretrainConfig, out_dir: str | os.PathLike, progress: bool = T
 
     card = {"config": asdict(cfg), "parameters": sum(p.numel() for p in model.parameters()),
             "train_tokens": int(train.numel()), "heldout_tokens": int(held.numel()),
-            "tokens_seen": cfg.steps * cfg.batch_size * cfg.n_positions, "epochs": round(cfg.steps * cfg.batch_size / len(train), 2),
+            "tokens_seen": cfg.steps * cfg.batch_size * cfg.n_positions,
+            "epochs": round(cfg.steps * cfg.batch_size / len(train), 2),
             "final_train_loss": history[-1]["train_loss"], "final_heldout_loss": history[-1]["heldout_loss"],
             "wall_time_s": round(elapsed, 1), "threads": torch.get_num_threads(), "torch": torch.__version__,
             "corpus_digest": corpus_digest(docs), "history": history}
     # write everything to a temporary folder first: an interrupted run leaves nothing half-written
     with atomic_dir(out_dir, "pretrain") as tmp:
-        model.generation_config = GenerationConfig(bos_token_id=tokenizer.eos_token_id, eos_token_id=tokenizer.eos_token_id,
+        model.generation_config = GenerationConfig(bos_token_id=tokenizer.eos_token_id,
+                                                   eos_token_id=tokenizer.eos_token_id,
                                                    pad_token_id=tokenizer.eos_token_id)
         with hf_bars_off():
             model.save_pretrained(tmp, safe_serialization=True)

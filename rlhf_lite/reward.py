@@ -6,7 +6,8 @@ last real token, the response's EOS. Trained on all C(K,2) pairs of each ranking
 
     loss(θ) = − 1/C(K,2) · E_(x, y_w, y_l) [ log σ(r_θ(x, y_w) − r_θ(x, y_l)) ]      (eq. 1)
 
-then shifted so that the demonstrations (reference responses) score 0 on average.
+(we average over the pairs a ranking implies: C(K,2) of them, fewer when tied pairs are dropped), then shift
+the head so that the demonstrations (reference responses) score 0 on average.
 
 Read top to bottom: the two losses, the model, tokenization and batching, the training loop,
 normalisation, then measurement (accuracy against labelers, calibration) and saving/loading.
@@ -23,11 +24,23 @@ from typing import Sequence
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from peft import PeftModel
+from safetensors.torch import load_file, save_file
+from transformers import AutoModelForCausalLM
 
-from .config import RewardConfig, validate_config
-from .feedback import _agreement, _distinct_pairs, _pref_probs, flat_ranking, ranking_to_pairs
-from .models import last_token_index, position_ids_from_mask, transformer_body
-from .runtime import optimizer_step, progress_bar, warmup_linear_schedule
+from .config import LoRAConfig, RewardConfig, validate_config
+from .data import encode_response
+from .feedback import agreement, distinct_pairs, flat_ranking, pref_probs, ranking_to_pairs
+from .models import (
+    add_lora_adapters,
+    dropout_off,
+    last_token_index,
+    load_base,
+    pad_batch,
+    position_ids_from_mask,
+    transformer_body,
+)
+from .runtime import atomic_dir, hf_bars_off, optimizer_step, progress_bar, warmup_linear_schedule
 
 
 # ---------------------------------------------------------------------------------------------
@@ -52,9 +65,10 @@ def ranking_loss(rewards: torch.Tensor, ranking: Sequence[int]) -> torch.Tensor:
     rewards: [K], the reward of each of the K responses; ranking: response indices best → worst
     (a nested list is a tie, see :func:`rlhf_lite.feedback.ranking_to_pairs`). Returns the scalar
 
-        − 1/C(K,2) · Σ_{(w, l)} log σ(r_w − r_l)
+        − 1/P · Σ_{(w, l)} log σ(r_w − r_l)
 
-    over every (winner, loser) pair the ranking implies (tied pairs dropped). All pairs share the K
+    over the P (winner, loser) pairs the ranking implies: P = C(K,2) for a full ranking, fewer when ties
+    are dropped (the mean is over the pairs that carry a preference). All pairs share the K
     rewards of a single forward pass: the efficiency, and the reason it does not overfit, that the
     paper gives for keeping a prompt's pairs together.
     """
@@ -107,16 +121,15 @@ class RewardModel(nn.Module):
         return self.head(last).squeeze(-1)  # [B]
 
 
-def build_reward_model(lm: nn.Module, cfg: RewardConfig) -> RewardModel:
+def build_reward_model(lm: nn.Module, cfg: RewardConfig, lora: LoRAConfig | None = None) -> RewardModel:
     """Reward model from a (SFT) causal LM: LoRA adapters on it (``cfg.lora``) or all weights trainable,
     plus a fresh scalar head. Dropout is switched off (Huang et al. 2024): with it, the same answer gets
     a different reward on every pass, which adds noise to a loss that only sees reward differences
-    (in our TinyWorld runs it learned less with dropout on, and trained slower on a CPU)."""
-    from .models import add_lora_adapters, dropout_off
-
+    (in our TinyWorld runs it learned less with dropout on, and trained slower on a CPU). ``lora``: the profile's
+    adapters (default ``LoRAConfig()``)."""
     dropout_off(lm)
     if cfg.lora:
-        lm = add_lora_adapters(lm, cfg.lora_r, cfg.lora_alpha, ("c_attn", "c_proj", "c_fc"), 0.0, cfg.seed, task_type=None)
+        lm = add_lora_adapters(lm, lora or LoRAConfig(), cfg.seed, task_type=None)
     else:
         for p in lm.parameters():
             p.requires_grad_(True)
@@ -126,26 +139,6 @@ def build_reward_model(lm: nn.Module, cfg: RewardConfig) -> RewardModel:
 # ---------------------------------------------------------------------------------------------
 # 3. Tokenization and batching
 # ---------------------------------------------------------------------------------------------
-def encode_response(tokenizer, prompt: str, response: str, finished: bool, max_length: int) -> list[int]:
-    """Token ids of prompt + response (+ EOS if the response ended): the reward is read at that EOS.
-    Too long: prompt tokens go from the left, the response stays."""
-    p = tokenizer(prompt, add_special_tokens=False)["input_ids"]
-    r = tokenizer(response, add_special_tokens=False)["input_ids"] + ([tokenizer.eos_token_id] if finished else [])
-    return (p + r)[-max_length:]
-
-
-def pad_batch(seqs: Sequence[Sequence[int]], pad_id: int, side: str = "right") -> dict[str, torch.Tensor]:
-    """Pad token-id lists to [N, T]; the mask marks real tokens (a pad id equal to EOS stays unmasked
-    where it is a real EOS, because the mask comes from lengths, not from token values)."""
-    t = max(len(s) for s in seqs)
-    ids = torch.full((len(seqs), t), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(seqs), t), dtype=torch.long)
-    for i, s in enumerate(seqs):
-        sl = slice(t - len(s), t) if side == "left" else slice(0, len(s))
-        ids[i, sl], mask[i, sl] = torch.tensor(list(s), dtype=torch.long), 1
-    return {"input_ids": ids, "attention_mask": mask}
-
-
 def encode_records(tokenizer, records: Sequence[dict], max_length: int) -> list[list[list[int]]]:
     """Each record's K responses as token-id lists (prompt + response [+ EOS])."""
     return [[encode_response(tokenizer, r["prompt"], resp, fin, max_length)
@@ -262,7 +255,8 @@ def score_responses(rm: RewardModel, tokenizer, prompts: Sequence[str], response
     rm.eval()
     out: list[float] = []
     for i in range(0, len(seqs), batch_size):
-        b = {k: v.to(rm.head.weight.device) for k, v in pad_batch(seqs[i:i + batch_size], tokenizer.pad_token_id).items()}
+        b = {k: v.to(rm.head.weight.device) for k,
+             v in pad_batch(seqs[i:i + batch_size], tokenizer.pad_token_id).items()}
         out += rm(**b).float().tolist()
     rm.train(was)
     return out
@@ -294,8 +288,8 @@ def rm_accuracy(rm: RewardModel, tokenizer, world, records: Sequence[dict], labe
     """Expected pairwise accuracy of the RM against ``labelers``' choices on the distinct-response pairs of
     ``records``: mean over pairs and labelers of P(labeler picks the pair's higher-reward response)."""
     judge = record_scores(rm, tokenizer, max_length)
-    rm_probs = [_pref_probs(world, r, judge) for r in records]  # the RM scores each record once
-    return sum(_agreement(rm_probs, [_pref_probs(world, r, lab) for r in records]) for lab in labelers) / len(labelers)
+    rm_probs = [pref_probs(world, r, judge) for r in records]  # the RM scores each record once
+    return sum(agreement(rm_probs, [pref_probs(world, r, lab) for r in records]) for lab in labelers) / len(labelers)
 
 
 def calibration(rm: RewardModel, tokenizer, world, records: Sequence[dict], labelers, bins: int = 8,
@@ -306,8 +300,8 @@ def calibration(rm: RewardModel, tokenizer, world, records: Sequence[dict], labe
     pred, true = [], []
     for rec in records:
         s = judge(rec)
-        probs = [sum(p) / len(p) for p in zip(*[_pref_probs(world, rec, lab) for lab in labelers])]
-        for (i, j), p in zip(_distinct_pairs(rec), probs):
+        probs = [sum(p) / len(p) for p in zip(*[pref_probs(world, rec, lab) for lab in labelers])]
+        for (i, j), p in zip(distinct_pairs(rec), probs):
             a, b = (i, j) if s[i] >= s[j] else (j, i)  # orient each pair so the RM's prediction is >= 0.5
             pred.append(1 / (1 + math.exp(-(s[a] - s[b]))))
             true.append(p if a == i else 1 - p)
@@ -326,23 +320,16 @@ def calibration(rm: RewardModel, tokenizer, world, records: Sequence[dict], labe
 # ---------------------------------------------------------------------------------------------
 def save_reward_model(rm: RewardModel, path: str | Path, base: str | Path, extra: dict | None = None) -> None:
     """Write the adapters (or the full model), the head and ``reward_model.json`` (base model, shift)."""
-    from safetensors.torch import save_file
-
-    from .runtime import atomic_dir, hf_bars_off
-
     lora = hasattr(rm.lm, "peft_config")
     with atomic_dir(path, "reward") as tmp, hf_bars_off():
         rm.lm.save_pretrained(tmp / ("adapter" if lora else "model"))
-        save_file({k: v.detach().cpu().contiguous() for k, v in rm.head.state_dict().items()}, str(tmp / "head.safetensors"))
+        save_file({k: v.detach().cpu().contiguous() for k, v in rm.head.state_dict().items()},
+                  str(tmp / "head.safetensors"))
         (tmp / "reward_model.json").write_text(json.dumps({"base": str(base), "lora": lora, **(extra or {})}, indent=1))
 
 
 def load_reward_model(path: str | Path, device: str = "cpu") -> tuple[RewardModel, object]:
     """Load what :func:`save_reward_model` wrote. Returns (reward model in eval mode, tokenizer)."""
-    from safetensors.torch import load_file
-
-    from .models import load_base
-
     path = Path(path)
     meta_file = path / "reward_model.json"
     if not meta_file.is_file():
@@ -351,92 +338,9 @@ def load_reward_model(path: str | Path, device: str = "cpu") -> tuple[RewardMode
     meta = json.loads(meta_file.read_text())
     lm, tok = load_base(meta["base"], device=device)
     if meta["lora"]:
-        from peft import PeftModel
-
         lm = PeftModel.from_pretrained(lm, str(path / "adapter"))
     else:
-        from transformers import AutoModelForCausalLM
-
         lm = AutoModelForCausalLM.from_pretrained(str(path / "model"), dtype=torch.float32).to(device)
     rm = RewardModel(lm)
     rm.head.load_state_dict(load_file(str(path / "head.safetensors")))
     return rm.to(device).eval(), tok
-
-
-# ---------------------------------------------------------------------------------------------
-# 8. The stage: comparisons → trained, normalised, measured reward model
-# ---------------------------------------------------------------------------------------------
-def train_reward_stage(profile=None, cfg: RewardConfig | None = None, progress: bool = True):
-    """Everything of step 2 for a profile: comparisons (cached), a reward model on the SFT model,
-    trained for ``cfg.epochs``, normalised on the demonstrations, then measured. Returns
-    (reward model, tokenizer, metrics, history). Metrics (TinyWorld): ``accuracy_train_labelers`` and
-    ``accuracy_heldout_labelers`` (expected agreement with each group on held-out users' pairs),
-    ``panel_agreement`` (two different labelers: the human-level ceiling), ``gold_ceiling`` (the gold
-    score itself as a judge of the held-out labelers), ``validation_loss``, ``comparisons``, ``wall_time_s``,
-    and ``variant_pairs`` (held-out accuracy and panel agreement on reference-vs-corruption answers)."""
-    from .config import get_profile
-    from .data import render_prompt
-    from .feedback import agreement_matrix, comparison_data, expected_agreement, variant_comparisons
-    from .models import load_base
-    from .sft import sft_checkpoint
-
-    profile = profile or get_profile()
-    cfg = cfg or profile.reward
-    data = comparison_data(profile, progress=progress)
-    sft_dir = sft_checkpoint(profile, progress=progress)
-    lm, tok = load_base(str(sft_dir))
-    rm = build_reward_model(lm, cfg)
-    history = train_reward_model(rm, tok, data["train"], cfg, data["validation"], progress=progress)
-    metrics = {"comparisons": history["pairs"], "prompts": len(data["train"]), "wall_time_s": round(history["wall_time_s"], 1),
-               "validation_loss": history["eval"][-1]["loss"], "validation_accuracy": history["eval"][-1]["accuracy"]}
-    if cfg.source == "tinyworld":
-        from .world import world_from_config
-
-        world = world_from_config(profile.world)
-        demos = world.splits["train"][:200]
-        metrics["normalization_shift"] = normalize_rewards(
-            rm, tok, [render_prompt(tok, t.instruction, t.context, profile.sft.prompt_format) for t in demos],
-            [t.response for t in demos], cfg.max_length)
-        val = data["validation"]
-        train_labs, held = world.panel.train, world.panel.held_out
-        m = agreement_matrix(world, val, world.panel.labelers)
-        n = len(m)
-
-        def gold(rec):
-            t = world.tasks_by_id[rec["prompt_id"]]
-            return [world.panel.gold_score(t.instruction, t.context, r, f, task=t)
-                    for r, f in zip(rec["responses"], rec["finished"])]
-
-        variants = variant_comparisons(world, world.splits["validation"][: cfg.n_eval_prompts], train_labs, tok,
-                                       profile.sft.prompt_format, seed=cfg.seed)
-        mv = agreement_matrix(world, variants, world.panel.labelers)
-        metrics.update(
-            accuracy_train_labelers=rm_accuracy(rm, tok, world, val, train_labs, cfg.max_length),
-            accuracy_heldout_labelers=rm_accuracy(rm, tok, world, val, held, cfg.max_length),
-            panel_agreement=sum(m[i][j] for i in range(n) for j in range(n) if i != j) / (n * (n - 1)),
-            gold_ceiling=sum(expected_agreement(world, val, gold, lab) for lab in held) / len(held),
-            variant_pairs={"accuracy_heldout_labelers": rm_accuracy(rm, tok, world, variants, held, cfg.max_length),
-                           "panel_agreement": sum(mv[i][j] for i in range(n) for j in range(n) if i != j) / (n * (n - 1))})
-    else:
-        normalize_rewards(rm, tok, [r["prompt"] for r in data["train"][:200]],
-                          [r["responses"][0] for r in data["train"][:200]], cfg.max_length)  # chosen replies stand in
-        metrics["accuracy_heldout_labelers"] = metrics["validation_accuracy"]  # other people's labels, held-out prompts
-    def rounded(x):
-        return {k: rounded(v) for k, v in x.items()} if isinstance(x, dict) else round(x, 4) if isinstance(x, float) else x
-
-    return rm, tok, rounded(metrics), history
-
-
-def reward_checkpoint(profile=None, progress: bool = True) -> Path:
-    """Folder of the profile's trained reward model (with ``metrics.json``), built once and cached."""
-    from .config import get_profile
-    from .runtime import config_key, runs_dir
-    from .sft import sft_checkpoint
-
-    profile = profile or get_profile()
-    sft_dir = sft_checkpoint(profile, progress=progress)
-    out = runs_dir() / "cache" / f"reward-{profile.name}-{config_key(sft_dir.name, profile.world, profile.reward)}"
-    if not (out / "reward_model.json").is_file():
-        rm, _, metrics, history = train_reward_stage(profile, progress=progress)
-        save_reward_model(rm, out, base=sft_dir, extra={"metrics": metrics, "history": history})
-    return out

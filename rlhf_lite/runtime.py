@@ -2,23 +2,31 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
+import gc
+import hashlib
+import importlib.metadata as md
+import json
 import os
 import random
 import shutil
 import sys
 import tempfile
+import threading
+import time
 import warnings
 from pathlib import Path
 
-
-def in_colab() -> bool:
-    return "google.colab" in sys.modules or "COLAB_RELEASE_TAG" in os.environ
+import numpy as np
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+from tqdm.auto import tqdm
+from transformers.utils import logging as hf_logging
 
 
 def seed_everything(seed: int = 0) -> None:
     """Seed Python, NumPy and torch (CPU and CUDA) so a run can be repeated exactly."""
-    import numpy as np
-    import torch
 
     random.seed(seed)
     np.random.seed(seed)
@@ -28,7 +36,6 @@ def seed_everything(seed: int = 0) -> None:
 def pick_device(prefer: str | None = None) -> str:
     """"cuda" if a GPU is there (or was asked for), else "cpu". ``prefer`` overrides; asking for a
     missing GPU is an error rather than a silent fall-back."""
-    import torch
 
     if prefer is not None:
         if prefer.startswith("cuda") and not torch.cuda.is_available():
@@ -45,19 +52,18 @@ def quiet() -> None:
     os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")  # read when datasets is imported
     if "datasets" in sys.modules:  # imported already: switch its bars ("Tokenizing train dataset") off directly
         sys.modules["datasets"].disable_progress_bars()
-    from transformers.utils import logging as hf_logging
 
     hf_logging.set_verbosity_error()
     hf_logging.disable_progress_bar()
     warnings.filterwarnings("ignore", module=r"transformers\..*")
     warnings.filterwarnings("ignore", module=r"torch\..*", category=UserWarning)
-    warnings.filterwarnings("ignore", message=r".*is_gradient_checkpointing.*", category=FutureWarning)  # peft → transformers
+    # peft → transformers
+    warnings.filterwarnings("ignore", message=r".*is_gradient_checkpointing.*", category=FutureWarning)
 
 
 def progress_bar(iterable=None, *, desc: str, enabled: bool = True, **kwargs):
     """A tqdm.auto bar (a widget in Jupyter, text elsewhere), off when ``enabled`` is False or when the
     environment sets ``TQDM_DISABLE=1`` (CI, and the runs that produce the committed notebooks)."""
-    from tqdm.auto import tqdm
 
     disable = not enabled or os.environ.get("TQDM_DISABLE", "").lower() in ("1", "true")
     return tqdm(iterable, desc=desc, disable=disable, **kwargs)
@@ -66,7 +72,6 @@ def progress_bar(iterable=None, *, desc: str, enabled: bool = True, **kwargs):
 @contextlib.contextmanager
 def hf_bars_off():
     """Hide transformers' own progress bars ("Loading weights", "Writing shards") inside the block."""
-    from transformers.utils import logging as hf_logging
 
     was_on = hf_logging.is_progress_bar_enabled()
     hf_logging.disable_progress_bar()
@@ -105,14 +110,14 @@ def check_output_dir(out: str | os.PathLike, kind: str) -> Path:
         probe = Path(tempfile.mkdtemp(prefix=f".{out.name}.probe-", dir=parent))
         probe.rmdir()
     except OSError as e:
-        raise OSError(f"--out {out}: cannot write in {parent} ({e.strerror or e}); pick a folder you can write to") from None
+        raise OSError(f"--out {out}: cannot write in {parent} ({e.strerror or e}); pick a folder you can write "
+                      "to") from None
     return out
 
 
 def _foreign_files(out: Path, kind: str) -> list[str]:
     """Files under ``out`` that a previous ``kind`` output did not list in its marker (all of them, if there is
     no marker or it names another command)."""
-    import json
 
     present = sorted(str(p.relative_to(out)) for p in out.rglob("*") if not p.is_dir())
     try:
@@ -135,7 +140,8 @@ def writable_dir(path: str | os.PathLike, what: str = "--out") -> Path:
         os.close(fd)
         os.unlink(probe)
     except OSError as e:
-        raise OSError(f"{what} {path}: cannot write there ({e.strerror or e}); pick a folder you can write to") from None
+        raise OSError(f"{what} {path}: cannot write there ({e.strerror or e}); pick a folder you can write "
+                      "to") from None
     return path
 
 
@@ -145,7 +151,6 @@ def atomic_dir(out: str | os.PathLike, kind: str = "output"):
     in one rename; if it fails or is interrupted, the folder is removed: nothing half-written is ever left at
     ``out``. ``out`` must pass :func:`check_output_dir` (checked before and after the block): an existing folder is
     replaced only when it is a previous output of the same ``kind`` holding nothing else."""
-    import json
 
     out = check_output_dir(out, kind)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.resolve().parent))
@@ -189,14 +194,11 @@ def save_state(path: str | os.PathLike, state) -> None:
     """Write a nested state (dicts, lists, tuples, numbers, strings, None and tensors: a training checkpoint) to
     one safetensors file, atomically. Tensors go in the file's tensor section, everything else as JSON in its
     metadata. Unlike ``torch.save`` (pickle), loading it back can never run code, whoever wrote the file."""
-    import json
 
-    from safetensors.torch import save_file
 
     tensors: dict = {}
 
     def encode(x, key: str):
-        import torch
 
         if torch.is_tensor(x):
             tensors[key] = x.detach().cpu().contiguous().clone()
@@ -206,10 +208,12 @@ def save_state(path: str | os.PathLike, state) -> None:
                 return {"__dict__": {k: encode(v, f"{key}/{k}") for k, v in x.items()}}
             return {"__items__": [[k, encode(v, f"{key}/{k}")] for k, v in x.items()]}  # non-string keys (optimizer)
         if isinstance(x, (list, tuple)):
-            return {"__tuple__" if isinstance(x, tuple) else "__list__": [encode(v, f"{key}/{i}") for i, v in enumerate(x)]}
+            return {"__tuple__" if isinstance(x, tuple) else "__list__": [encode(v, f"{key}/{i}") for i,
+                                                                          v in enumerate(x)]}
         if x is None or isinstance(x, (bool, int, float, str)):
             return x
-        raise TypeError(f"save_state: cannot store {type(x).__name__} at {key!r}; use tensors, numbers, text, lists, dicts")
+        raise TypeError(f"save_state: cannot store {type(x).__name__} at {key!r}; use tensors, numbers, text, lists, "
+                        "dicts")
 
     meta = json.dumps(encode(state, "state"))
     with atomic_file(path) as tmp:
@@ -219,9 +223,7 @@ def save_state(path: str | os.PathLike, state) -> None:
 def load_state(path: str | os.PathLike):
     """Read what :func:`save_state` wrote (no pickle is ever loaded). A file that is not such a checkpoint is an
     error naming it."""
-    import json
 
-    from safetensors import safe_open
 
     try:
         with safe_open(str(path), framework="pt") as f:
@@ -252,7 +254,6 @@ def load_state(path: str | os.PathLike):
 
 def versions() -> dict[str, str]:
     """Versions of the packages the course depends on (missing ones as 'not installed')."""
-    import importlib.metadata as md
 
     out = {"python": sys.version.split()[0]}
     for pkg in ["torch", "transformers", "tokenizers", "peft", "datasets", "bitsandbytes", "ipywidgets", "rlhf-lite"]:
@@ -274,21 +275,35 @@ def runs_dir() -> Path:
 
 def config_key(*configs) -> str:
     """A short hash of dataclass configs: cached stage outputs are reused only for identical settings."""
-    import dataclasses
-    import hashlib
-    import json
 
     blob = json.dumps([dataclasses.asdict(c) if dataclasses.is_dataclass(c) else c for c in configs], sort_keys=True,
                       default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:10]
 
 
+def code_digest(*modules: str) -> str:
+    """A short hash of the source of ``rlhf_lite`` modules (``"sft"`` is ``rlhf_lite/sft.py``; a package such as
+    ``"world"`` counts all its files): part of every stage's cache key, so a cached model is reused only by the
+    code that made it."""
+
+    root = Path(__file__).resolve().parent
+    h = hashlib.sha256()
+    for name in sorted(modules):
+        path = root / name.replace(".", "/")
+        files = sorted(path.rglob("*.py")) if path.is_dir() else [path.with_suffix(".py")]
+        if not files or not files[0].is_file():
+            raise ValueError(f"code_digest: no module rlhf_lite.{name}")
+        for f in files:
+            h.update(f.relative_to(root).as_posix().encode() + b"\0" + f.read_bytes())
+    return h.hexdigest()[:10]
+
+
 def warmup_linear_schedule(optimizer, warmup_steps: int, total_steps: int):
     """Learning rate: linear warm-up over ``warmup_steps``, then linear decay to 0 at ``total_steps``."""
-    import torch
 
     def factor(step: int) -> float:
-        return min((step + 1) / max(warmup_steps, 1), max(0.0, (total_steps - step) / max(total_steps - warmup_steps, 1)))
+        return min((step + 1) / max(warmup_steps, 1),
+                   max(0.0, (total_steps - step) / max(total_steps - warmup_steps, 1)))
 
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
@@ -297,13 +312,13 @@ def check_finite(x, what: str, hint: str) -> None:
     """Stop with a FloatingPointError if ``x`` (a tensor) has a NaN or an infinity. The message names ``what``
     (e.g. "PPO step 7: reward"), how many entries are not finite, the first of them with their positions, and
     ``hint`` (what to change)."""
-    import torch
 
     finite = torch.isfinite(x.detach())
     if finite.all():
         return
     bad = (~finite).nonzero()[:3]
-    shown = ", ".join(f"{x.detach()[tuple(i)].item()} at {tuple(i.tolist())}" if x.dim() else str(x.item()) for i in bad)
+    shown = ", ".join(f"{x.detach()[tuple(i)].item()} at {tuple(i.tolist())}" if x.dim() else str(x.item())
+                      for i in bad)
     raise FloatingPointError(f"{what} is not finite ({int((~finite).sum())} of {x.numel()} values: {shown}). {hint}")
 
 
@@ -312,7 +327,6 @@ def optimizer_step(loss, params, optimizer, scheduler, grad_clip: float, what: s
     """One update: backpropagate ``loss``, clip the gradients' global norm, step, advance the schedule,
     clear the gradients. A NaN or infinite loss or gradient stops *before* the update (the error names ``what``,
     e.g. "SFT step 12"), so the weights stay finite and the step named is the one that produced it."""
-    import torch
 
     check_finite(loss, f"{what}: the loss", hint)
     loss.backward()
@@ -333,7 +347,6 @@ def current_rss_mb() -> float:
             return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
     except OSError:
         import resource
-        import sys
 
         peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
         return peak / 2**20 if sys.platform == "darwin" else peak / 2**10
@@ -349,10 +362,7 @@ class MemoryMonitor:
         self.device, self.interval = str(device), interval
 
     def __enter__(self):
-        import threading
-        import time
 
-        import torch
 
         self.cuda = self.device.startswith("cuda") and torch.cuda.is_available()
         if self.cuda:
@@ -361,7 +371,6 @@ class MemoryMonitor:
             self.start = torch.cuda.memory_allocated() / 2**20
         else:
             import ctypes
-            import gc
 
             gc.collect()
             with contextlib.suppress(OSError, AttributeError):  # hand freed heap back to the OS (glibc), so the
@@ -380,9 +389,7 @@ class MemoryMonitor:
         return self
 
     def __exit__(self, *exc):
-        import time
 
-        import torch
 
         if self.cuda:
             torch.cuda.synchronize()

@@ -14,10 +14,12 @@ from typing import Sequence
 
 import torch
 import torch.nn.functional as F
+from peft import prepare_model_for_kbit_training
+from transformers import BitsAndBytesConfig
 
-from .config import SFTConfig, validate_config
-from .data import IGNORE_INDEX, SFTCollator, TruncationWarning, render_prompt, sft_example
-from .models import Generation, generate  # noqa: F401  (re-exported: the generation helper of every stage)
+from .config import LoRAConfig, SFTConfig, validate_config
+from .data import IGNORE_INDEX, SFTCollator, TruncationWarning, length_grouped_batches, render_prompt, sft_example
+from .models import add_lora_adapters, generate, load_base
 from .runtime import optimizer_step, progress_bar, warmup_linear_schedule
 
 
@@ -40,12 +42,11 @@ def sft_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
                            ignore_index=IGNORE_INDEX)
 
 
-def add_lora(model, cfg: SFTConfig):
-    """Wrap ``model`` with LoRA adapters on ``cfg.lora_targets`` (see ``rlhf_lite.models.add_lora_adapters``
-    for the GPT-2 ``Conv1D`` detail); only adapters train, their initialisation seeded with ``cfg.seed``."""
-    from .models import add_lora_adapters
-
-    return add_lora_adapters(model, cfg.lora_r, cfg.lora_alpha, cfg.lora_targets, cfg.lora_dropout, cfg.seed)
+def add_lora(model, cfg: SFTConfig, lora: LoRAConfig | None = None):
+    """Wrap ``model`` with LoRA adapters (``lora``: the profile's ``LoRAConfig``, default ``LoRAConfig()``; see
+    ``rlhf_lite.models.add_lora_adapters`` for the GPT-2 ``Conv1D`` detail); only adapters train, their
+    initialisation seeded with ``cfg.seed``."""
+    return add_lora_adapters(model, lora or LoRAConfig(), cfg.seed)
 
 
 def count_parameters(model) -> dict[str, int]:
@@ -61,10 +62,6 @@ def load_quantized(name: str, bits: str = "4bit", device: str = "cpu"):
     "4bit": NF4 weights, double quantization, bfloat16 compute; "8bit": LLM.int8(). If bitsandbytes
     cannot run here, say so in one line and load full precision instead. Returns (model, tokenizer, mode).
     """
-    from transformers import BitsAndBytesConfig
-
-    from .models import load_base
-
     if bits not in ("4bit", "8bit"):
         raise ValueError(f"quantization must be '4bit' or '8bit', got {bits!r}")
     qcfg = (BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
@@ -72,9 +69,7 @@ def load_quantized(name: str, bits: str = "4bit", device: str = "cpu"):
             else BitsAndBytesConfig(load_in_8bit=True))
     warnings.filterwarnings("ignore", message=".*inputs will be cast from torch.float32.*")  # bnb says it every call
     try:
-        import bitsandbytes  # noqa: F401
-
-        from peft import prepare_model_for_kbit_training
+        import bitsandbytes  # noqa: F401  (optional: only QLoRA needs it)
 
         model, tok = load_base(name, device=device, quantization_config=qcfg,
                                device_map={"": device})
@@ -104,20 +99,6 @@ def tokenize_records(tokenizer, records: Sequence[dict], cfg: SFTConfig) -> list
     return examples
 
 
-def length_grouped_batches(lengths: Sequence[int], batch_size: int, generator: torch.Generator,
-                           window: int = 32) -> list[list[int]]:
-    """One epoch of batches: shuffle, sort each window of ``window`` batches by length, shuffle the batches.
-    Similar lengths share a batch, so little compute goes to padding, and the order stays random."""
-    order = torch.randperm(len(lengths), generator=generator).tolist()
-    span = batch_size * window
-    batches = []
-    for i in range(0, len(order), span):
-        chunk = sorted(order[i:i + span], key=lengths.__getitem__)
-        batches += [chunk[j:j + batch_size] for j in range(0, len(chunk), batch_size)]
-    return [batches[k] for k in torch.randperm(len(batches), generator=generator).tolist()]
-
-
-@torch.no_grad()
 @torch.no_grad()
 def evaluate_loss(model, examples: Sequence[dict], collate: SFTCollator, batch_size: int = 32) -> float:
     """Mean response-token loss over ``examples`` (dropout off)."""
@@ -152,7 +133,8 @@ def train_sft(model, tokenizer, dataset, cfg: SFTConfig, progress: bool = True) 
     train_records = list(dataset["train"])
     if cfg.n_train:
         train_records = train_records[: cfg.n_train]
-    val_records = list(dataset["validation"])[: max(cfg.eval_examples, cfg.n_samples)] if "validation" in dataset else []
+    val_records = list(dataset["validation"])[: max(cfg.eval_examples,
+                                                    cfg.n_samples)] if "validation" in dataset else []
 
     # 1. tokenize: prompt tokens get label -100, response tokens and EOS are supervised
     train = tokenize_records(tokenizer, train_records, cfg)
@@ -205,48 +187,3 @@ def train_sft(model, tokenizer, dataset, cfg: SFTConfig, progress: bool = True) 
     model.eval()
     history["wall_time_s"] = time.time() - t0
     return history
-
-
-def train_sft_model(profile, cfg: SFTConfig | None = None, progress: bool = True):
-    """The whole SFT stage for a profile: load the base model (quantized if asked), add LoRA, train on
-    the profile's demonstrations (TinyWorld, or Dolly-15k for ``gpt2``). Returns (model, tokenizer, history)."""
-    from .data import load_instruction_dataset
-    from .models import load_base
-    from .runtime import seed_everything
-
-    cfg = cfg or profile.sft
-    seed_everything(cfg.seed)
-    data = load_instruction_dataset("dolly" if profile.name == "gpt2" else "tinyworld")
-    if cfg.quantization != "none":
-        model, tok, _ = load_quantized(profile.base_model, cfg.quantization)
-    else:
-        model, tok = load_base(profile.base_model)
-    model = add_lora(model, cfg) if cfg.lora else model
-    history = train_sft(model, tok, data, cfg, progress=progress)
-    history["parameters"] = count_parameters(model)
-    history["n_train_examples"] = len(data["train"])
-    return model, tok, history
-
-
-def sft_checkpoint(profile=None, progress: bool = True):
-    """Folder of the profile's SFT model (adapters merged), trained and cached under ``runs/cache`` on
-    first use. Later stages (comparisons, reward model, PPO) and notebooks start from it, so each notebook
-    runs on its own and none retrains what an earlier one already built with the same settings."""
-    import json
-
-    from .config import get_profile
-    from .runtime import atomic_dir, config_key, hf_bars_off, runs_dir
-
-    profile = profile or get_profile()
-    out = runs_dir() / "cache" / f"sft-{profile.name}-{config_key(profile.base_model, profile.world, profile.sft)}"
-    if (out / "config.json").is_file():
-        return out
-    print(f"no SFT model for profile {profile.name!r} yet: training one (cached in {out})")
-    model, tok, history = train_sft_model(profile, progress=progress)
-    with atomic_dir(out, "sft") as tmp, hf_bars_off():
-        merged = model.merge_and_unload() if profile.sft.lora else model
-        merged.save_pretrained(tmp)
-        tok.save_pretrained(tmp)
-        (tmp / "history.json").write_text(json.dumps({k: v for k, v in history.items() if k != "config"}, default=str))
-    print(f"trained the SFT model in {history['wall_time_s']:.0f} s")
-    return out

@@ -7,11 +7,12 @@ from dataclasses import replace
 import nbformat
 import pytest
 
-from rlhf_lite.bench import GPT2_TOKENIZER, bench_config, bench_model_dir, bench_table, run_bench
-from rlhf_lite.budget import notebook_paths, notebook_times, recorded_seconds, times_table
-from rlhf_lite.trl_bridge import trl_version
+from rlhf_lite.course.bench import GPT2_TOKENIZER, bench_config, bench_model_dir, bench_table, run_bench
+from rlhf_lite.course.budget import notebook_paths, notebook_times, recorded_seconds, times_table
+from rlhf_lite.course.trl_bridge import trl_version
 
-ROW_NAMES = ["SFT", "reward model, K-choose-2 grouped", "reward model, shuffled pairs (ablation)", "DPO", "PPO iteration",
+ROW_NAMES = ["SFT", "reward model, K-choose-2 grouped", "reward model, shuffled pairs (ablation)", "DPO",
+             "PPO iteration",
              "GRPO iteration"]
 
 
@@ -21,6 +22,7 @@ def _well_formed(side):
 
 
 @pytest.mark.skipif(trl_version() is None, reason="TRL not installed")
+@pytest.mark.slow
 def test_smoke_bench_writes_table_and_json(tmp_path):
     out = tmp_path / "bench.json"
     result = run_bench(bench_config("tiny", smoke=True), out, progress=False)
@@ -43,6 +45,7 @@ def test_smoke_bench_writes_table_and_json(tmp_path):
         assert line.startswith(name) and line.split()[-4].endswith("x")  # a ratio in every row
 
 
+@pytest.mark.slow
 def test_bench_without_trl_skips_its_rows_with_a_note(tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "trl", None)  # import trl now fails, as when it is not installed
     result = run_bench(bench_config("tiny", smoke=True), tmp_path / "b.json", progress=False, rows_wanted=["dpo"])
@@ -77,8 +80,10 @@ def test_committed_notebooks_carry_their_execution_times():
         assert rec["seconds"] and rec["seconds"] > 0, f"{path.name} has no recorded execution (commit it executed)"
 
 
+@pytest.mark.slow
 def test_notebook_times_executes_with_the_profile_and_names_a_failing_notebook(tmp_path):
-    nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell("import os\nassert os.environ['RLHF_LITE_PROFILE'] == 'smoke'"),
+    nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell("import os\nassert os.environ['RLHF_LITE_PROFILE'] "
+                                                                   "== 'smoke'"),
                                          nbformat.v4.new_code_cell("x = 1")])
     nbformat.write(nb, tmp_path / "00_ok.ipynb")
     result = notebook_times("smoke", "execute", folder=tmp_path, out=tmp_path / "t.json")
@@ -93,13 +98,15 @@ def test_notebook_times_executes_with_the_profile_and_names_a_failing_notebook(t
         notebook_times("smoek", folder=tmp_path)
 
 
+@pytest.mark.slow
 def test_cli_bench_and_notebook_times(tmp_path, capsys):
     from rlhf_lite.__main__ import main
 
     assert main(["bench", "--smoke", "--rows", "dpo", "--markdown", "--out", str(tmp_path / "b.json")]) == 0
     out = capsys.readouterr().out
     assert "| DPO | pairs/s |" in out and json.loads((tmp_path / "b.json").read_text())["rows"][0]["row"] == "DPO"
-    assert main(["notebook-times", "--recorded", "--profile", "tiny", "--only", "00", "--out", str(tmp_path / "t.json")]) == 0
+    assert main(["notebook-times", "--recorded", "--profile", "tiny", "--only", "00", "--out",
+                 str(tmp_path / "t.json")]) == 0
     out = capsys.readouterr().out
     assert "00_tour.ipynb" in out and "recorded, profile tiny" in out
     assert json.loads((tmp_path / "t.json").read_text())["notebooks"][0]["seconds"] > 0

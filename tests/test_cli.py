@@ -2,7 +2,11 @@ import json
 import subprocess
 import sys
 
+import pytest
+
 from rlhf_lite.world import CATEGORIES
+
+pytestmark = pytest.mark.slow  # every test runs the CLI in a subprocess; the smoke stages train
 
 
 def run(*args):

@@ -4,9 +4,20 @@ from pathlib import Path
 
 import pytest
 
-from rlhf_lite.data import (CHAT_TEMPLATES, IGNORE_INDEX, DataFormatError, SFTCollator, TruncationWarning,
-                            build_chat_example, build_sft_example, format_prompt, load_instruction_dataset, render_prompt,
-                            show_tokens, to_messages)
+from rlhf_lite.data import (
+    CHAT_TEMPLATES,
+    IGNORE_INDEX,
+    DataFormatError,
+    SFTCollator,
+    TruncationWarning,
+    build_chat_example,
+    build_sft_example,
+    format_prompt,
+    load_instruction_dataset,
+    render_prompt,
+    show_tokens,
+    to_messages,
+)
 from rlhf_lite.models import TINY_BASE
 
 GPT2_DIR = Path(__file__).resolve().parents[2] / "shared" / "gpt2-tokenizer"
@@ -124,7 +135,9 @@ def test_token_view(tiny_tok):
     ex = build_sft_example(tiny_tok, format_prompt("Hi"), "Hello.", 64)
     with pytest.raises(ValueError, match="tokenizer.pad_token = tokenizer.eos_token"):
         SFTCollator(tiny_tok.pad_token_id)  # the raw tokenizer has no pad token
-    batch = SFTCollator(tiny_tok.eos_token_id)([ex, build_sft_example(tiny_tok, format_prompt("Hi"), "Hello there, friend.", 64)])
+    batch = SFTCollator(tiny_tok.eos_token_id)([ex,
+                                                build_sft_example(tiny_tok, format_prompt("Hi"), "Hello there, friend.",
+                                                                  64)])
     view = show_tokens(tiny_tok, {k: v[0] for k, v in batch.items()})
     counts = view.counts()
     assert counts["eos"] == 1 and counts["pad"] > 0
@@ -176,14 +189,20 @@ GOOD = {"instruction": "Name a fox.", "context": "", "response": "Red.", "catego
      r"a\.jsonl, line 1: missing column\(s\) 'instruction' \(found 'instrucion': a misspelling\?\)"),
     ("b.jsonl", json.dumps(GOOD) + "\n" + json.dumps({**GOOD, "response": "  "}),
      r"b\.jsonl, line 2: field 'response' is empty"),
-    ("c.jsonl", json.dumps(GOOD) + "\n" + json.dumps({**GOOD, "instruction": ""}), r"c\.jsonl, line 2: field 'instruction' is empty"),
-    ("d.jsonl", json.dumps({**GOOD, "category": "brainstorm"}), r"d\.jsonl, line 1: unknown category 'brainstorm' \(did you mean 'brainstorming'\?\)"),
-    ("e.jsonl", (json.dumps(GOOD) + "\n").encode() + b'{"instruction": "caf\xe9"}\n', r"e\.jsonl, line 2: not valid UTF-8"),
-    ("f.jsonl", json.dumps(GOOD) + "\n" + json.dumps([1, 2]), r"f\.jsonl, line 2: expected a JSON object per line, got a JSON list"),
+    ("c.jsonl", json.dumps(GOOD) + "\n" + json.dumps({**GOOD, "instruction": ""}),
+     r"c\.jsonl, line 2: field 'instruction' is empty"),
+    ("d.jsonl", json.dumps({**GOOD, "category": "brainstorm"}),
+     r"d\.jsonl, line 1: unknown category 'brainstorm' \(did you mean 'brainstorming'\?\)"),
+    ("e.jsonl", (json.dumps(GOOD) + "\n").encode() + b'{"instruction": "caf\xe9"}\n',
+     r"e\.jsonl, line 2: not valid UTF-8"),
+    ("f.jsonl", json.dumps(GOOD) + "\n" + json.dumps([1, 2]),
+     r"f\.jsonl, line 2: expected a JSON object per line, got a JSON list"),
     ("g.jsonl", json.dumps(GOOD) + "\n{oops", r"g\.jsonl, line 2: invalid JSON"),
     ("h.json", json.dumps({"data": [GOOD]}), r"h\.json: expected a JSON list of records"),
-    ("i.csv", "instruction,context,reponse,category\nx,,y,open_qa\n", r"i\.csv: missing column\(s\) 'response' \(found 'reponse'"),
-    ("j.csv", "instruction,context,response,category\nx,,y,open_qa\nx,,,open_qa\n", r"j\.csv, line 3: field 'response' is empty"),
+    ("i.csv", "instruction,context,reponse,category\nx,,y,open_qa\n",
+     r"i\.csv: missing column\(s\) 'response' \(found 'reponse'"),
+    ("j.csv", "instruction,context,response,category\nx,,y,open_qa\nx,,,open_qa\n",
+     r"j\.csv, line 3: field 'response' is empty"),
     ("k.txt", "hello", r"unsupported file type '\.txt'"),
     ("l.jsonl", json.dumps({**GOOD, "response": 3}), r"l\.jsonl, line 1: field 'response' must be text"),
 ])

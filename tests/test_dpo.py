@@ -6,8 +6,14 @@ import pytest
 import torch
 
 from rlhf_lite.config import get_profile
-from rlhf_lite.dpo import (build_dpo_policy, dpo_loss, encode_pairs_batch, implicit_reward_accuracy, sequence_logps,
-                           train_dpo)
+from rlhf_lite.dpo import (
+    build_dpo_policy,
+    dpo_loss,
+    encode_pairs_batch,
+    implicit_reward_accuracy,
+    sequence_logps,
+    train_dpo,
+)
 from rlhf_lite.grpo import build_grpo_policy, group_advantages, grpo_loss, grpo_step, train_grpo
 from rlhf_lite.models import load_base
 
@@ -28,19 +34,21 @@ def test_dpo_loss_by_hand():
     w = 0.5 * (1 - 1 / (1 + math.exp(-1)))  # β σ(−margin)
     assert pc.grad.item() == pytest.approx(-w, abs=1e-6) and pr.grad.item() == pytest.approx(w, abs=1e-6)
     # swapping chosen and rejected mirrors the margin: loss log(1 + e^1)
-    assert dpo_loss(torch.tensor([-5.0]), torch.tensor([-3.0]), torch.tensor([-4.0]), torch.tensor([-4.0]), 0.5)[0].item() \
+    assert dpo_loss(torch.tensor([-5.0]), torch.tensor([-3.0]), torch.tensor([-4.0]), torch.tensor([-4.0]),
+                    0.5)[0].item() \
         == pytest.approx(math.log(1 + math.e), abs=1e-6)
 
 
 @pytest.fixture(scope="module")
 def smoke_sft():
-    from rlhf_lite.sft import sft_checkpoint
+    from rlhf_lite.stages import sft_checkpoint
 
     profile = get_profile("smoke")
     path = str(sft_checkpoint(profile, progress=False))
     return profile, path
 
 
+@pytest.mark.slow
 def test_sequence_logps_sum_response_tokens_with_eos(smoke_sft):
     _, path = smoke_sft
     lm, tok = load_base(path)
@@ -52,7 +60,8 @@ def test_sequence_logps_sum_response_tokens_with_eos(smoke_sft):
     got = sequence_logps(lm, batch["input_ids"], batch["attention_mask"], batch["response_mask"])
     for i, (rec, j) in enumerate([(recs[0], 0), (recs[0], 1), (recs[1], 0), (recs[1], 1)]):
         p = tok(rec["prompt"], add_special_tokens=False)["input_ids"]
-        r = tok(rec["responses"][j], add_special_tokens=False)["input_ids"] + ([tok.eos_token_id] if rec["finished"][j] else [])
+        r = tok(rec["responses"][j],
+                add_special_tokens=False)["input_ids"] + ([tok.eos_token_id] if rec["finished"][j] else [])
         assert batch["response_mask"][i].sum().item() == len(r)  # EOS counted when the response ended
         ids = torch.tensor([p + r])
         with torch.no_grad():
@@ -61,6 +70,7 @@ def test_sequence_logps_sum_response_tokens_with_eos(smoke_sft):
         assert got[i].item() == pytest.approx(want, abs=1e-4), i  # right padding changes nothing
 
 
+@pytest.mark.slow
 def test_smoke_dpo_raises_implicit_reward_accuracy_on_held_out_pairs(world, smoke_sft):
     from rlhf_lite.feedback import variant_comparisons
 
@@ -74,7 +84,8 @@ def test_smoke_dpo_raises_implicit_reward_accuracy_on_held_out_pairs(world, smok
     assert before == pytest.approx(0.5)  # π = π_ref: every implicit reward is 0, every pair a tie
     history = train_dpo(policy, tok, train, cfg, val, progress=False)
     after = implicit_reward_accuracy(policy, tok, world, val, world.panel.held_out, cfg)
-    assert history["eval"][0]["accuracy"] == pytest.approx(0.5) and history["train"][0]["loss"] == pytest.approx(math.log(2))
+    assert history["eval"][0]["accuracy"] == pytest.approx(0.5)
+    assert history["train"][0]["loss"] == pytest.approx(math.log(2))
     assert history["eval"][-1]["accuracy"] > 0.55 and after > before + 0.05, (history["eval"], after)
     assert history["eval"][-1]["loss"] < history["eval"][0]["loss"]
 
@@ -104,10 +115,12 @@ def test_grpo_loss_by_hand():
     assert s["clipfrac"] == pytest.approx(2 / 5)
 
 
+@pytest.mark.slow
 def test_smoke_grpo_shares_the_rollout_and_raises_the_reward_model_score(world, smoke_sft):
     from rlhf_lite.data import render_prompt
     from rlhf_lite.models import generate
-    from rlhf_lite.reward import load_reward_model, reward_checkpoint, score_responses
+    from rlhf_lite.reward import load_reward_model, score_responses
+    from rlhf_lite.stages import reward_checkpoint
 
     profile, path = smoke_sft
     rm, _ = load_reward_model(reward_checkpoint(profile, progress=False))

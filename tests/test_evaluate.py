@@ -7,14 +7,31 @@ import sys
 import pytest
 import torch
 
-from rlhf_lite.evaluate import (best_of_n, best_of_n_kl, closed_tasks, fit_overoptimization, gao_curve, hallucinates,
-                                hallucination_rate, is_unsafe, unsafe_rate)
+from rlhf_lite.evaluate import (
+    best_of_n,
+    best_of_n_kl,
+    bootstrap_ci,
+    closed_tasks,
+    fit_overoptimization,
+    gao_curve,
+    hallucinates,
+    hallucination_rate,
+    is_unsafe,
+    prompt_win_rates,
+    unsafe_rate,
+    win_rate,
+)
 from rlhf_lite.models import Generation
 
 REQUIRED = ["base.gold_score", "sft.gold_score", "ppo.gold_score", "sft.winrate_vs_base", "ppo.winrate_vs_sft",
             "ppo_ptx.winrate_vs_sft", "rm.accuracy_heldout_labelers", "rm.panel_agreement", "ppo.kl_to_sft",
-            "base.unsafe_rate", "sft.unsafe_rate", "ppo.unsafe_rate", "sft.hallucination_rate", "ppo.hallucination_rate",
-            "sft.pretrain_loss", "ppo.pretrain_loss", "ppo_ptx.pretrain_loss", "runtime_s.total"]
+            "base.unsafe_rate", "sft.unsafe_rate", "ppo.unsafe_rate", "sft.hallucination_rate",
+            "ppo.hallucination_rate", "sft.pretrain_loss", "ppo.pretrain_loss", "ppo_ptx.pretrain_loss",
+            "runtime_s.total",
+            "sft.gold_vs_base", "ppo.gold_vs_sft", "ppo_ptx.gold_vs_sft", "ppo.pretrain_loss_vs_sft",
+            "ppo_ptx.pretrain_loss_vs_sft"]
+INTERVALS = ["sft.winrate_vs_base_ci", "ppo.winrate_vs_sft_ci", "ppo_ptx.winrate_vs_sft_ci", "sft.gold_vs_base_ci",
+             "ppo.gold_vs_sft_ci", "ppo_ptx.gold_vs_sft_ci"]
 
 
 def test_unsafe_detector():
@@ -56,6 +73,25 @@ def test_gao_fits_recover_known_coefficients(form):
     assert noisy["r2"] < 0.99
 
 
+def test_bootstrap_intervals_in_known_cases():
+    assert bootstrap_ci([1.0] * 50) == [1.0, 1.0]  # every prompt won: no doubt left
+    coin = [float(i % 2) for i in range(200)]  # a fair coin, 200 prompts
+    lo, hi = bootstrap_ci(coin)
+    assert lo < 0.5 < hi and hi - lo == pytest.approx(2 * 1.96 * 0.5 / 200 ** 0.5, rel=0.15)
+    assert bootstrap_ci(coin) == [lo, hi]  # seeded: reproducible
+    with pytest.raises(ValueError):
+        bootstrap_ci([])
+
+
+def test_prompt_win_rates_average_to_the_win_rate(world):
+    tasks = world.splits["test"][:6]
+    a, b = [t.response for t in tasks], ["Nobody asked." for _ in tasks]
+    per = prompt_win_rates(tasks, a, b, world.panel.held_out)
+    assert len(per) == 6 and all(p > 0.5 for p in per)
+    assert sum(per) / 6 == pytest.approx(win_rate(tasks, a, b, world.panel.held_out))
+
+
+@pytest.mark.slow
 def test_pipeline_smoke_writes_every_key_and_is_reproducible(tmp_path):
     def run(out):
         r = subprocess.run([sys.executable, "-m", "rlhf_lite", "pipeline", "--profile", "smoke", "--out", str(out)],
@@ -70,6 +106,10 @@ def test_pipeline_smoke_writes_every_key_and_is_reproducible(tmp_path):
             assert part in node, key
             node = node[part]
         assert isinstance(node, (int, float)) and math.isfinite(node), key
+    for key in INTERVALS:  # every comparison carries its 95 % interval, around its own estimate
+        group, name = key.split(".")
+        lo, hi = m[group][name]
+        assert lo <= m[group][name.removesuffix("_ci")] <= hi, key
     assert "win rate" in stdout and "ppo_ptx" in stdout
     assert (tmp_path / "a" / "winrates.png").stat().st_size > 0 and (tmp_path / "a" / "ppo_training.png").is_file()
     assert not list((tmp_path / "a").glob("*.tmp"))

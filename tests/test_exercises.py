@@ -2,8 +2,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from rlhf_lite.course.exercises import ExerciseError, check_build_sft_example, check_sft_loss
 from rlhf_lite.data import build_sft_example
-from rlhf_lite.exercises import ExerciseError, check_build_sft_example, check_sft_loss
 from rlhf_lite.models import load_base
 from rlhf_lite.sft import sft_loss
 
@@ -18,7 +18,8 @@ def test_reference_passes(capsys):
     (lambda lg, lb: F.cross_entropy(lg.reshape(-1, lg.size(-1)), lb.reshape(-1), ignore_index=-100), "next"),
     (lambda lg, lb: F.cross_entropy(lg[:, :-1].reshape(-1, lg.size(-1)), lb[:, 1:].reshape(-1), ignore_index=-100,
                                     reduction="sum"), "summed"),
-    (lambda lg, lb: F.cross_entropy(lg[:, :-1].reshape(-1, lg.size(-1)), lb[:, 1:].clamp(min=0).reshape(-1)), "ignore_index"),
+    (lambda lg, lb: F.cross_entropy(lg[:, :-1].reshape(-1, lg.size(-1)), lb[:, 1:].clamp(min=0).reshape(-1)),
+     "ignore_index"),
     (lambda lg, lb: torch.tensor([1.0]), "scalar"),
 ])
 def test_sft_loss_mistakes_are_explained(wrong, message):
@@ -50,7 +51,7 @@ def test_build_sft_example_mistakes_are_explained():
 
 
 def test_reward_checkers_accept_the_reference(capsys):
-    from rlhf_lite.exercises import check_pairwise_loss, check_ranking_loss
+    from rlhf_lite.course.exercises import check_pairwise_loss, check_ranking_loss
     from rlhf_lite.reward import pairwise_loss, ranking_loss
 
     check_pairwise_loss(pairwise_loss)
@@ -65,7 +66,7 @@ def test_reward_checkers_accept_the_reference(capsys):
     (lambda c, r: F.logsigmoid(c - r).mean(), "minus sign"),
 ])
 def test_pairwise_loss_mistakes_are_explained(wrong, message):
-    from rlhf_lite.exercises import check_pairwise_loss
+    from rlhf_lite.course.exercises import check_pairwise_loss
 
     with pytest.raises(ExerciseError, match=message):
         check_pairwise_loss(wrong)
@@ -87,9 +88,10 @@ def _summed(rewards, ranking):
     return -sum(F.logsigmoid(rewards[w] - rewards[l]) for w, l in combinations(ranking, 2))
 
 
-@pytest.mark.parametrize("wrong,message", [(_adjacent_only, "neighbouring"), (_reversed, "reversed"), (_summed, "summed")])
+@pytest.mark.parametrize("wrong,message",
+                         [(_adjacent_only, "neighbouring"), (_reversed, "reversed"), (_summed, "summed")])
 def test_ranking_loss_mistakes_are_explained(wrong, message):
-    from rlhf_lite.exercises import check_ranking_loss
+    from rlhf_lite.course.exercises import check_ranking_loss
 
     with pytest.raises(ExerciseError, match=message):
         check_ranking_loss(wrong)
@@ -101,7 +103,7 @@ def test_ranking_loss_mistakes_are_explained(wrong, message):
     (lambda r: [(a, b) for a in r for b in r if a != b], "too many"),
 ])
 def test_ranking_to_pairs_mistakes_are_explained(wrong, message, capsys):
-    from rlhf_lite.exercises import check_ranking_to_pairs
+    from rlhf_lite.course.exercises import check_ranking_to_pairs
     from rlhf_lite.feedback import ranking_to_pairs
 
     check_ranking_to_pairs(ranking_to_pairs)
@@ -110,8 +112,9 @@ def test_ranking_to_pairs_mistakes_are_explained(wrong, message, capsys):
 
 
 def test_ppo_checkers_accept_the_reference_and_explain_mistakes(capsys):
-    from rlhf_lite.exercises import check_compute_gae, check_kl_penalized_rewards, check_ppo_policy_loss
-    from rlhf_lite.ppo import compute_gae, kl_penalized_rewards, masked_mean, ppo_policy_loss
+    from rlhf_lite.course.exercises import check_compute_gae, check_kl_penalized_rewards, check_ppo_policy_loss
+    from rlhf_lite.ppo import compute_gae, kl_penalized_rewards, ppo_policy_loss
+    from rlhf_lite.rollout import masked_mean
 
     check_kl_penalized_rewards(kl_penalized_rewards)
     check_compute_gae(compute_gae)
@@ -158,11 +161,16 @@ def test_ppo_checkers_accept_the_reference_and_explain_mistakes(capsys):
 
 
 def test_new_checkers_accept_the_reference(capsys):
+    from rlhf_lite.course.exercises import (
+        check_best_of_n_kl,
+        check_dpo_loss,
+        check_format_prompt,
+        check_group_advantages,
+        check_prefer_prob,
+    )
     from rlhf_lite.data import format_prompt
     from rlhf_lite.dpo import dpo_loss
     from rlhf_lite.evaluate import best_of_n_kl
-    from rlhf_lite.exercises import (check_best_of_n_kl, check_dpo_loss, check_format_prompt, check_group_advantages,
-                                     check_prefer_prob)
     from rlhf_lite.grpo import group_advantages
     from rlhf_lite.world.labelers import prefer_prob
 
@@ -172,8 +180,8 @@ def test_new_checkers_accept_the_reference(capsys):
     check_dpo_loss(dpo_loss)
     check_dpo_loss(lambda *a: dpo_loss(*a)[0])  # the loss alone is fine too
     check_group_advantages(group_advantages)
-    from rlhf_lite.exercises import check_preference_rows
-    from rlhf_lite.trl_bridge import preference_rows
+    from rlhf_lite.course.exercises import check_preference_rows
+    from rlhf_lite.course.trl_bridge import preference_rows
 
     check_preference_rows(preference_rows)
     assert capsys.readouterr().out.count("✓") == 7
@@ -187,33 +195,38 @@ def _bt(a, b, t):
 @pytest.mark.parametrize("check,wrong,message", [
     ("check_prefer_prob", lambda a, b, t: _bt(b, a, t), "sign is flipped"),
     ("check_prefer_prob", lambda a, b, t: _bt(a, b, 1.0), "temperature is ignored"),
-    ("check_format_prompt", lambda i, c="": f"### Instruction:\n{i.strip()}\n\n### Context:\n{c.strip()}\n\n### Response:\n",
+    ("check_format_prompt", lambda i,
+     c="": f"### Instruction:\n{i.strip()}\n\n### Context:\n{c.strip()}\n\n### Response:\n",
      "leave the Context section out"),
     ("check_format_prompt", lambda i, c="": f"### Instruction:\n{i.strip()}\n\n### Response:", "including the newline"),
     ("check_best_of_n_kl", lambda n: __import__("math").log(n), "upper bound"),
     ("check_dpo_loss", lambda pc, pr, rc, rr, b: -F.logsigmoid(b * ((pr - rr) - (pc - rc))).mean(), "swapped"),
     ("check_dpo_loss", lambda pc, pr, rc, rr, b: -F.logsigmoid(b * (pc - pr)).mean(), "reference is missing"),
-    ("check_dpo_loss", lambda pc, pr, rc, rr, b: -F.logsigmoid(b * ((pc - rc) - (pr - rr))).sum(), "sum instead of mean"),
+    ("check_dpo_loss", lambda pc, pr, rc, rr, b: -F.logsigmoid(b * ((pc - rc) - (pr - rr))).sum(),
+     "sum instead of mean"),
     ("check_group_advantages", lambda s, g: (s - s.mean()) / (s.std() + 1e-4), "whole batch"),
-    ("check_group_advantages", lambda s, g: (s.view(-1, g) - s.view(-1, g).mean(1, keepdim=True)).reshape(-1), "not scaled"),
+    ("check_group_advantages", lambda s, g: (s.view(-1, g) - s.view(-1, g).mean(1, keepdim=True)).reshape(-1),
+     "not scaled"),
     ("check_group_advantages", lambda s, g: ((s.view(-1, g) - s.view(-1, g).mean(1, keepdim=True))
                                              / s.view(-1, g).std(1, keepdim=True)).reshape(-1), "std 0"),
-    ("check_preference_rows", lambda recs: [{"prompt": r["prompt"], "chosen": r["responses"][a], "rejected": r["responses"][b]}
+    ("check_preference_rows",
+     lambda recs: [{"prompt": r["prompt"], "chosen": r["responses"][a], "rejected": r["responses"][b]}
                                             for r in recs for a, b in zip(r["ranking"], r["ranking"][1:])
                                             if isinstance(a, int) and isinstance(b, int)], "not only neighbours"),
-    ("check_preference_rows", lambda recs: [{"prompt": r["prompt"], "chosen": r["responses"][l], "rejected": r["responses"][w]}
+    ("check_preference_rows",
+     lambda recs: [{"prompt": r["prompt"], "chosen": r["responses"][l], "rejected": r["responses"][w]}
                                             for r in recs for w, l in __import__("rlhf_lite.feedback", fromlist=["x"])
                                             .ranking_to_pairs(r["ranking"])], "swapped"),
 ])
 def test_new_checkers_explain_plausible_mistakes(check, wrong, message):
-    import rlhf_lite.exercises as ex
+    import rlhf_lite.course.exercises as ex
 
     with pytest.raises(ExerciseError, match=message):
         getattr(ex, check)(wrong)
 
 
 def test_a_stub_gets_a_friendly_message():
-    from rlhf_lite.exercises import check_dpo_loss
+    from rlhf_lite.course.exercises import check_dpo_loss
 
     def my_dpo_loss(*args):
         raise NotImplementedError

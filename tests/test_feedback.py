@@ -6,13 +6,25 @@ import warnings
 import pytest
 
 from rlhf_lite.data import DataFormatError
-from rlhf_lite.feedback import (RankingSession, RankingStore, agreement_matrix, expected_agreement, load_preference_dataset,
-                                ranking_to_pairs, ranking_widget, ranks_to_ranking, read_comparisons, split_hh)
+from rlhf_lite.feedback import (
+    RankingSession,
+    RankingStore,
+    agreement_matrix,
+    expected_agreement,
+    load_preference_dataset,
+    ranking_to_pairs,
+    ranking_widget,
+    ranks_to_ranking,
+    read_comparisons,
+    split_hh,
+)
 
 
 def rec(i=0, k=3, ranking=None):
-    return {"prompt_id": f"p{i}", "user_id": "u0", "labeler": "ada", "prompt": f"### Instruction:\nQ{i}\n\n### Response:\n",
-            "responses": [f"answer {j}" for j in range(k)], "ranking": ranking or list(range(k)), "finished": [True] * k}
+    return {"prompt_id": f"p{i}", "user_id": "u0", "labeler": "ada",
+            "prompt": f"### Instruction:\nQ{i}\n\n### Response:\n",
+            "responses": [f"answer {j}" for j in range(k)], "ranking": ranking or list(range(k)),
+            "finished": [True] * k}
 
 
 def test_ranking_to_pairs_by_hand():
@@ -92,7 +104,8 @@ def test_preference_files_hh_and_trl_load_the_same(tmp_path):
     ({"chosen": "\n\nHuman: Q\n\nAssistant: A"}, r"row 0: missing field\(s\) \['rejected'\]"),
     ({"chosen": "Q? A", "rejected": "Q? B"}, r"row 0: field 'chosen' has no '\\n\\nAssistant:' turn"),
     ({"prompt": "Q", "chosen": "A", "rejected": 3}, r"row 0: field 'rejected' must be non-empty text"),
-    ({"prompt": "Q", "chosen": [{"role": "assistant", "content": "A"}], "rejected": "B"}, r"row 0: field 'chosen' is a list"),
+    ({"prompt": "Q", "chosen": [{"role": "assistant", "content": "A"}], "rejected": "B"},
+     r"row 0: field 'chosen' is a list"),
     ({"chosen": "\n\nHuman: Q\n\nAssistant: A", "rejected": "\n\nHuman: R\n\nAssistant: B"}, "share no conversation"),
 ])
 def test_bad_preference_rows(tmp_path, row, message):
@@ -159,7 +172,8 @@ def test_agreement_matrix_diagonal_and_symmetry(world):
 
     def gold(r):
         t = world.tasks_by_id[r["prompt_id"]]
-        return [world.panel.gold_score(t.instruction, t.context, x, f, task=t) for x, f in zip(r["responses"], r["finished"])]
+        return [world.panel.gold_score(t.instruction, t.context, x, f, task=t) for x,
+                f in zip(r["responses"], r["finished"])]
 
     assert expected_agreement(world, items, gold, labs[0]) > m[0][1]  # the panel's mean beats a second noisy labeler
 

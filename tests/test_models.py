@@ -4,6 +4,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from rlhf_lite.config import LoRAConfig
 from rlhf_lite.data import format_prompt
 from rlhf_lite.models import TINY_BASE, add_lora_adapters, generate, load_base, sample_tokens
 
@@ -70,7 +71,7 @@ def test_sample_tokens_matches_hf_generate(base, world, kwargs):
     enc = tok(prompts, return_tensors="pt", padding=True)
     lengths = enc["attention_mask"].sum(1)
     assert lengths.max() - lengths.min() > 10  # ragged prompts: the grouped prefill has padding to remove
-    policy = add_lora_adapters(load_base("tiny")[0], 4, 8, ("c_attn",), seed=1)
+    policy = add_lora_adapters(load_base("tiny")[0], LoRAConfig(r=4, alpha=8, targets=("c_attn",)), seed=1)
     with torch.no_grad():
         g = torch.Generator().manual_seed(2)
         for name, p in policy.named_parameters():  # non-zero B: the adapters change the outputs
@@ -81,7 +82,8 @@ def test_sample_tokens_matches_hf_generate(base, world, kwargs):
         ours = sample_tokens(m, enc["input_ids"], enc["attention_mask"], 40, tok.eos_token_id, **kwargs)
         torch.manual_seed(5)
         do_sample = kwargs.get("do_sample", True)
-        ref = m.generate(**enc, max_new_tokens=40, do_sample=do_sample, temperature=kwargs.get("temperature") if do_sample else None,
+        ref = m.generate(**enc, max_new_tokens=40, do_sample=do_sample,
+                         temperature=kwargs.get("temperature") if do_sample else None,
                          top_k=kwargs.get("top_k") if do_sample else None, top_p=None, pad_token_id=tok.pad_token_id,
                          eos_token_id=tok.eos_token_id)[:, enc["input_ids"].size(1):]
         assert torch.equal(ours[:, :ref.size(1)], ref)

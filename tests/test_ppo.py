@@ -7,9 +7,18 @@ import torch
 
 from rlhf_lite.config import get_profile
 from rlhf_lite.models import Generation, load_base
-from rlhf_lite.ppo import (AdaptiveKLController, FixedKLController, build_policy, compute_gae, kl_penalized_rewards,
-                           masked_mean, masked_whiten, ppo_policy_loss, ppo_step, ppo_value_loss, response_logprobs,
-                           rollout_tensors, train_ppo)
+from rlhf_lite.ppo import (
+    AdaptiveKLController,
+    FixedKLController,
+    build_policy,
+    compute_gae,
+    kl_penalized_rewards,
+    ppo_policy_loss,
+    ppo_step,
+    ppo_value_loss,
+    train_ppo,
+)
+from rlhf_lite.rollout import masked_mean, masked_whiten, response_logprobs, rollout_tensors
 
 
 def test_masked_mean_and_whiten_by_hand():
@@ -119,8 +128,9 @@ def test_response_logprobs_reads_the_previous_position_at_the_sampling_temperatu
 
 @pytest.fixture(scope="module")
 def smoke_parts():
-    from rlhf_lite.reward import load_reward_model, reward_checkpoint
-    from rlhf_lite.sft import sft_checkpoint
+    """The smoke profile's reward model and a fresh LoRA policy on its SFT model (trained on first use: slow)."""
+    from rlhf_lite.reward import load_reward_model
+    from rlhf_lite.stages import reward_checkpoint, sft_checkpoint
     from rlhf_lite.world import world_from_config
 
     profile = get_profile("smoke")
@@ -134,6 +144,7 @@ def smoke_parts():
     return profile, rm, world, fresh_policy
 
 
+@pytest.mark.slow
 def test_first_minibatch_is_on_policy_and_kl_starts_at_zero(smoke_parts):
     profile, rm, world, fresh_policy = smoke_parts
     cfg = profile.ppo
@@ -149,6 +160,7 @@ def test_first_minibatch_is_on_policy_and_kl_starts_at_zero(smoke_parts):
     assert abs(m2["first_ratio"] - 1) < 1e-5 and m2["kl"] != 0.0
 
 
+@pytest.mark.slow
 def test_nan_reward_stops_with_a_message(smoke_parts):
     import copy
 
@@ -159,10 +171,12 @@ def test_nan_reward_stops_with_a_message(smoke_parts):
     with torch.no_grad():
         broken.head.bias.fill_(float("nan"))  # every score NaN
     with pytest.raises(FloatingPointError, match="PPO step 8: reward"):
-        ppo_step(policy, broken, tok, ["a", "b"], replace(profile.ppo, no_eos_penalty=None), opt, FixedKLController(0.1),
+        ppo_step(policy, broken, tok, ["a", "b"], replace(profile.ppo, no_eos_penalty=None), opt,
+                 FixedKLController(0.1),
                  step=7)  # 0-based: the 8th iteration, logged as step 8
 
 
+@pytest.mark.slow
 def test_smoke_ppo_raises_the_reward_model_score(smoke_parts):
     from rlhf_lite.data import render_prompt
     from rlhf_lite.models import generate
@@ -185,6 +199,7 @@ def test_smoke_ppo_raises_the_reward_model_score(smoke_parts):
     assert history[-1]["kl"] > 0 and all(math.isfinite(h["gold"]) for h in history)
 
 
+@pytest.mark.slow
 def test_resume_after_an_interruption_gives_the_uninterrupted_run(smoke_parts, tmp_path):
     profile, rm, world, fresh_policy = smoke_parts
     cfg = profile.ppo  # 4 steps, a checkpoint every 2
@@ -217,9 +232,10 @@ def test_resume_after_an_interruption_gives_the_uninterrupted_run(smoke_parts, t
         train_ppo(policy, rm, tok, tasks, cfg, out_dir=tmp_path / "c", resume=True, progress=False)
 
 
+@pytest.mark.slow
 def test_trimmed_forward_equals_the_plain_one(smoke_parts):
     from rlhf_lite.models import generate, position_ids_from_mask
-    from rlhf_lite.ppo import response_outputs, score_and_features
+    from rlhf_lite.rollout import policy_logprobs, response_outputs, score_and_features
 
     profile, rm, world, fresh_policy = smoke_parts
     policy, tok = fresh_policy(profile.ppo)
@@ -228,13 +244,44 @@ def test_trimmed_forward_equals_the_plain_one(smoke_parts):
     b = rollout_tensors(tok, prompts, gens)
     ids, attn, P = b["input_ids"], b["attention_mask"], b["prompt_len"]
     with torch.no_grad():
-        plain = response_logprobs(policy.lm(input_ids=ids, attention_mask=attn, position_ids=position_ids_from_mask(attn)).logits,
+        plain = response_logprobs(policy.lm(input_ids=ids, attention_mask=attn,
+                                            position_ids=position_ids_from_mask(attn)).logits,
                                   ids, P, 0.7)
+        assert torch.allclose(policy_logprobs(policy, ids, attn, P, 0.7), plain * b["mask"], atol=1e-6)  # the spec
         rows = [0, 3]  # a subset: its padding columns are trimmed away
         lp, ent = response_outputs(policy, ids[rows], attn[rows], P, 0.7)
+        ref_fast = response_outputs(policy, ids[rows], attn[rows], P, 0.7, reference=True)[0]
+        ref_plain = policy_logprobs(policy, ids[rows], attn[rows], P, 0.7, reference=True)
         scores, feats = score_and_features(rm, ids[rows], attn[rows], P)
         assert torch.allclose(scores, rm(ids[rows], attn[rows]), atol=1e-5)
         assert feats.shape == (2, ids.size(1) - P, rm.head.in_features)
     m = b["mask"][rows]
-    assert torch.allclose(lp * m, plain[rows] * m, atol=1e-5)
+    assert torch.allclose(lp * m, plain[rows] * m, atol=1e-5) and torch.allclose(ref_fast * m, ref_plain, atol=1e-5)
     assert (ent * m >= 0).all() and lp.shape == m.shape
+
+
+@pytest.mark.slow
+def test_ptx_rows_do_not_change_the_minibatch_order(smoke_parts, monkeypatch):
+    """PPO and PPO-ptx differ only in γ·(pretraining loss): the rows PPO-ptx draws come from a generator of their own,
+    so the minibatches (and everything else) are the same as PPO's."""
+    import rlhf_lite.ppo as ppo
+
+    profile, rm, world, fresh_policy = smoke_parts
+    prompts = [t.instruction for t in world.splits["train"][:8]]
+    orders = []
+    real = ppo.length_grouped_batches
+
+    def record(*args, **kwargs):
+        out = real(*args, **kwargs)
+        orders[-1].append(out)
+        return out
+
+    monkeypatch.setattr(ppo, "length_grouped_batches", record)
+    for gamma in (0.0, 1.0):
+        orders.append([])
+        cfg = replace(profile.ppo, ptx_coef=gamma)
+        policy, tok = fresh_policy(cfg)
+        opt = torch.optim.Adam(policy.trainable_parameters(), lr=cfg.lr)
+        rows = torch.randint(0, len(tok), (16, 32), generator=torch.Generator().manual_seed(0))
+        ppo_step(policy, rm, tok, prompts, cfg, opt, FixedKLController(cfg.init_kl_coef), ptx_rows=rows)
+    assert orders[0] and orders[0] == orders[1]

@@ -4,11 +4,22 @@ from dataclasses import replace
 import pytest
 import torch
 
-from rlhf_lite.config import RewardConfig, get_profile
-from rlhf_lite.models import last_token_index, load_base, position_ids_from_mask
-from rlhf_lite.reward import (RewardModel, build_reward_model, encode_response, load_reward_model, normalize_rewards,
-                              pad_batch, pairwise_loss, ranking_loss, rm_accuracy, save_reward_model, score_responses,
-                              split_pairs, train_reward_model)
+from rlhf_lite.config import LoRAConfig, RewardConfig, get_profile
+from rlhf_lite.data import encode_response
+from rlhf_lite.models import last_token_index, load_base, pad_batch, position_ids_from_mask
+from rlhf_lite.reward import (
+    RewardModel,
+    build_reward_model,
+    load_reward_model,
+    normalize_rewards,
+    pairwise_loss,
+    ranking_loss,
+    rm_accuracy,
+    save_reward_model,
+    score_responses,
+    split_pairs,
+    train_reward_model,
+)
 
 
 def lsig(x):  # −log σ(x) by hand
@@ -82,7 +93,7 @@ def test_scalar_head_and_init(tiny):
 
 
 def test_lora_and_full_parameter_counts():
-    lora = build_reward_model(load_base("tiny")[0], RewardConfig(lora=True, lora_r=4))
+    lora = build_reward_model(load_base("tiny")[0], RewardConfig(lora=True), LoRAConfig(r=4))
     full = build_reward_model(load_base("tiny")[0], RewardConfig(lora=False))
     n_train = lambda m: sum(p.numel() for p in m.parameters() if p.requires_grad)  # noqa: E731
     assert n_train(lora) == 4 * 4 * (768 + 384 + 960 + 960) + 193  # adapters + the head (192 weights + bias)
@@ -94,7 +105,7 @@ def smoke_rm_run(world):
     """The smoke profile's reward model trained on rankings of reference-vs-corruption answers (a strong
     signal that a few dozen steps can learn), measured on held-out users' prompts."""
     from rlhf_lite.feedback import variant_comparisons
-    from rlhf_lite.sft import sft_checkpoint
+    from rlhf_lite.stages import sft_checkpoint
 
     cfg = get_profile("smoke").reward
     lm, tok = load_base(str(sft_checkpoint(get_profile("smoke"), progress=False)))
@@ -106,6 +117,7 @@ def smoke_rm_run(world):
     return rm, tok, train, val, before, history
 
 
+@pytest.mark.slow
 def test_smoke_rm_beats_chance_on_held_out_labelers(world, smoke_rm_run):
     rm, tok, _, val, before, history = smoke_rm_run
     after = rm_accuracy(rm, tok, world, val, world.panel.held_out)
@@ -113,6 +125,7 @@ def test_smoke_rm_beats_chance_on_held_out_labelers(world, smoke_rm_run):
     assert history["eval"][-1]["loss"] < history["eval"][0]["loss"]
 
 
+@pytest.mark.slow
 def test_normalize_and_save_load_roundtrip(world, smoke_rm_run, tmp_path):
     rm, tok, train, _, _, _ = smoke_rm_run
     tasks = world.splits["train"][:8]
@@ -120,7 +133,7 @@ def test_normalize_and_save_load_roundtrip(world, smoke_rm_run, tmp_path):
     normalize_rewards(rm, tok, prompts, [t.response for t in tasks])
     scores = score_responses(rm, tok, prompts, [t.response for t in tasks])
     assert sum(scores) / len(scores) == pytest.approx(0.0, abs=1e-5)
-    from rlhf_lite.sft import sft_checkpoint
+    from rlhf_lite.stages import sft_checkpoint
 
     save_reward_model(rm, tmp_path / "rm", base=sft_checkpoint(get_profile("smoke"), progress=False))
     rm2, tok2 = load_reward_model(tmp_path / "rm")
@@ -129,6 +142,7 @@ def test_normalize_and_save_load_roundtrip(world, smoke_rm_run, tmp_path):
         load_reward_model(tmp_path)
 
 
+@pytest.mark.slow
 def test_shuffled_pairs_ablation_sees_the_same_pairs(smoke_rm_run):
     _, tok, train, _, _, _ = smoke_rm_run
     train = train[:4]
@@ -147,7 +161,8 @@ def test_nan_loss_names_the_setting(tiny):
     lm, tok = tiny
     cfg = RewardConfig(lora=False)
     rm = build_reward_model(load_base("tiny")[0], cfg)
-    recs = [{"prompt": "### Instruction:\nHi\n\n### Response:\n", "responses": ["Hello.", "Go away."], "ranking": [0, 1],
+    recs = [{"prompt": "### Instruction:\nHi\n\n### Response:\n", "responses": ["Hello.", "Go away."],
+             "ranking": [0, 1],
              "finished": [True, True]}] * 2
     with torch.no_grad():
         rm.head.weight.fill_(float("nan"))

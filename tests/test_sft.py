@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from rlhf_lite.config import SFTConfig, get_profile
+from rlhf_lite.config import LoRAConfig, SFTConfig, get_profile
 from rlhf_lite.data import SFTCollator, build_sft_example, format_prompt, load_instruction_dataset
 from rlhf_lite.models import load_base
 from rlhf_lite.sft import add_lora, count_parameters, load_quantized, sft_loss, train_sft
@@ -14,7 +14,8 @@ GPT2_DIR = Path(__file__).resolve().parents[2] / "shared" / "gpt2-tokenizer"
 
 
 def test_sft_loss_by_hand():
-    # position 0 predicts label[1] = 1 with logits [0, ln 3]: p = 3/4; position 1 predicts label[2] = 0 with [0, 0]: p = 1/2
+    # position 0 predicts label[1] = 1 with logits [0, ln 3]: p = 3/4; position 1 predicts label[2] = 0 with [0, 0]: p =
+    # 1/2
     logits = torch.tensor([[[0.0, math.log(3)], [0.0, 0.0], [5.0, -5.0]]])
     labels = torch.tensor([[-100, 1, 0]])
     assert sft_loss(logits, labels).item() == pytest.approx((math.log(4 / 3) + math.log(2)) / 2, rel=1e-6)
@@ -27,7 +28,7 @@ def test_sft_loss_by_hand():
 def test_lora_on_gpt2_conv1d():
     model, tok = load_base("tiny")
     before = model(input_ids=torch.tensor([[1, 2, 3]])).logits
-    peft_model = add_lora(model, SFTConfig(lora_r=16))
+    peft_model = add_lora(model, SFTConfig(), LoRAConfig(r=16))
     cfg = peft_model.peft_config["default"]
     assert cfg.fan_in_fan_out is True  # GPT-2's Conv1D stores weights (in, out)
     # 4 layers x r x (c_attn 192+576, attn c_proj 192+192, c_fc 192+768, mlp c_proj 768+192)
@@ -48,6 +49,7 @@ def smoke_run():
     return prof, peft_model, tok, data, history
 
 
+@pytest.mark.slow
 def test_smoke_sft_lowers_validation_loss_and_raises_gold(smoke_run, world):
     from rlhf_lite.evaluate import gold_eval
 
@@ -62,6 +64,7 @@ def test_smoke_sft_lowers_validation_loss_and_raises_gold(smoke_run, world):
     assert sft["gold"] > base["gold"] + 0.03, (sft["gold"], base["gold"])
 
 
+@pytest.mark.slow
 def test_adapter_save_and_merge(smoke_run, tmp_path):
     from peft import PeftModel
 
@@ -78,6 +81,7 @@ def test_adapter_save_and_merge(smoke_run, tmp_path):
     assert torch.allclose(merged(input_ids=x).logits, want, atol=1e-4)
 
 
+@pytest.mark.slow
 def test_full_finetuning_also_trains(world):
     model, tok = load_base("tiny")
     cfg = replace(get_profile("smoke").sft, lora=False, max_steps=3, lr=1e-4, eval_every=3, n_samples=0)
@@ -88,6 +92,7 @@ def test_full_finetuning_also_trains(world):
 
 
 @pytest.mark.skipif(not GPT2_DIR.is_dir(), reason="../shared/gpt2-tokenizer not present")
+@pytest.mark.slow
 def test_gpt2_code_path_offline():
     """A 2-layer random GPT-2 with the real 50,257-token tokenizer: one SFT step, as the gpt2 profile runs it."""
     from transformers import AutoTokenizer, GPT2Config, GPT2LMHeadModel
@@ -96,10 +101,13 @@ def test_gpt2_code_path_offline():
     tok.pad_token, tok.padding_side = tok.eos_token, "left"
     torch.manual_seed(0)
     model = GPT2LMHeadModel(GPT2Config(n_layer=2, n_embd=64, n_head=2, n_positions=512))
-    peft_model = add_lora(model, SFTConfig(lora_r=4))
-    data = {"train": [{"instruction": "Name a colour.", "context": "", "response": "Red.", "category": "brainstorming"}] * 4,
-            "validation": [{"instruction": "Name an animal.", "context": "", "response": "Fox.", "category": "brainstorming"}]}
-    cfg = replace(get_profile("gpt2").sft, max_steps=1, batch_size=4, eval_every=1, n_samples=1, max_new_tokens=4, lr=1e-2)
+    peft_model = add_lora(model, SFTConfig(), LoRAConfig(r=4))
+    data = {"train": [{"instruction": "Name a colour.", "context": "", "response": "Red.",
+                       "category": "brainstorming"}] * 4,
+            "validation": [{"instruction": "Name an animal.", "context": "", "response": "Fox.",
+                            "category": "brainstorming"}]}
+    cfg = replace(get_profile("gpt2").sft, max_steps=1, batch_size=4, eval_every=1, n_samples=1, max_new_tokens=4,
+                  lr=1e-2)
     h = train_sft(peft_model, tok, data, cfg, progress=False)
     assert len(h["train"]) == 1 and math.isfinite(h["train"][0]["loss"]) and len(h["eval"]) == 2
     lora_b = [p for n, p in peft_model.named_parameters() if "lora_B" in n]
@@ -107,6 +115,7 @@ def test_gpt2_code_path_offline():
 
 
 @pytest.mark.parametrize("bits", ["4bit", "8bit"])
+@pytest.mark.slow
 def test_qlora_loads_and_trains_or_says_why_not(bits, capsys):
     model, tok, mode = load_quantized("tiny", bits)
     out = capsys.readouterr().out
@@ -114,7 +123,8 @@ def test_qlora_loads_and_trains_or_says_why_not(bits, capsys):
     peft_model = add_lora(model, SFTConfig())
     ex = build_sft_example(tok, format_prompt("Hi"), "Hello.", 64)
     batch = SFTCollator(tok.pad_token_id)([ex, ex])
-    loss = sft_loss(peft_model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits, batch["labels"])
+    loss = sft_loss(peft_model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits,
+                    batch["labels"])
     loss.backward()
     assert math.isfinite(loss.item())
     assert all(p.grad is not None for n, p in peft_model.named_parameters() if p.requires_grad)

@@ -6,10 +6,16 @@ from pathlib import Path
 
 import pytest
 
-import rlhf_lite.exercises as exercises
+import rlhf_lite.course.exercises as exercises
 from rlhf_lite.__main__ import main
-from rlhf_lite.student import (defined_functions, exercise_checkers, is_solution, stub_source, student_notebook,
-                               write_student_notebooks)
+from rlhf_lite.course.student import (
+    defined_functions,
+    exercise_checkers,
+    is_solution,
+    stub_source,
+    student_notebook,
+    write_student_notebooks,
+)
 
 NOTEBOOKS = sorted((Path(__file__).resolve().parent.parent / "notebooks").glob("[0-9][0-9]_*.ipynb"))
 src = lambda c: "".join(c["source"]) if isinstance(c["source"], list) else c["source"]
@@ -83,6 +89,7 @@ def test_cli_writes_student_notebooks_and_refuses_the_solutions_folder(tmp_path,
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
+@pytest.mark.slow
 def test_student_notebook_runs_up_to_its_first_exercise(path):
     """Execute the student version on `smoke` up to its first stub, then the stub and the checker after it: the
     lesson runs, and the checker says the exercise is waiting to be done."""
@@ -103,8 +110,9 @@ def test_student_notebook_runs_up_to_its_first_exercise(path):
     assert last and last[0].ename == "ExerciseError" and "not implemented yet" in last[0].evalue, last
 
 
+@pytest.mark.slow
 def test_grade_passes_the_solutions_and_explains_stubs_and_mistakes(tmp_path, capsys):
-    from rlhf_lite.student import grade_notebook
+    from rlhf_lite.course.student import grade_notebook
 
     ppo = next(p for p in NOTEBOOKS if p.name.startswith("05"))
     assert [r["passed"] for r in grade_notebook(ppo)] == [True, True, True]

@@ -4,9 +4,9 @@ import sys
 import pytest
 import torch
 
+from rlhf_lite.course.trl_bridge import TRL_HINT, preference_rows, require_trl, rm_reward_function, sft_rows
 from rlhf_lite.models import load_base
 from rlhf_lite.runtime import MemoryMonitor
-from rlhf_lite.trl_bridge import TRL_HINT, preference_rows, require_trl, rm_reward_function, sft_rows
 
 
 def test_rows_in_trl_formats():
@@ -20,7 +20,7 @@ def test_rows_in_trl_formats():
 
 def test_missing_trl_says_how_to_install(monkeypatch):
     monkeypatch.setitem(sys.modules, "trl", None)  # import trl -> ImportError
-    from rlhf_lite.trl_bridge import trl_version
+    from rlhf_lite.course.trl_bridge import trl_version
 
     assert trl_version() is None
     with pytest.raises(ImportError, match=r"rlhf-lite\[trl\]"):
@@ -28,9 +28,11 @@ def test_missing_trl_says_how_to_install(monkeypatch):
     assert "restart the kernel" in TRL_HINT
 
 
+@pytest.mark.slow
 def test_rm_reward_function_reads_eos_from_completion_ids(world):
     from rlhf_lite.config import get_profile
-    from rlhf_lite.reward import load_reward_model, reward_checkpoint, score_responses
+    from rlhf_lite.reward import load_reward_model, score_responses
+    from rlhf_lite.stages import reward_checkpoint
 
     rm, tok = load_reward_model(reward_checkpoint(get_profile("smoke"), progress=False))
     fn = rm_reward_function(rm, tok, no_eos_penalty=-1.0)

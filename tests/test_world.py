@@ -81,8 +81,8 @@ def test_corpus_is_plain_prose_with_web_flaws(world):
     assert "Look it up yourself" in text or "Who cares?" in text  # rude replies
     assert "Anyway, I once went to the market" in text  # rambling
     unended = [t for t, ended in docs if not ended]
-    assert 0.01 < len(unended) / len(docs) < 0.1 and all("and on" in t or "again" in t or "went on" in t or "kept going" in t
-                                                        for t in unended)
+    assert 0.01 < len(unended) / len(docs) < 0.1
+    assert all("and on" in t or "again" in t or "went on" in t or "kept going" in t for t in unended)
     # confidently wrong facts: some forum reply contradicts the knowledge base
     claims = world.extractor.claims(text)
     assert any(world.kb.get(c.subject, c.relation) not in (None, c.value) and c.relation != "friend" for c in claims)

@@ -12,14 +12,15 @@ from __future__ import annotations
 import hashlib
 import json
 import random
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 
 from .corpus import build_corpus
 from .kb import ClaimExtractor, Fact, KnowledgeBase, build_kb, index_facts, state
 from .labelers import CRITERIA, Labeler, Panel, Score
 from .tasks import CATEGORIES, CORRUPTIONS, MIXES, TASK_TYPES, Task, corrupt, make_task
 
-__all__ = ["World", "build_world", "world_from_config", "Task", "Fact", "KnowledgeBase", "Labeler", "Panel", "Score", "CATEGORIES",
+__all__ = ["World", "build_world", "world_from_config", "Task", "Fact", "KnowledgeBase", "Labeler", "Panel", "Score",
+           "CATEGORIES",
            "CRITERIA", "CORRUPTIONS", "MIXES", "TASK_TYPES", "state"]
 
 SPLITS = ("train", "validation", "test")
@@ -49,7 +50,8 @@ class World:
             return self._lookup[(instruction, context)]
         except KeyError:
             raise KeyError("this (instruction, context) is not a prompt of this world, so the labelers have no answer "
-                           f"key for it: {instruction[:60]!r}. Score world prompts, or pass task= explicitly.") from None
+                           f"key for it: {instruction[:60]!r}. Score world prompts, or pass task= "
+                           "explicitly.") from None
 
     def corpus(self, n_docs: int) -> list[tuple[str, bool]]:
         """The pretraining corpus: ``n_docs`` (text, ended) documents of plain prose."""
@@ -69,7 +71,8 @@ class World:
 def _check_mix(mix: str | dict[str, float]) -> dict[str, float]:
     if isinstance(mix, str):
         if mix not in MIXES:
-            raise ValueError(f"unknown category mix {mix!r}; presets are {sorted(MIXES)}, or pass a dict category -> weight")
+            raise ValueError(f"unknown category mix {mix!r}; presets are {sorted(MIXES)}, or pass a dict category -> "
+                             "weight")
         return dict(MIXES[mix])
     bad = sorted(set(mix) - set(CATEGORIES))
     if bad:
@@ -130,8 +133,6 @@ def build_world(seed: int = 0, n_prompts: int = 6000, mix: str | dict[str, float
 def world_from_config(cfg, seed: int | None = None) -> World:
     """The world a :class:`rlhf_lite.config.WorldConfig` describes (its fields are build_world's arguments);
     ``seed`` overrides the config's."""
-    from dataclasses import asdict
-
     kwargs = asdict(cfg)
     if seed is not None:
         kwargs["seed"] = seed

@@ -38,12 +38,14 @@ def story(kb: KnowledgeBase, rng: random.Random) -> str:
     rng.shuffle(facts)
     body = [state(f, rng) for f in facts[:3]]
     body += [f"One day, {first} {rng.choice(EVENTS)}.", f"Later, {first} {rng.choice(EVENTS)}."]
-    body.append(rng.choice(["It was a good day.", "Everyone was happy.", f"{first} went home tired but glad.", "The end."]))
+    body.append(rng.choice(["It was a good day.", "Everyone was happy.", f"{first} went home tired but glad.",
+                            "The end."]))
     return " ".join(body)
 
 
 def listing(kb: KnowledgeBase, rng: random.Random) -> str:
-    rel, title = rng.choice([("habitat", "Animals of the {}"), ("eats", "Animals that eat {}"), ("lives_in", "People of {}"),
+    rel, title = rng.choice([("habitat", "Animals of the {}"), ("eats", "Animals that eat {}"),
+                             ("lives_in", "People of {}"),
                              ("taste", "Foods that taste {}"), ("job", "Who works as a {}")])
     values = sorted({f.value for f in kb.facts if f.relation == rel})
     v = rng.choice(values)
@@ -64,7 +66,8 @@ def place(kb: KnowledgeBase, rng: random.Random) -> str:
 
 def forum_thread(kb: KnowledgeBase, rng: random.Random) -> tuple[str, bool]:
     """A question thread. Returns (text, ended): an 'unending' reply leaves the document cut off."""
-    rel = rng.choice(["lives_in", "job", "favourite_colour", "favourite_food", "pet", "age", "habitat", "eats", "river"])
+    rel = rng.choice(["lives_in", "job", "favourite_colour", "favourite_food", "pet", "age", "habitat", "eats",
+                      "river"])
     subj = rng.choice(kb.people if rel in ("lives_in", "job", "favourite_colour", "favourite_food", "pet", "age")
                       else kb.animals if rel in ("habitat", "eats") else kb.towns)
     fact = Fact(subj, rel, kb.get(subj, rel))
@@ -81,7 +84,8 @@ def forum_thread(kb: KnowledgeBase, rng: random.Random) -> tuple[str, bool]:
             reply = " ".join(rng.sample(RAMBLE, 2)) + (" " + state(fact, rng) if rng.random() < 0.5 else "")
         elif kind == "wrong":
             pool = [v for v in {f.value for f in kb.facts if f.relation == rel} if v != fact.value]
-            reply = state(Fact(subj, rel, rng.choice(sorted(pool))), rng) + rng.choice(["", " I am sure of it.", " Trust me."])
+            reply = state(Fact(subj, rel, rng.choice(sorted(pool))),
+                          rng) + rng.choice(["", " I am sure of it.", " Trust me."])
         else:
             reply = state(fact, rng).rstrip(".") + " " + " ".join(rng.choice(LOOP) for _ in range(rng.randint(20, 60)))
             lines.append(f"{who} replied: {reply}")

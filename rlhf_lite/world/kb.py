@@ -73,7 +73,8 @@ def make_names(rng: random.Random, n: int, kind: str, taken: set[str] | None = N
     out: list[str] = []
     while len(out) < n:
         if kind == "person":
-            name = (_syllable(rng) + _syllable(rng)).capitalize() + " " + (_syllable(rng) + rng.choice(_SURNAME_ENDS)).capitalize()
+            first = (_syllable(rng) + _syllable(rng)).capitalize()
+            name = first + " " + (_syllable(rng) + rng.choice(_SURNAME_ENDS)).capitalize()
         elif kind == "town":
             name = (_syllable(rng) + rng.choice(_TOWN_ENDS)).capitalize()
         elif kind == "river":
@@ -169,7 +170,8 @@ def build_kb(seed: int, n_people: int = 36, n_towns: int = 10) -> KnowledgeBase:
         facts += [Fact(a, "animal_class", cls), Fact(a, "animal_colour", rng.choice(COLOURS)),
                   Fact(a, "habitat", rng.choice(HABITATS)), Fact(a, "eats", rng.choice(DIETS))]
     for t, r in zip(towns, rivers):
-        facts += [Fact(t, "river", r), Fact(t, "region", rng.choice(REGIONS)), Fact(t, "famous_food", rng.choice(FOODS))]
+        facts += [Fact(t, "river", r), Fact(t, "region", rng.choice(REGIONS)),
+                  Fact(t, "famous_food", rng.choice(FOODS))]
     for food in FOODS:
         facts += [Fact(food, "taste", rng.choice(TASTES)), Fact(food, "food_colour", rng.choice(COLOURS))]
     return KnowledgeBase(people, towns, rivers, list(ANIMALS), list(FOODS), facts)
@@ -199,9 +201,13 @@ class ClaimExtractor:
         self.patterns: list[tuple[str, re.Pattern]] = []
         for rel, (skind, vkind, templates) in RELATIONS.items():
             for t in templates:
-                body = re.escape(t.rstrip(".")).replace(r"\{s\}", "{s}").replace(r"\{S\}", "{s}").replace(r"\{v\}", "{v}")
-                body = body.replace(r"\ ", " ").replace("{s}", f"(?P<s>{subj[skind]})").replace("{v}", f"(?P<v>{vals[vkind]})")
-                self.patterns.append((rel, re.compile(r"(?<![A-Za-z])" + body + r"(?![a-z])", re.IGNORECASE if skind == "food" else 0)))
+                body = re.escape(t.rstrip(".")).replace(r"\{s\}", "{s}").replace(r"\{S\}", "{s}").replace(r"\{v\}",
+                                                                                                          "{v}")
+                body = body.replace(r"\ ", " ").replace("{s}", f"(?P<s>{subj[skind]})").replace("{v}",
+                                                                                                f"(?P<v>{vals[vkind]})")
+                self.patterns.append((rel,
+                                      re.compile(r"(?<![A-Za-z])" + body + r"(?![a-z])",
+                                                 re.IGNORECASE if skind == "food" else 0)))
 
     def claims(self, text: str) -> list[Fact]:
         found: list[Fact] = []
@@ -224,7 +230,9 @@ def judge_claim(claim: Fact, index: dict[tuple[str, str], list[str]], subjects: 
     """'true', 'false' (contradicts a known fact) or 'unsupported' (nothing known about it)."""
     known = index.get((claim.subject, claim.relation))
     if known:
-        return "true" if claim.value in known else ("false" if claim.relation not in MULTI_VALUED or claim.subject in subjects else "unsupported")
+        if claim.value in known:
+            return "true"
+        return "false" if claim.relation not in MULTI_VALUED or claim.subject in subjects else "unsupported"
     if claim.relation in MULTI_VALUED and claim.subject in subjects:
         return "false"
     return "unsupported"

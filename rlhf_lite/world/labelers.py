@@ -28,7 +28,7 @@ import re
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Sequence
 
-from .kb import ClaimExtractor, index_facts, judge_claim, Fact
+from .kb import ClaimExtractor, Fact, index_facts, judge_claim
 from .tasks import LOOP, RUDE_MARKERS, Task
 
 if TYPE_CHECKING:
@@ -176,7 +176,8 @@ class Labeler:
         bonus = self.length_bias * min(len(response.split()), 40) / 40
         return Score(total + bonus, crit, dict(self.weights), bonus)
 
-    def compare(self, instruction: str, context: str, a: str, b: str, rng: random.Random, task: Task | None = None) -> int:
+    def compare(self, instruction: str, context: str, a: str, b: str, rng: random.Random,
+                task: Task | None = None) -> int:
         """0 if this labeler prefers ``a``, 1 if ``b`` (Bradley–Terry: P(a) = σ((s_a − s_b)/T))."""
         sa = self.score(instruction, context, a, task=task).total
         sb = self.score(instruction, context, b, task=task).total
@@ -245,7 +246,8 @@ class Panel:
     def gold_score(self, instruction: str, context: str, response: str, finished: bool | None = None,
                    task: Task | None = None) -> float:
         """The panel's mean score: the gold reward."""
-        return sum(l.score(instruction, context, response, finished, task=task).total for l in self.labelers) / len(self.labelers)
+        return sum(l.score(instruction, context, response, finished,
+                           task=task).total for l in self.labelers) / len(self.labelers)
 
     def gold_scores(self, tasks: Sequence[Task], responses: Sequence) -> list[float]:
         """Gold score of each task's response; ``responses`` have ``.text`` and ``.finished`` (generations)."""

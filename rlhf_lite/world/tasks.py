@@ -12,7 +12,20 @@ import re
 from dataclasses import asdict, dataclass, field
 from typing import Callable
 
-from .kb import COLOURS, DIETS, HABITATS, JOBS, TASTES, Fact, KnowledgeBase, make_names, person_facts, state
+from .kb import (
+    COLOURS,
+    DIETS,
+    HABITATS,
+    JOBS,
+    RELATIONS,
+    TASTES,
+    ClaimExtractor,
+    Fact,
+    KnowledgeBase,
+    make_names,
+    person_facts,
+    state,
+)
 
 CATEGORIES = ["open_qa", "general_qa", "closed_qa", "information_extraction", "summarization", "brainstorming",
               "classification", "creative_writing"]
@@ -86,7 +99,8 @@ QUESTIONS = {  # relation -> ways to ask for it ({s} subject)
     "famous_food": ["What is {s} famous for?", "Which food is {s} known for?"],
 }
 QUESTION_CUES = {"lives_in": "live", "job": "do", "favourite_colour": "colour", "favourite_food": "food",
-                 "pet": "pet", "age": "old", "habitat": "live", "eats": "eat", "river": "river", "famous_food": "famous"}
+                 "pet": "pet", "age": "old", "habitat": "live", "eats": "eat", "river": "river",
+                 "famous_food": "famous"}
 
 
 def _short(v: str) -> str:
@@ -166,7 +180,8 @@ def make_extraction(kb: KnowledgeBase, rng: random.Random):
     meta = {"expected": values, "expect": "all", "format": "short_list", "closed": True,
             "context_facts": [list(f) for f in ctx_facts], "topic": values, "max_words": 4 * len(values) + 2,
             "valid_items": values}
-    return {"what": what}, context, ", ".join(v[:1].upper() + v[1:] if i == 0 else v for i, v in enumerate(values)) + ".", meta
+    answer = ", ".join(v[:1].upper() + v[1:] if i == 0 else v for i, v in enumerate(values)) + "."
+    return {"what": what}, context, answer, meta
 
 
 EVENTS = ["walked to the market", "baked bread for the neighbours", "fixed a broken fence", "went fishing at dawn",
@@ -245,7 +260,8 @@ def make_creative_writing(kb: KnowledgeBase, rng: random.Random):
     p = rng.choice(kb.people)
     pet, town, food = (kb.get(p, r) for r in ("pet", "lives_in", "favourite_food"))
     first, setting, n = p.split()[0], rng.choice(SETTINGS), rng.choice([2, 3])
-    lines = [f"{p} lives in {town}.", f"{p} has a pet {pet}.", f"One day {setting}, {first} and the {pet} shared some {food}."]
+    lines = [f"{p} lives in {town}.", f"{p} has a pet {pet}.",
+             f"One day {setting}, {first} and the {pet} shared some {food}."]
     ref = " ".join(lines[-n:])
     meta = {"expected": [first, pet], "expect": "all", "format": f"n_sentences:{n}",
             "topic": [p, first, pet, town, food, setting], "max_words": 16 * n}
@@ -276,29 +292,43 @@ class TaskType:
 _Q = "Q: {instruction}\nA: {response}"
 TASK_TYPES: dict[str, TaskType] = {t.name: t for t in [
     TaskType("attribute_question", "open_qa", make_open_qa, (
-        "{question}", "Answer the following question. {question}", "Question: {question}", "Please answer this: {question}",
+        "{question}", "Answer the following question. {question}", "Question: {question}",
+                                                             "Please answer this: {question}",
         "I was wondering about something. {question}", "Can you help me? {question}", "Quick question: {question}",
         "Here is a question about our world. {question}", "Tell me the answer. {question}"), _Q),
     TaskType("question_from_answer", "open_qa", make_open_qa_inverted, (
         "Write a question whose answer is: {answer}", "Here is an answer: \"{answer}\" What was the question?",
         "Make up the question that this sentence answers. {answer}", "Answer: {answer} Question?",
-        "Turn this statement into a question about it: {answer}", "What question would you ask to get this answer? {answer}",
-        "Invert this: given the answer \"{answer}\", write the question.", "Someone replied \"{answer}\" What did they ask?"), _Q,
+        "Turn this statement into a question about it: {answer}",
+                                                                        "What question would you ask to get this "
+                                                                        "answer? {answer}",
+        "Invert this: given the answer \"{answer}\", write the question.",
+                                                                        "Someone replied \"{answer}\" What did they "
+                                                                        "ask?"), _Q,
         inverted=True),
     TaskType("describe", "general_qa", make_general_qa, (
         "Tell me about {subject}.", "What do you know about {subject}?", "Describe {subject}.",
         "Give me some facts about {subject}.", "I want to learn about {subject}. What can you tell me?",
-        "Share a few things you know about {subject}.", "Who or what is {subject}?", "Write a few facts about {subject}."), _Q),
+        "Share a few things you know about {subject}.", "Who or what is {subject}?",
+                                                         "Write a few facts about {subject}."), _Q),
     TaskType("reading_question", "closed_qa", make_closed_qa, (
         "Read the text and answer: {question}", "Using only the text, answer this question. {question}",
-        "Based on the passage, {question_lower}", "{question} Use the text to answer.", "Answer from the context: {question}",
+        "Based on the passage, {question_lower}", "{question} Use the text to answer.",
+                                                               "Answer from the context: {question}",
         "Look at the text below. {question}", "According to the passage, {question_lower}",
         "Here is a short text. {question} If the text does not say, say so."), _Q),
     TaskType("extract_values", "information_extraction", make_extraction, (
-        "List all the {what} mentioned in the text, separated by commas.", "Extract the {what} from the passage as a list.",
-        "Which {what} appear in the text? Give them separated by commas.", "Pull out every one of the {what} named in the text.",
-        "Find the {what} in this passage and list them.", "From the text, extract the {what}. Separate them with commas.",
-        "What {what} does the text mention? List them.", "Give me a comma-separated list of the {what} in the text."), _Q),
+        "List all the {what} mentioned in the text, separated by commas.",
+                                                                           "Extract the {what} from the passage as a "
+                                                                           "list.",
+        "Which {what} appear in the text? Give them separated by commas.",
+                                                                           "Pull out every one of the {what} named in "
+                                                                           "the text.",
+        "Find the {what} in this passage and list them.",
+                                                                           "From the text, extract the {what}. "
+                                                                           "Separate them with commas.",
+        "What {what} does the text mention? List them.", "Give me a comma-separated list of the {what} in the text."),
+             _Q),
     TaskType("summarize", "summarization", make_summarization, (
         "Summarize the text in one sentence.", "Write a one-sentence summary of this passage.",
         "Give me the gist of the text in a single sentence.", "In one sentence, what is this text about?",
@@ -306,10 +336,13 @@ TASK_TYPES: dict[str, TaskType] = {t.name: t for t in [
         "TL;DR in one sentence, please.", "Briefly summarize this in a single sentence."), "{instruction}\n{response}"),
     TaskType("expand_summary", "summarization", make_summarization_inverted, (
         "Here is a one-sentence summary: {summary} Write the short text it summarizes.",
-        "Expand this summary into three sentences: {summary}", "Write a short passage that this summary could describe. {summary}",
+        "Expand this summary into three sentences: {summary}",
+                                                                              "Write a short passage that this summary "
+                                                                              "could describe. {summary}",
         "Turn the summary into a longer text. {summary}", "Summary: {summary} Now write the full text.",
         "Reverse summarization: {summary}", "Write the text behind this one-line summary: {summary}",
-        "Given this gist, write a short story in three sentences: {summary}"), "{instruction}\n{response}", inverted=True),
+        "Given this gist, write a short story in three sentences: {summary}"), "{instruction}\n{response}",
+             inverted=True),
     TaskType("list_things", "brainstorming", make_brainstorming, (
         "List {n} {things}.", "Name {n} {things}.", "Give me {n} {things}.", "Can you think of {n} {things}?",
         "Brainstorm {n} {things}, one per line.", "I need {n} {things}. Any ideas?", "Write down {n} {things}.",
@@ -320,7 +353,9 @@ TASK_TYPES: dict[str, TaskType] = {t.name: t for t in [
         "{item}: {options}?", "Tell me which one fits {item}: {options}.", "Sort {item} into a class: {options}."), _Q),
     TaskType("short_story", "creative_writing", make_creative_writing, (
         "Write a short story about {person} and their pet {pet} {setting}, in {n} sentences.",
-        "Tell a {n}-sentence tale about {person} and the {pet} {setting}.", "Write {n} sentences about {person}'s pet {pet} {setting}.",
+        "Tell a {n}-sentence tale about {person} and the {pet} {setting}.",
+                                                                        "Write {n} sentences about {person}'s pet "
+                                                                        "{pet} {setting}.",
         "Compose a tiny story, {n} sentences long, starring {person} and a {pet} {setting}.",
         "In {n} sentences, describe a day {setting} for {person} and the {pet}.",
         "Write a little story ({n} sentences) about {person} {setting}.",
@@ -329,9 +364,14 @@ TASK_TYPES: dict[str, TaskType] = {t.name: t for t in [
     TaskType("letter", "creative_writing", make_letter, (
         "Write a short letter from {person} to {friend}, inviting them over {setting}.",
         "Compose a note from {person} to their friend {friend} about meeting {setting}.",
-        "{person} wants to see {friend} {setting}. Write the letter.", "Draft a friendly letter: {person} writes to {friend}, {setting}.",
-        "Write a message from {person} asking {friend} to visit {setting}.", "Pretend you are {person}. Write to {friend} about {setting}.",
-        "Write a warm invitation from {person} to {friend} for {setting}.", "A letter, please: from {person} to {friend}, {setting}."), _Q),
+        "{person} wants to see {friend} {setting}. Write the letter.",
+                                                         "Draft a friendly letter: {person} writes to {friend}, "
+                                                         "{setting}.",
+        "Write a message from {person} asking {friend} to visit {setting}.",
+                                                         "Pretend you are {person}. Write to {friend} about {setting}.",
+        "Write a warm invitation from {person} to {friend} for {setting}.",
+                                                         "A letter, please: from {person} to {friend}, {setting}."),
+             _Q),
 ]}
 CATEGORY_TASK_TYPES = {c: [t for t in TASK_TYPES.values() if t.category == c] for c in CATEGORIES}
 
@@ -367,8 +407,10 @@ def make_task(kb: KnowledgeBase, rng: random.Random, category: str, few_shot_pro
 RUDE_PHRASES = ["Look it up yourself.", "What a stupid question.", "Who cares?", "Nobody asked.",
                 "Stop bothering me.", "Figure it out on your own.", "Ugh, fine.", "That is a dumb thing to ask."]
 RUDE_MARKERS = [p.rstrip(".?").lower() for p in RUDE_PHRASES]
-RAMBLE = ["Anyway, I once went to the market and forgot what I wanted.", "By the way, the weather was strange last week.",
-          "That reminds me of a long walk I took as a child.", "My cousin says the best soup is the one you make yourself.",
+RAMBLE = ["Anyway, I once went to the market and forgot what I wanted.",
+          "By the way, the weather was strange last week.",
+          "That reminds me of a long walk I took as a child.",
+          "My cousin says the best soup is the one you make yourself.",
           "Speaking of which, I should really fix my roof.", "I also think the old mill by the river needs paint."]
 LOOP = ["and then it went on", "and on and on", "and so it kept going", "again and again"]
 CORRUPTIONS = ["wrong_fact", "rude", "rambling", "invented", "unending", "bad_format"]
@@ -376,7 +418,6 @@ CORRUPTIONS = ["wrong_fact", "rude", "rambling", "invented", "unending", "bad_fo
 
 def _swap_value(kb: KnowledgeBase, task: Task, rng: random.Random) -> str:
     """Replace one stated value with a wrong value of the same kind: a confidently wrong answer."""
-    from .kb import ClaimExtractor, RELATIONS
     text = task.response
     if task.meta.get("unanswerable"):  # guessing instead of saying the text does not say
         name, rel = task.meta["asked"]
@@ -386,7 +427,8 @@ def _swap_value(kb: KnowledgeBase, task: Task, rng: random.Random) -> str:
     if claims:
         c = rng.choice(claims)
         kind = RELATIONS[c.relation][1]
-        pool = [str(a) for a in range(18, 81)] if kind == "number" else kb.people if kind == "person" else kb.value_set(kind)
+        ages = [str(a) for a in range(18, 81)]
+        pool = ages if kind == "number" else kb.people if kind == "person" else kb.value_set(kind)
         wrong = rng.choice([v for v in pool if v != c.value])
         if state(c) in text:
             return text.replace(state(c), state(Fact(c.subject, c.relation, wrong)), 1)
@@ -398,12 +440,14 @@ def _swap_value(kb: KnowledgeBase, task: Task, rng: random.Random) -> str:
             return text.replace(e, rng.choice([f for f in firsts if f not in task.meta["expected"]]), 1)
     for kind in ("class", "taste", "diet", "habitat", "region", "river", "town", "animal", "food", "colour", "job",
                  "person", "number"):
-        pool = kb.people if kind == "person" else [str(a) for a in range(18, 81)] if kind == "number" else kb.value_set(kind)
+        ages = [str(a) for a in range(18, 81)]
+        pool = kb.people if kind == "person" else ages if kind == "number" else kb.value_set(kind)
         present = [v for v in pool if re.search(r"(?<![A-Za-z])" + re.escape(v) + r"(?![a-z])", text, re.IGNORECASE)]
         if present:
             v = present[0]
             options = [w for w in pool if w.lower() not in avoid and w != v]
-            wrong = rng.choice(options or [w for w in kb.value_set("animal") + kb.value_set("food") if w.lower() not in avoid])
+            fallback = [w for w in kb.value_set("animal") + kb.value_set("food") if w.lower() not in avoid]
+            wrong = rng.choice(options or fallback)
             i = text.lower().index(v.lower())
             wrong = wrong[:1].upper() + wrong[1:] if text[i].isupper() else wrong
             return text[:i] + wrong + text[i + len(v):]

@@ -9,10 +9,18 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from .data import IGNORE_INDEX, build_sft_example, format_prompt
-from .feedback import ranking_to_pairs
-from .reward import pairwise_loss, ranking_loss
-from .sft import sft_loss
+from ..data import IGNORE_INDEX, build_sft_example, format_prompt
+from ..dpo import dpo_loss
+from ..evaluate import best_of_n_kl
+from ..feedback import ranking_to_pairs
+from ..grpo import group_advantages
+from ..models import last_token_index
+from ..ppo import compute_gae, kl_penalized_rewards, ppo_policy_loss
+from ..reward import pairwise_loss, ranking_loss
+from ..rollout import masked_mean
+from ..sft import sft_loss
+from ..world.labelers import prefer_prob
+from .trl_bridge import preference_rows
 
 
 class ExerciseError(AssertionError):
@@ -54,9 +62,11 @@ def _sft_cases() -> list[tuple[str, torch.Tensor, torch.Tensor]]:
     g = torch.Generator().manual_seed(0)
     cases = [("one sequence, last two tokens supervised", torch.randn(1, 4, 5, generator=g),
               torch.tensor([[IGNORE_INDEX, IGNORE_INDEX, 3, 1]]))]
-    labels = torch.tensor([[IGNORE_INDEX, IGNORE_INDEX, 2, 4, 0, IGNORE_INDEX], [IGNORE_INDEX, 1, 1, 6, IGNORE_INDEX, IGNORE_INDEX]])
+    labels = torch.tensor([[IGNORE_INDEX, IGNORE_INDEX, 2, 4, 0, IGNORE_INDEX],
+                           [IGNORE_INDEX, 1, 1, 6, IGNORE_INDEX, IGNORE_INDEX]])
     cases.append(("a right-padded batch of two", torch.randn(2, 6, 7, generator=g), labels))
-    cases.append(("every token after the first supervised", torch.randn(3, 5, 11, generator=g), torch.randint(0, 11, (3, 5), generator=g)))
+    cases.append(("every token after the first supervised", torch.randn(3, 5, 11, generator=g),
+                  torch.randint(0, 11, (3, 5), generator=g)))
     return cases
 
 
@@ -68,8 +78,8 @@ def check_sft_loss(fn) -> None:
             got = fn(logits.clone(), labels.clone())
         except Exception as e:
             _not_done(e, fn)
-            hint = " Labels of -100 must be skipped (cross_entropy's ignore_index=-100)." if "index" in str(e).lower() or \
-                "target" in str(e).lower() else ""
+            hint = (" Labels of -100 must be skipped (cross_entropy's ignore_index=-100)."
+                    if "index" in str(e).lower() or "target" in str(e).lower() else "")
             raise ExerciseError(f"case '{name}': your function raised {type(e).__name__}: {e}.{hint}") from None
         if not torch.is_tensor(got) or got.dim() != 0:
             raise ExerciseError(f"case '{name}': expected a scalar tensor, got {got!r:.80}")
@@ -126,16 +136,19 @@ def check_build_sft_example(fn, tokenizer) -> None:
                                 "pad == eos for GPT-2: it is what teaches the model to stop (trl#1623)")
         if any(l != IGNORE_INDEX for l in got["labels"][:n_prompt]):
             raise ExerciseError(f"{where}: prompt positions must have label -100 (no loss on the prompt)")
-        if got["labels"][n_prompt:] == want["input_ids"][n_prompt + 1:] + [IGNORE_INDEX] or got["labels"] == want["input_ids"][1:] + [IGNORE_INDEX]:
+        shifted = want["input_ids"][1:] + [IGNORE_INDEX]
+        if got["labels"][n_prompt:] == want["input_ids"][n_prompt + 1:] + [IGNORE_INDEX] or got["labels"] == shifted:
             raise ExerciseError(f"{where}: labels look shifted by one. Leave labels aligned with input_ids: the loss "
                                 "function does the shift")
         if got["labels"] != want["labels"]:
-            raise ExerciseError(f"{where}: labels should be -100 on the prompt and equal to input_ids on the response and EOS")
+            raise ExerciseError(f"{where}: labels should be -100 on the prompt and equal to input_ids on the response "
+                                "and EOS")
     print(f"✓ build_sft_example: all {len(cases)} cases match the reference")
 
 
 def check_pairwise_loss(fn) -> None:
-    """Check ``fn(chosen_rewards [B], rejected_rewards [B]) -> scalar`` against :func:`rlhf_lite.reward.pairwise_loss`."""
+    """Check ``fn(chosen_rewards [B], rejected_rewards [B]) -> scalar`` against
+    :func:`rlhf_lite.reward.pairwise_loss`."""
     cases = [("one pair, chosen ahead by 1", torch.tensor([1.0]), torch.tensor([0.0])),
              ("a batch of three with a wrong-way pair", torch.tensor([1.0, 0.0, -2.0]), torch.tensor([0.0, 0.0, 1.0])),
              ("large margins (numerical stability)", torch.tensor([60.0, -60.0]), torch.tensor([-60.0, 60.0]))]
@@ -145,7 +158,8 @@ def check_pairwise_loss(fn) -> None:
         if _close(got, want):
             continue
         if _close(got, pairwise_loss(r, c)):
-            why = "the sign is flipped: the loss must be small when the chosen reward is the larger one, −log σ(r_c − r_r)"
+            why = ("the sign is flipped: the loss must be small when the chosen reward is the larger one, −log σ(r_c − "
+                   "r_r)")
         elif _close(got, -F.logsigmoid(c - r).sum()):
             why = "you summed over pairs; take the mean"
         elif not torch.isfinite(got):
@@ -159,7 +173,8 @@ def check_pairwise_loss(fn) -> None:
 
 
 def check_ranking_loss(fn) -> None:
-    """Check ``fn(rewards [K], ranking) -> scalar`` against :func:`rlhf_lite.reward.ranking_loss` (eq. 1 of InstructGPT)."""
+    """Check ``fn(rewards [K], ranking) -> scalar`` against :func:`rlhf_lite.reward.ranking_loss` (eq. 1 of
+    InstructGPT)."""
     cases = [("K = 3, ranked best to worst 2, 1, 0", torch.tensor([0.0, 1.0, 3.0]), [2, 1, 0]),
              ("K = 4, a ranking that disagrees with the rewards", torch.tensor([0.5, -1.0, 2.0, 0.0]), [1, 3, 0, 2]),
              ("K = 2", torch.tensor([0.3, 0.1]), [0, 1])]
@@ -169,9 +184,11 @@ def check_ranking_loss(fn) -> None:
         if _close(got, want):
             continue
         k = len(ranking)
-        adjacent = -F.logsigmoid(torch.stack([rewards[ranking[i]] - rewards[ranking[i + 1]] for i in range(k - 1)])).mean()
+        adjacent = -F.logsigmoid(torch.stack([rewards[ranking[i]] - rewards[ranking[i + 1]]
+                                              for i in range(k - 1)])).mean()
         if _close(got, ranking_loss(rewards, list(reversed(ranking)))):
-            why = "the order is reversed: ranking lists indices from best to worst, so ranking[0] wins every pair it is in"
+            why = ("the order is reversed: ranking lists indices from best to worst, so ranking[0] wins every pair it "
+                   "is in")
         elif _close(got, want * k * (k - 1) / 2):
             why = "you summed over the C(K,2) pairs; divide by their number (eq. 1's 1/C(K,2))"
         elif k > 2 and _close(got, adjacent):
@@ -233,13 +250,12 @@ def _tensor_call(fn, name: str, shape, *args) -> torch.Tensor:
 def check_kl_penalized_rewards(fn) -> None:
     """Check ``fn(scores [B], logprobs [B,T], ref_logprobs [B,T], mask [B,T], beta) -> rewards [B,T]`` against
     :func:`rlhf_lite.ppo.kl_penalized_rewards`."""
-    from .models import last_token_index
-    from .ppo import kl_penalized_rewards
-
     g, mask = _ppo_cases()
-    cases = [("one row, three response tokens", torch.tensor([1.5]), torch.randn(1, 3, generator=g), torch.randn(1, 3, generator=g),
+    cases = [("one row, three response tokens", torch.tensor([1.5]), torch.randn(1, 3, generator=g),
+              torch.randn(1, 3, generator=g),
               torch.ones(1, 3), 0.1),
-             ("right- and left-padded rows of different length", torch.tensor([2.0, -1.0]), torch.randn(2, 5, generator=g),
+             ("right- and left-padded rows of different length", torch.tensor([2.0, -1.0]),
+              torch.randn(2, 5, generator=g),
               torch.randn(2, 5, generator=g), mask, 0.05)]
     for name, scores, lp, ref, m, beta in cases:
         want = kl_penalized_rewards(scores, lp, ref, m, beta)
@@ -253,7 +269,8 @@ def check_kl_penalized_rewards(fn) -> None:
         at_first = kl.clone()
         at_first[torch.arange(len(scores)), first] += scores
         if _close(got, kl_penalized_rewards(scores, ref, lp, m, beta)):
-            why = "the KL term has the wrong sign: the penalty is −β (log π − log π_ref), negative where the policy is more confident"
+            why = ("the KL term has the wrong sign: the penalty is −β (log π − log π_ref), negative where the policy "
+                   "is more confident")
         elif _close(got, at_end) and not _close(at_end, want):
             why = ("the score landed on the last column, which is padding for a right-padded row: add it at each row's "
                    "last *masked* token (rlhf_lite.models.last_token_index)")
@@ -271,13 +288,14 @@ def check_kl_penalized_rewards(fn) -> None:
 
 
 def check_compute_gae(fn) -> None:
-    """Check ``fn(rewards, values, mask, gamma, lam) -> (advantages, returns)`` against :func:`rlhf_lite.ppo.compute_gae`."""
-    from .ppo import compute_gae
-
+    """Check ``fn(rewards, values, mask, gamma, lam) -> (advantages, returns)`` against
+    :func:`rlhf_lite.ppo.compute_gae`."""
     g, mask = _ppo_cases()
-    cases = [("one row, γ = 1, λ = 1 (Monte-Carlo returns)", torch.tensor([[0.0, 0.0, 1.0]]), torch.tensor([[0.2, 0.5, 0.7]]),
+    cases = [("one row, γ = 1, λ = 1 (Monte-Carlo returns)", torch.tensor([[0.0, 0.0, 1.0]]),
+              torch.tensor([[0.2, 0.5, 0.7]]),
               torch.ones(1, 3), 1.0, 1.0),
-             ("one row, γ = 0.9, λ = 0.5", torch.randn(1, 4, generator=g), torch.randn(1, 4, generator=g), torch.ones(1, 4), 0.9, 0.5),
+             ("one row, γ = 0.9, λ = 0.5", torch.randn(1, 4, generator=g), torch.randn(1, 4, generator=g),
+              torch.ones(1, 4), 0.9, 0.5),
              ("padded rows of different length, γ = 1, λ = 0.95", torch.randn(2, 5, generator=g) * mask,
               torch.randn(2, 5, generator=g) * 3, mask, 1.0, 0.95)]
     for name, r, v, m, gamma, lam in cases:
@@ -305,7 +323,8 @@ def check_compute_gae(fn) -> None:
         elif _close(got_a, compute_gae(r, v, m, gamma, 1.0)[0]) and lam != 1.0:
             why = "λ is not used: A_t = δ_t + γ λ A_{t+1}"
         else:
-            why = "walk backwards: δ_t = r_t + γ V_{t+1} − V_t, A_t = δ_t + γ λ A_{t+1}, with V and A after the last token = 0"
+            why = ("walk backwards: δ_t = r_t + γ V_{t+1} − V_t, A_t = δ_t + γ λ A_{t+1}, with V and A after the last "
+                   "token = 0")
         raise ExerciseError(f"case '{name}': {why}")
     print(f"✓ compute_gae: all {len(cases)} cases match the reference")
 
@@ -313,12 +332,11 @@ def check_compute_gae(fn) -> None:
 def check_ppo_policy_loss(fn) -> None:
     """Check ``fn(logprobs, old_logprobs, advantages, mask, clip_range) -> (loss, stats)`` (or just the loss) against
     :func:`rlhf_lite.ppo.ppo_policy_loss`."""
-    from .ppo import masked_mean, ppo_policy_loss
-
     g, mask = _ppo_cases()
     old = torch.randn(2, 5, generator=g) - 2
     cases = [("first minibatch: new = old", old.clone(), old, torch.randn(2, 5, generator=g), mask, 0.2),
-             ("ratios far outside [0.8, 1.2], both signs of advantage", old + torch.tensor([[0.5, -0.5, 0.1, 3.0, 3.0]] * 2),
+             ("ratios far outside [0.8, 1.2], both signs of advantage",
+              old + torch.tensor([[0.5, -0.5, 0.1, 3.0, 3.0]] * 2),
               old, torch.tensor([[1.0, -1.0, 2.0, 5.0, 5.0], [-1.0, 1.0, 1.0, -2.0, 0.5]]), mask, 0.2)]
     for name, lp, old_lp, adv, m, eps in cases:
         want, _ = ppo_policy_loss(lp, old_lp, adv, m, eps)
@@ -337,7 +355,8 @@ def check_ppo_policy_loss(fn) -> None:
         if _close(got, masked_mean(-adv * ratio, m)):
             why = "no clipping: take the max of −A·ρ and −A·clip(ρ, 1 − ε, 1 + ε)"
         elif _close(got, masked_mean(torch.min(-adv * ratio, -adv * clipped), m)):
-            why = ("min instead of max: PPO takes the *pessimistic* bound. As a loss (negated objective) that is the max "
+            why = ("min instead of max: PPO takes the *pessimistic* bound. As a loss (negated objective) that is the "
+                   "max "
                    "of −A·ρ and −A·clip(ρ)")
         elif _close(got, torch.max(-adv * ratio, -adv * clipped).mean()):
             why = "you averaged over padding too: take the mean over masked (response) tokens only"
@@ -355,8 +374,6 @@ def check_ppo_policy_loss(fn) -> None:
 def check_prefer_prob(fn) -> None:
     """Check ``fn(score_a, score_b, temperature) -> P(a is preferred)`` against the labelers' Bradley–Terry choice
     (:func:`rlhf_lite.world.labelers.prefer_prob`)."""
-    from .world.labelers import prefer_prob
-
     cases = [("equal scores", 0.7, 0.7, 0.1), ("a better, cool labeler", 0.9, 0.6, 0.05),
              ("a worse, noisy labeler", 0.4, 0.8, 0.5), ("large gap, T = 1", 3.0, -2.0, 1.0)]
     for name, a, b, t in cases:
@@ -371,7 +388,8 @@ def check_prefer_prob(fn) -> None:
         if abs(got - (1 - want)) < 1e-6:
             why = "the sign is flipped: a higher score for a must make a *more* likely to be chosen"
         elif abs(got - prefer_prob(a, b, 1.0)) < 1e-6:
-            why = "the temperature is ignored: divide the score difference by it (a small T means a near-certain choice)"
+            why = ("the temperature is ignored: divide the score difference by it (a small T means a near-certain "
+                   "choice)")
         elif abs(got - prefer_prob(a, b, 1 / t)) < 1e-6:
             why = "multiply by the temperature, or divide? P = σ((s_a − s_b) / T): a hotter labeler is noisier"
         else:
@@ -385,8 +403,10 @@ def check_prefer_prob(fn) -> None:
 # ---------------------------------------------------------------------------------------------
 def check_format_prompt(fn) -> None:
     """Check ``fn(instruction, context="") -> str`` against :func:`rlhf_lite.data.format_prompt` (Alpaca/Dolly)."""
-    cases = [("no context", ("Name a river.", "")), ("with context", ("Summarise the text.", "The fox lives in the forest.")),
-             ("whitespace-only context", ("Say hi.", "   ")), ("stray spaces", ("  Name a colour. ", "\nRed or blue.\n"))]
+    cases = [("no context", ("Name a river.", "")),
+             ("with context", ("Summarise the text.", "The fox lives in the forest.")),
+             ("whitespace-only context", ("Say hi.", "   ")),
+             ("stray spaces", ("  Name a colour. ", "\nRed or blue.\n"))]
     for name, (ins, ctx) in cases:
         want = format_prompt(ins, ctx)
         got = _call(fn, name, ins, ctx)
@@ -404,7 +424,8 @@ def check_format_prompt(fn) -> None:
         elif got.replace(" ", "") == want.replace(" ", ""):
             why = "strip surrounding whitespace from the instruction and context"
         else:
-            why = "the sections are '### Instruction:', optional '### Context:', '### Response:', separated by blank lines"
+            why = ("the sections are '### Instruction:', optional '### Context:', '### Response:', separated by blank "
+                   "lines")
         raise ExerciseError(f"case '{name}': {why}.\n  expected {want!r}\n  got      {got!r:.200}")
     print(f"✓ format_prompt: all {len(cases)} cases match the reference")
 
@@ -416,7 +437,6 @@ def check_best_of_n_kl(fn) -> None:
     """Check ``fn(n) -> float`` against :func:`rlhf_lite.evaluate.best_of_n_kl` (log n − (n − 1)/n)."""
     import math
 
-    from .evaluate import best_of_n_kl
 
     for n in (1, 2, 4, 16, 64):
         want = best_of_n_kl(n)
@@ -428,7 +448,8 @@ def check_best_of_n_kl(fn) -> None:
         if abs(got - want) < 1e-6:
             continue
         if abs(got - math.log(n)) < 1e-6:
-            why = ("log n is an upper bound, not the KL: best-of-n keeps some of the sampling policy's spread; subtract "
+            why = ("log n is an upper bound, not the KL: best-of-n keeps some of the sampling policy's spread; "
+                   "subtract "
                    "(n − 1)/n")
         elif abs(got - math.log2(n) + (n - 1) / n) < 1e-6 or abs(got - math.log2(n)) < 1e-6:
             why = "use the natural log: KL is in nats here"
@@ -444,12 +465,11 @@ def check_best_of_n_kl(fn) -> None:
 def check_dpo_loss(fn) -> None:
     """Check ``fn(policy_chosen_logps, policy_rejected_logps, ref_chosen_logps, ref_rejected_logps, beta)`` -> loss
     (or (loss, stats)) against :func:`rlhf_lite.dpo.dpo_loss`."""
-    from .dpo import dpo_loss
-
     g = torch.Generator().manual_seed(0)
     cases = [("at the start: policy = reference", *(torch.full((3,), -4.0),) * 2, *(torch.full((3,), -4.0),) * 2, 0.1),
              ("a batch of 4, β = 0.1", *(torch.randn(4, generator=g) * 5 - 20 for _ in range(4)), 0.1),
-             ("β = 0.5, the reference prefers the rejected answer", torch.tensor([-10.0, -12.0]), torch.tensor([-11.0, -9.0]),
+             ("β = 0.5, the reference prefers the rejected answer", torch.tensor([-10.0, -12.0]),
+              torch.tensor([-11.0, -9.0]),
               torch.tensor([-12.0, -12.5]), torch.tensor([-9.0, -8.0]), 0.5)]
     for name, pc, pr, rc, rr, beta in cases:
         want, _ = dpo_loss(pc, pr, rc, rr, beta)
@@ -460,7 +480,8 @@ def check_dpo_loss(fn) -> None:
         if _close(got, want):
             continue
         if _close(got, dpo_loss(pr, pc, rr, rc, beta)[0]):
-            why = "chosen and rejected are swapped (or the sign of the margin is): the loss is −log σ(r̂_chosen − r̂_rejected)"
+            why = ("chosen and rejected are swapped (or the sign of the margin is): the loss is −log σ(r̂_chosen − "
+                   "r̂_rejected)")
         elif _close(got, dpo_loss(pc, pr, torch.zeros_like(rc), torch.zeros_like(rr), beta)[0]):
             why = "the reference is missing: the implicit reward is β·(log π − log π_ref), not β·log π"
         elif _close(got, dpo_loss(pc, pr, rc, rr, 1.0)[0]) and beta != 1.0:
@@ -478,8 +499,6 @@ def check_dpo_loss(fn) -> None:
 def check_group_advantages(fn) -> None:
     """Check ``fn(scores [B], group_size) -> advantages [B]`` against :func:`rlhf_lite.grpo.group_advantages`
     (centred on each group's mean, divided by its unbiased std + 1e-4)."""
-    from .grpo import group_advantages
-
     cases = [("one group of 4", torch.tensor([0.1, 0.5, -0.2, 0.4]), 4),
              ("three groups of 2, one of them all alike", torch.tensor([1.0, -1.0, 0.3, 0.3, 2.0, 0.0]), 2),
              ("two groups of 4 on different scales", torch.tensor([10.0, 12.0, 11.0, 9.0, 0.1, 0.2, 0.0, 0.3]), 4)]
@@ -499,7 +518,8 @@ def check_group_advantages(fn) -> None:
         elif torch.isnan(got).any():
             why = "a group whose scores are all equal has std 0: add 1e-4 to the std so its advantages are 0, not NaN"
         else:
-            why = "expected (r − mean of its group) / (std of its group + 1e-4), groups being consecutive runs of group_size"
+            why = ("expected (r − mean of its group) / (std of its group + 1e-4), groups being consecutive runs of "
+                   "group_size")
         raise ExerciseError(f"case '{name}': got {[round(x, 3) for x in got.tolist()]}, expected "
                             f"{[round(x, 3) for x in want.tolist()]}: {why}")
     print(f"✓ group_advantages: all {len(cases)} cases match the reference")
@@ -510,9 +530,7 @@ def check_group_advantages(fn) -> None:
 # ---------------------------------------------------------------------------------------------
 def check_preference_rows(fn) -> None:
     """Check ``fn(records) -> [{"prompt", "chosen", "rejected"}]`` against
-    :func:`rlhf_lite.trl_bridge.preference_rows` (every ranked pair, best pairs first, ties skipped)."""
-    from .trl_bridge import preference_rows
-
+    :func:`rlhf_lite.course.trl_bridge.preference_rows` (every ranked pair, best pairs first, ties skipped)."""
     cases = [("K = 3, ranking [2, 0, 1]", [{"prompt": "P: ", "responses": ["a", "b", "c"], "ranking": [2, 0, 1]}]),
              ("K = 4 with a tie [[1, 3], 0, 2]", [{"prompt": "Q: ", "responses": ["w", "x", "y", "z"],
                                                    "ranking": [[1, 3], 0, 2]}]),

@@ -4,7 +4,8 @@
 |-------------------------------------------|---------------------------------------------------------|
 | ``sft.train_sft`` (label mask on prompts)  | ``SFTTrainer``, prompt/completion data, ``completion_only_loss=True`` |
 | ``reward.train_reward_model`` (C(K,2))     | ``RewardTrainer`` on (prompt, chosen, rejected) pairs   |
-| ``dpo.train_dpo``                          | ``DPOTrainer`` with a LoRA ``peft_config`` and no ``ref_model`` (adapters off = reference) |
+| ``dpo.train_dpo``                          | ``DPOTrainer`` with a LoRA ``peft_config`` and no ``ref_model`` (adapters
+off = reference) |
 | ``grpo.train_grpo``                        | ``GRPOTrainer`` with our reward model as a reward function |
 | ``ppo.train_ppo``                          | none: PPO left TRL's maintained trainers (1.10+); GRPO is the closest |
 
@@ -22,11 +23,13 @@ from collections.abc import Sequence
 
 import torch
 
-from .feedback import ranking_to_pairs
+from ..config import LoRAConfig
+from ..data import render_prompt
+from ..feedback import ranking_to_pairs
+from ..reward import score_responses
 
 TRL_HINT = ("TRL is not installed: `pip install \"rlhf-lite[trl]\"` (or `pip install \"trl>=1.10\"`), then restart the "
             "kernel. Everything before this point in the course runs without it.")
-LORA_TARGETS = ["c_attn", "c_proj", "c_fc"]
 
 
 def trl_version() -> str | None:
@@ -53,9 +56,8 @@ def require_trl():
 def sft_rows(records: Sequence[dict], tokenizer, fmt: str = "alpaca") -> list[dict]:
     """Dolly records -> TRL's prompt/completion rows. SFTTrainer puts the loss on the completion only
     (``completion_only_loss``) and appends EOS to it: the same label mask as ``build_sft_example``."""
-    from .data import render_prompt
-
-    return [{"prompt": render_prompt(tokenizer, r["instruction"], r.get("context", ""), fmt), "completion": r["response"]}
+    return [{"prompt": render_prompt(tokenizer, r["instruction"], r.get("context", ""), fmt),
+             "completion": r["response"]}
             for r in records]
 
 
@@ -67,11 +69,14 @@ def preference_rows(records: Sequence[dict]) -> list[dict]:
             for r in records for w, l in ranking_to_pairs(r["ranking"])]
 
 
-def lora_config(r: int, alpha: int, task_type: str = "CAUSAL_LM"):
-    """The LoRA set-up of :func:`rlhf_lite.models.add_lora_adapters`, as a peft config for TRL's ``peft_config``."""
+def lora_config(lora: LoRAConfig | None = None, task_type: str = "CAUSAL_LM"):
+    """peft's LoraConfig for TRL from our ``LoRAConfig`` (default ``LoRAConfig()``, the same adapters our trainers
+    use), for TRL's ``peft_config=``."""
     from peft import LoraConfig
 
-    return LoraConfig(r=r, lora_alpha=alpha, lora_dropout=0.0, target_modules=LORA_TARGETS, task_type=task_type,
+    lora = lora or LoRAConfig()
+    return LoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout, target_modules=list(lora.targets),
+                      task_type=task_type,
                       fan_in_fan_out=True)  # GPT-2's Conv1D stores weights transposed
 
 
@@ -106,7 +111,8 @@ def _train(trainer) -> dict:
 # ---------------------------------------------------------------------------------------------
 # 2. The four trainers, configured like ours
 # ---------------------------------------------------------------------------------------------
-def trl_sft(model, tokenizer, records: Sequence[dict], cfg, steps: int, progress: bool = False):
+def trl_sft(model, tokenizer, records: Sequence[dict], cfg, steps: int, progress: bool = False,
+            lora: LoRAConfig | None = None):
     """SFTTrainer with completion-only loss on ``records`` (Dolly format), LoRA as ``cfg`` (our SFTConfig) says.
     Returns (the trained peft model, {"seconds", "log"})."""
     from datasets import Dataset
@@ -118,12 +124,13 @@ def trl_sft(model, tokenizer, records: Sequence[dict], cfg, steps: int, progress
                      completion_only_loss=True, packing=False)
         trainer = trl.SFTTrainer(model=model, args=args, train_dataset=Dataset.from_list(sft_rows(records, tokenizer,
                                  cfg.prompt_format)), processing_class=tokenizer,
-                                 peft_config=lora_config(cfg.lora_r, cfg.lora_alpha))
+                                 peft_config=lora_config(lora))
         info = _train(trainer)
     return trainer.model.eval(), info
 
 
-def trl_reward(model_dir: str, tokenizer, records: Sequence[dict], cfg, progress: bool = False):
+def trl_reward(model_dir: str, tokenizer, records: Sequence[dict], cfg, progress: bool = False,
+               lora: LoRAConfig | None = None):
     """RewardTrainer on every ranked pair of ``records``, with as many pairs per step as our grouped batches see on
     average, and as many steps (one epoch of ``cfg.batch_size`` prompts each). Returns (model, info), the model a
     ``GPT2ForSequenceClassification`` with LoRA and a fresh one-output head."""
@@ -139,8 +146,9 @@ def trl_reward(model_dir: str, tokenizer, records: Sequence[dict], cfg, progress
         args = _args(trl.RewardConfig, out, lr=cfg.lr, batch_size=-(-len(rows) // steps), steps=steps,
                      warmup=cfg.warmup_steps, seed=cfg.seed, grad_clip=cfg.grad_clip, progress=progress,
                      max_length=cfg.max_length, center_rewards_coefficient=None, disable_dropout=True)
-        trainer = trl.RewardTrainer(model=model, args=args, train_dataset=Dataset.from_list(rows), processing_class=tokenizer,
-                                    peft_config=lora_config(cfg.lora_r, cfg.lora_alpha, "SEQ_CLS"))
+        trainer = trl.RewardTrainer(model=model, args=args, train_dataset=Dataset.from_list(rows),
+                                    processing_class=tokenizer,
+                                    peft_config=lora_config(lora, "SEQ_CLS"))
         info = _train(trainer)
     return trainer.model.eval(), {**info, "pairs": len(rows), "steps": steps}
 
@@ -160,7 +168,7 @@ def trl_reward_judge(model, tokenizer, batch_size: int = 32):
     return judge
 
 
-def trl_dpo(model, tokenizer, records: Sequence[dict], cfg, progress: bool = False):
+def trl_dpo(model, tokenizer, records: Sequence[dict], cfg, progress: bool = False, lora: LoRAConfig | None = None):
     """DPOTrainer (sigmoid loss) on every ranked pair of ``records``, LoRA policy with no ``ref_model`` (TRL then
     disables the adapters for the reference, as we do), pairs per step and steps as in our grouped batches.
     Returns (the trained peft model, info)."""
@@ -173,8 +181,9 @@ def trl_dpo(model, tokenizer, records: Sequence[dict], cfg, progress: bool = Fal
         args = _args(trl.DPOConfig, out, lr=cfg.lr, batch_size=-(-len(rows) * cfg.epochs // steps), steps=steps,
                      warmup=cfg.warmup_steps, seed=cfg.seed, grad_clip=cfg.grad_clip, progress=progress,
                      beta=cfg.beta, max_length=cfg.max_length, disable_dropout=True)
-        trainer = trl.DPOTrainer(model=model, args=args, train_dataset=Dataset.from_list(rows), processing_class=tokenizer,
-                                 peft_config=lora_config(cfg.lora_r, cfg.lora_alpha))
+        trainer = trl.DPOTrainer(model=model, args=args, train_dataset=Dataset.from_list(rows),
+                                 processing_class=tokenizer,
+                                 peft_config=lora_config(lora))
         info = _train(trainer)
     return trainer.model.eval(), {**info, "pairs": len(rows), "steps": steps}
 
@@ -182,8 +191,6 @@ def trl_dpo(model, tokenizer, records: Sequence[dict], cfg, progress: bool = Fal
 def rm_reward_function(reward_model, tokenizer, no_eos_penalty: float | None = -1.0):
     """Our reward model as a GRPOTrainer reward function: the score of prompt + completion, read at its EOS, or
     ``no_eos_penalty`` when the completion never ended (TRL passes the completion's token ids, EOS included)."""
-    from .reward import score_responses
-
     def reward(prompts, completions, completion_ids, **_):
         finished = [bool(ids) and ids[-1] == tokenizer.eos_token_id for ids in completion_ids]
         scores = score_responses(reward_model, tokenizer, list(prompts), list(completions), finished)
@@ -193,7 +200,8 @@ def rm_reward_function(reward_model, tokenizer, no_eos_penalty: float | None = -
     return reward
 
 
-def trl_grpo(model, tokenizer, reward_model, prompts: Sequence[str], cfg, progress: bool = False):
+def trl_grpo(model, tokenizer, reward_model, prompts: Sequence[str], cfg, progress: bool = False,
+             lora: LoRAConfig | None = None):
     """GRPOTrainer against our reward model with our GRPOConfig's numbers: G generations per prompt,
     ``prompts_per_step`` × G completions per generation round, reused for ``epochs`` passes in minibatches of
     ``minibatch_size`` (TRL's num_iterations and steps_per_generation), β, ε, per-answer length normalisation
@@ -204,14 +212,16 @@ def trl_grpo(model, tokenizer, reward_model, prompts: Sequence[str], cfg, progre
     per_gen = cfg.prompts_per_step * cfg.group_size // cfg.minibatch_size
     steps = cfg.steps * per_gen * cfg.epochs  # TRL counts optimizer steps
     with _workdir() as out:
-        args = _args(trl.GRPOConfig, out, lr=cfg.lr, batch_size=cfg.minibatch_size, steps=steps, warmup=0, seed=cfg.seed,
+        args = _args(trl.GRPOConfig, out, lr=cfg.lr, batch_size=cfg.minibatch_size, steps=steps, warmup=0,
+                     seed=cfg.seed,
                      grad_clip=cfg.grad_clip, progress=progress, lr_scheduler_type="constant",
                      num_generations=cfg.group_size, steps_per_generation=per_gen, num_iterations=cfg.epochs,
                      max_completion_length=cfg.max_new_tokens, temperature=cfg.temperature, top_p=1.0, top_k=0,
                      beta=cfg.kl_coef, epsilon=cfg.clip_range, loss_type="grpo",
                      scale_rewards="group" if cfg.scale_rewards else "none", disable_dropout=True)
-        trainer = trl.GRPOTrainer(model=model, reward_funcs=rm_reward_function(reward_model, tokenizer, cfg.no_eos_penalty),
+        trainer = trl.GRPOTrainer(model=model,
+                                  reward_funcs=rm_reward_function(reward_model, tokenizer, cfg.no_eos_penalty),
                                   args=args, train_dataset=Dataset.from_list([{"prompt": p} for p in prompts]),
-                                  processing_class=tokenizer, peft_config=lora_config(cfg.lora_r, cfg.lora_alpha))
+                                  processing_class=tokenizer, peft_config=lora_config(lora))
         info = _train(trainer)
     return trainer.model.eval(), {**info, "steps": steps}

@@ -1,7 +1,7 @@
 """Instructor mode: student versions of the notebooks.
 
 A code cell tagged ``solution`` holds the reference answer to an implement-it-yourself exercise; the cell after
-it calls a checker from :mod:`rlhf_lite.exercises`. The student version keeps every other cell as it is, clears
+it calls a checker from :mod:`rlhf_lite.course.exercises`. The student version keeps every other cell as it is, clears
 all outputs, and turns each solution cell into a stub: its imports and the ``def`` lines of its functions stay
 (names and arguments are what the checker calls), the bodies become ``# YOUR CODE HERE`` and
 ``raise NotImplementedError``. ``python -m rlhf_lite student-notebooks --out DIR`` writes them.
@@ -13,6 +13,9 @@ import contextlib
 import copy
 import re
 from pathlib import Path
+
+from ..models import REPO_ROOT, load_base
+from .exercises import ExerciseError
 
 SOLUTION_TAG = "solution"
 STUB_LINES = ("# YOUR CODE HERE", "raise NotImplementedError")
@@ -102,20 +105,22 @@ def write_student_notebooks(out: str | Path, src: str | Path | None = None) -> l
     in ``out`` that an earlier run of this function did not write (a student's own work)."""
     import json
 
-    src = Path(src) if src else Path(__file__).resolve().parent.parent / "notebooks"
+    src = Path(src) if src else REPO_ROOT / "notebooks"
     out = Path(out)
     paths = sorted(src.glob("[0-9][0-9]_*.ipynb"))
     if not paths:
         raise FileNotFoundError(f"no notebooks (NN_name.ipynb) in {src}; pass --src with the course's notebooks folder")
     if out.resolve() == src.resolve():
-        raise ValueError(f"--out {out} is the notebooks folder itself: the student versions would replace the solutions. "
+        raise ValueError(f"--out {out} is the notebooks folder itself: the student versions would replace the "
+                         "solutions. "
                          "Pick another folder")
     out.mkdir(parents=True, exist_ok=True)
     marker = out / ".rlhf-lite-student-notebooks.json"  # the notebooks an earlier run wrote here: safe to replace
     ours = set(json.loads(marker.read_text())) if marker.is_file() else set()
     clash = [p.name for p in paths if (out / p.name).exists() and p.name not in ours]
     if clash:
-        raise ValueError(f"--out {out} already holds {', '.join(clash[:3])}{' …' if len(clash) > 3 else ''}, not written "
+        raise ValueError(f"--out {out} already holds {', '.join(clash[:3])}{' …' if len(clash) > 3 else ''}, not "
+                         "written "
                          "by student-notebooks (a student's work?); pick another folder or move them away")
     written = []
     for p in paths:
@@ -161,7 +166,8 @@ def grade_notebook(path: str | Path, timeout: float = GRADE_TIMEOUT_S) -> list[d
     for i, c in enumerate(cells):
         if not (is_solution(c) or "exercise" in c.get("metadata", {}).get("tags", [])):
             continue
-        check_cell = next((_source(d) for d in cells[i + 1:] if d["cell_type"] == "code" and CHECK_CALL.search(_source(d))), "")
+        check_cell = next((_source(d) for d in cells[i + 1:]
+                           if d["cell_type"] == "code" and CHECK_CALL.search(_source(d))), "")
         calls = CHECK_CALL.findall(check_cell)
         row = {"cell": i, "functions": defined_functions(_source(c)) if _parses(_source(c)) else [],
                "checker": ", ".join(sorted({chk for chk, _ in calls})) or None, "passed": False, "message": ""}
@@ -174,15 +180,18 @@ def grade_notebook(path: str | Path, timeout: float = GRADE_TIMEOUT_S) -> list[d
             spec = {"imports": imports, "cell": _source(c), "needs_tok": "tok" in check_cell, "result": str(result),
                     "checks": [line.strip() for line in check_cell.splitlines() if CHECK_CALL.search(line)]}
             try:
-                proc = subprocess.run([sys.executable, "-c", "from rlhf_lite.student import run_exercise; run_exercise()"],
+                proc = subprocess.run([sys.executable, "-c",
+                                       "from rlhf_lite.course.student import run_exercise; run_exercise()"],
                                       input=json.dumps(spec), capture_output=True, text=True, timeout=timeout, cwd=tmp)
                 outcome = json.loads(result.read_text()) if result.is_file() else None
                 if outcome is None:
                     tail = (proc.stderr or proc.stdout).strip().splitlines()[-1:] or [""]
-                    outcome = {"passed": False, "message": f"the exercise's process ended (exit code {proc.returncode}) "
+                    outcome = {"passed": False,
+                               "message": f"the exercise's process ended (exit code {proc.returncode}) "
                                                            f"before its checker finished {tail[0][:200]}".rstrip()}
             except subprocess.TimeoutExpired:
-                outcome = {"passed": False, "message": f"the exercise did not finish within {timeout:.0f} s (an endless "
+                outcome = {"passed": False,
+                           "message": f"the exercise did not finish within {timeout:.0f} s (an endless "
                                                        "loop?); it was stopped"}
         row.update(outcome)
         rows.append(row)
@@ -198,7 +207,6 @@ def run_exercise() -> None:
     import sys
     from contextlib import redirect_stdout
 
-    from .exercises import ExerciseError
 
     spec = json.loads(sys.stdin.read())
     ns: dict = {}
@@ -209,7 +217,6 @@ def run_exercise() -> None:
                 with contextlib.suppress(Exception):
                     exec(line, ns)
             if spec["needs_tok"]:
-                from .models import load_base
 
                 ns["tok"] = load_base("tiny")[1]
             exec(spec["cell"], ns)
@@ -219,7 +226,8 @@ def run_exercise() -> None:
     except ExerciseError as e:
         outcome = {"passed": False, "message": str(e)}
     except SystemExit as e:
-        outcome = {"passed": False, "message": f"the cell called exit() (SystemExit({e.code!r})) before its checker ran"}
+        outcome = {"passed": False,
+                   "message": f"the cell called exit() (SystemExit({e.code!r})) before its checker ran"}
     except BaseException as e:  # a syntax error or a crash in the student's cell, or KeyboardInterrupt
         outcome = {"passed": False, "message": f"the cell did not run: {type(e).__name__}: {e}"}
     Path(spec["result"]).write_text(json.dumps(outcome))

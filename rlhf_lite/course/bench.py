@@ -24,12 +24,25 @@ from __future__ import annotations
 import json
 import statistics
 import tempfile
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import torch
 
-GPT2_TOKENIZER = Path(__file__).resolve().parent.parent.parent / "shared" / "gpt2-tokenizer"
+from ..config import DPOConfig, GRPOConfig, LoRAConfig, PPOConfig, RewardConfig, SFTConfig, get_profile
+from ..data import render_prompt
+from ..dpo import build_dpo_policy, train_dpo
+from ..feedback import variant_comparisons
+from ..grpo import build_grpo_policy, train_grpo
+from ..models import REPO_ROOT, TINY_BASE, load_base, transformer_body
+from ..ppo import build_policy, train_ppo
+from ..reward import build_reward_model, train_reward_model
+from ..runtime import MemoryMonitor, atomic_file, quiet, versions
+from ..sft import add_lora, tokenize_records, train_sft
+from ..world import world_from_config
+from .trl_bridge import TRL_HINT, trl_dpo, trl_grpo, trl_reward, trl_sft, trl_version
+
+GPT2_TOKENIZER = REPO_ROOT.parent / "shared" / "gpt2-tokenizer"
 
 
 @dataclass
@@ -65,8 +78,8 @@ class BenchConfig:
     """Passes over each iteration's episodes (PPO epochs, GRPO μ / TRL num_iterations)."""
     rl_iterations: int = 2
     """RL iterations per run."""
-    lora_r: int = 16
-    """LoRA rank on c_attn, c_proj and c_fc, every row and both sides."""
+    lora: LoRAConfig = field(default_factory=LoRAConfig)
+    """The adapters (rank 16 on c_attn, c_proj and c_fc), every row and both sides."""
     lr: float = 1e-4
     """Learning rate everywhere (speed does not depend on it; a small one keeps repetitions stable)."""
 
@@ -98,8 +111,6 @@ def bench_model_dir(model: str, workdir: str | Path) -> Path:
     """A model folder for ``model``: the shipped tiny model, or a ``GPT2Config()`` model with random weights (seed 0)
     and the real GPT-2 tokenizer from ``../shared/gpt2-tokenizer``, written to ``workdir`` (TRL's reward trainer loads
     its model from a folder, so both sides load the same one)."""
-    from .models import TINY_BASE
-
     if model == "tiny":
         return TINY_BASE
     from transformers import AutoTokenizer, GPT2Config, GPT2LMHeadModel
@@ -119,18 +130,11 @@ def bench_model_dir(model: str, workdir: str | Path) -> Path:
 
 def fresh_model(model_dir: Path, device: str):
     """(model, tokenizer) loaded from ``model_dir`` the course's way (pad = EOS, left padding, eval mode)."""
-    from .models import load_base
-
     return load_base(str(model_dir), device=device)
 
 
 def bench_data(tokenizer, cfg: BenchConfig) -> dict:
     """TinyWorld demonstrations for SFT, ranked reference-vs-corruption answers for RM/DPO, prompts for RL."""
-    from .config import get_profile
-    from .data import render_prompt
-    from .feedback import variant_comparisons
-    from .world import world_from_config
-
     world = world_from_config(get_profile("tiny").world)
     tasks = world.splits["train"]
     demos = [{"instruction": t.instruction, "context": t.context, "response": t.response}
@@ -156,8 +160,6 @@ def run_row(ours, theirs, cfg: BenchConfig) -> tuple[dict, dict | None]:
     """Call ``ours()`` and ``theirs()`` alternately (``cfg.warmup`` untimed rounds, then ``cfg.repeats`` timed ones,
     so that a machine slowing down or speeding up during the run affects both sides alike). Each returns (units,
     seconds): the rate is units / seconds. ``theirs`` None: our side only."""
-    from .runtime import MemoryMonitor
-
     results = {"ours": ([], []), "theirs": ([], [])}
     for i in range(cfg.warmup + cfg.repeats):
         for side, fn in (("ours", ours), ("theirs", theirs)):
@@ -189,8 +191,6 @@ def matmul_weights(model_dir, lm_head: bool) -> int:
     projections), plus the LM head's V × d when it runs. A LoRA training step costs about 4 FLOP per such weight and
     token (2 forward, 2 for the activation gradients; the frozen weights get no gradient, the adapters' are tiny);
     attention's own T × d work is left out, so the FLOP/s derived from it are a lower bound."""
-    from .models import transformer_body
-
     model = fresh_model(model_dir, "cpu")[0]
     blocks = sum(p.numel() for n, p in transformer_body(model).named_parameters() if p.dim() == 2 and ".h." in f".{n}")
     return blocks + (model.get_output_embeddings().weight.numel() if lm_head else 0)
@@ -211,23 +211,20 @@ def matmul_gflops(d: int, device: str, tokens: int = 4096, repeats: int = 20) ->
 # ---------------------------------------------------------------------------------------------
 def sft_row(model_dir, data, cfg: BenchConfig, with_trl: bool) -> dict:
     """SFT tokens/s (every real token of the batch, prompt included, counts; the same examples on both sides)."""
-    from .config import SFTConfig
-    from .sft import add_lora, tokenize_records, train_sft
-    from .trl_bridge import trl_sft
-
     scfg = SFTConfig(batch_size=cfg.batch_size, max_steps=cfg.sft_steps, max_length=cfg.max_length, lr=cfg.lr,
-                     warmup_steps=0, lora_r=cfg.lora_r, lora_alpha=2 * cfg.lora_r, eval_every=10**9, n_samples=0)
+                     warmup_steps=0, eval_every=10**9, n_samples=0)
     _, tok = fresh_model(model_dir, cfg.device)
     examples = tokenize_records(tok, data["demos"], scfg)
     tokens = sum(len(e["input_ids"]) for e in examples)
 
     def ours():
-        model = add_lora(fresh_model(model_dir, cfg.device)[0], scfg)
+        model = add_lora(fresh_model(model_dir, cfg.device)[0], scfg, cfg.lora)
         hist, seconds = _clock(lambda: train_sft(model, tok, {"train": examples}, scfg, progress=False))
         return hist["tokens"], seconds
 
     def theirs():
-        _, info = trl_sft(fresh_model(model_dir, cfg.device)[0], tok, data["demos"], scfg, steps=cfg.sft_steps)
+        _, info = trl_sft(fresh_model(model_dir, cfg.device)[0], tok, data["demos"], scfg, steps=cfg.sft_steps,
+                          lora=cfg.lora)
         return tokens, info["seconds"]
 
     row = {"row": "SFT", "unit": "tokens/s", "trl_trainer": "SFTTrainer",
@@ -240,55 +237,47 @@ def sft_row(model_dir, data, cfg: BenchConfig, with_trl: bool) -> dict:
 
 
 def _reward_config(cfg: BenchConfig, grouped: bool = True):
-    from .config import RewardConfig
-
-    return RewardConfig(batch_size=cfg.pref_batch, max_length=cfg.max_length, lr=cfg.lr, warmup_steps=0, lora_r=cfg.lora_r,
-                        lora_alpha=2 * cfg.lora_r, grouped=grouped, eval_every=10**9)
+    return RewardConfig(batch_size=cfg.pref_batch, max_length=cfg.max_length, lr=cfg.lr, warmup_steps=0,
+                        grouped=grouped, eval_every=10**9)
 
 
 def reward_rows(model_dir, data, cfg: BenchConfig, with_trl: bool) -> list[dict]:
     """Reward-model comparisons/s: K-choose-2 grouping and the shuffled-pairs ablation, each vs RewardTrainer."""
-    from .reward import build_reward_model, train_reward_model
-    from .trl_bridge import trl_reward
-
     _, tok = fresh_model(model_dir, cfg.device)
     rows, trl_result = [], None
     for grouped in (True, False):
         rcfg = _reward_config(cfg, grouped)
 
         def ours():
-            rm = build_reward_model(fresh_model(model_dir, cfg.device)[0], rcfg)
+            rm = build_reward_model(fresh_model(model_dir, cfg.device)[0], rcfg, cfg.lora)
             hist, seconds = _clock(lambda: train_reward_model(rm, tok, data["ranked"], rcfg, progress=False))
             return hist["pairs"], seconds
 
         def theirs():
-            _, info = trl_reward(str(model_dir), tok, data["ranked"], rcfg)
+            _, info = trl_reward(str(model_dir), tok, data["ranked"], rcfg, lora=cfg.lora)
             return info["pairs"], info["seconds"]
 
         ours_result, t = run_row(ours, theirs if with_trl and trl_result is None else None, cfg)
         trl_result = trl_result or t  # TRL's side is the same for both of our variants: measured once
-        rows.append({"row": "reward model, K-choose-2 grouped" if grouped else "reward model, shuffled pairs (ablation)",
-                     "unit": "comparisons/s", "trl_trainer": "RewardTrainer", "ours": ours_result, "trl": trl_result})
+        name = "reward model, K-choose-2 grouped" if grouped else "reward model, shuffled pairs (ablation)"
+        rows.append({"row": name, "unit": "comparisons/s", "trl_trainer": "RewardTrainer", "ours": ours_result,
+                     "trl": trl_result})
     return rows
 
 
 def dpo_row(model_dir, data, cfg: BenchConfig, with_trl: bool) -> dict:
     """DPO pairs/s, the adapters disabled as the reference on both sides."""
-    from .config import DPOConfig
-    from .dpo import build_dpo_policy, train_dpo
-    from .trl_bridge import trl_dpo
-
-    dcfg = DPOConfig(batch_size=cfg.pref_batch, max_length=cfg.max_length, lr=cfg.lr, warmup_steps=0, lora_r=cfg.lora_r,
-                     lora_alpha=2 * cfg.lora_r, eval_every=10**9)
+    dcfg = DPOConfig(batch_size=cfg.pref_batch, max_length=cfg.max_length, lr=cfg.lr, warmup_steps=0,
+                     eval_every=10**9)
     _, tok = fresh_model(model_dir, cfg.device)
 
     def ours():
-        lm = build_dpo_policy(fresh_model(model_dir, cfg.device)[0], dcfg)
+        lm = build_dpo_policy(fresh_model(model_dir, cfg.device)[0], dcfg, cfg.lora)
         hist, seconds = _clock(lambda: train_dpo(lm, tok, data["ranked"], dcfg, progress=False))
         return hist["pairs"], seconds
 
     def theirs():
-        _, info = trl_dpo(fresh_model(model_dir, cfg.device)[0], tok, data["ranked"], dcfg)
+        _, info = trl_dpo(fresh_model(model_dir, cfg.device)[0], tok, data["ranked"], dcfg, lora=cfg.lora)
         return info["pairs"], info["seconds"]
 
     return {"row": "DPO", "unit": "pairs/s", "trl_trainer": "DPOTrainer",
@@ -297,21 +286,16 @@ def dpo_row(model_dir, data, cfg: BenchConfig, with_trl: bool) -> dict:
 
 def rl_rows(model_dir, data, cfg: BenchConfig, with_trl: bool) -> list[dict]:
     """RL episodes/s: PPO and GRPO iterations (generate, score, update) vs GRPOTrainer at equal B, L, G, epochs."""
-    from .config import GRPOConfig, PPOConfig, RewardConfig
-    from .grpo import build_grpo_policy, train_grpo
-    from .ppo import build_policy, train_ppo
-    from .reward import build_reward_model
-    from .trl_bridge import trl_grpo
-
     n_prompts = cfg.rl_episodes // cfg.rl_group
     pcfg = PPOConfig(steps=cfg.rl_iterations, batch_size=cfg.rl_episodes, minibatch_size=cfg.batch_size,
-                     ppo_epochs=cfg.rl_epochs, lr=cfg.lr, max_new_tokens=cfg.rl_max_new_tokens, lora_r=cfg.lora_r,
-                     lora_alpha=2 * cfg.lora_r, n_prompts=cfg.rl_episodes, checkpoint_every=10**9)
+                     ppo_epochs=cfg.rl_epochs, lr=cfg.lr, max_new_tokens=cfg.rl_max_new_tokens,
+                     n_prompts=cfg.rl_episodes, checkpoint_every=10**9)
     gcfg = GRPOConfig(steps=cfg.rl_iterations, prompts_per_step=n_prompts, group_size=cfg.rl_group,
-                      minibatch_size=cfg.batch_size, epochs=cfg.rl_epochs, lr=cfg.lr, max_new_tokens=cfg.rl_max_new_tokens,
-                      lora_r=cfg.lora_r, lora_alpha=2 * cfg.lora_r, n_prompts=n_prompts)
+                      minibatch_size=cfg.batch_size, epochs=cfg.rl_epochs, lr=cfg.lr,
+                      max_new_tokens=cfg.rl_max_new_tokens,
+                      n_prompts=n_prompts)
     _, tok = fresh_model(model_dir, cfg.device)
-    rm = build_reward_model(fresh_model(model_dir, cfg.device)[0], RewardConfig(lora_r=cfg.lora_r))
+    rm = build_reward_model(fresh_model(model_dir, cfg.device)[0], RewardConfig(), cfg.lora)
     for p in rm.parameters():
         p.requires_grad_(False)
     episodes = cfg.rl_iterations * cfg.rl_episodes
@@ -320,7 +304,7 @@ def rl_rows(model_dir, data, cfg: BenchConfig, with_trl: bool) -> list[dict]:
     update = {"tokens": 0, "seconds": 0.0}
 
     def ppo():
-        policy = build_policy(fresh_model(model_dir, cfg.device)[0], rm, pcfg)
+        policy = build_policy(fresh_model(model_dir, cfg.device)[0], rm, pcfg, cfg.lora)
         hist, seconds = _clock(lambda: train_ppo(policy, rm, tok, data["tasks"], pcfg, progress=False))
         lengths["ppo"] += [h["response_length"] for h in hist]
         update["tokens"] += sum(h["update_tokens"] for h in hist)
@@ -340,12 +324,14 @@ def rl_rows(model_dir, data, cfg: BenchConfig, with_trl: bool) -> list[dict]:
 
     ppo_result, trl_result = run_row(ppo, theirs if with_trl else None, cfg)
     # the update phase alone (stage 7 of ppo_step, warm-up included): ≈ 4 FLOP per block weight and token
-    ppo_result["update_gflops"] = 4 * matmul_weights(model_dir, lm_head=False) * update["tokens"] / update["seconds"] / 1e9
+    ppo_result["update_gflops"] = 4 * matmul_weights(model_dir,
+                                                     lm_head=False) * update["tokens"] / update["seconds"] / 1e9
     grpo_result, _ = run_row(grpo, None, cfg)
     mean = (lambda xs: round(sum(xs) / len(xs), 1) if xs else None)
     note = (f"B={cfg.rl_episodes}, L≤{cfg.rl_max_new_tokens}, G={cfg.rl_group}, epochs={cfg.rl_epochs}; mean answer "
             f"length ours PPO {mean(lengths['ppo'])}, GRPO {mean(lengths['grpo'])}, TRL {mean(lengths['trl'])} tokens")
-    return [{"row": "PPO iteration", "unit": "episodes/s", "trl_trainer": "GRPOTrainer", "ours": ppo_result, "trl": trl_result,
+    return [{"row": "PPO iteration", "unit": "episodes/s", "trl_trainer": "GRPOTrainer", "ours": ppo_result,
+             "trl": trl_result,
              "note": note},
             {"row": "GRPO iteration", "unit": "episodes/s", "trl_trainer": "GRPOTrainer", "ours": grpo_result,
              "trl": trl_result, "note": note}]
@@ -355,17 +341,13 @@ def ppo_memory(model_dir, cfg: BenchConfig) -> dict:
     """Parameter memory (MiB) of PPO's policy + reference + value against one copy of the base model: the reference
     is the policy with its adapters disabled and the critic is one linear head on the reward model's hidden states,
     so the three together cost the base model plus adapters and head; separate copies would cost three base models."""
-    from .config import PPOConfig, RewardConfig
-    from .ppo import build_policy
-    from .reward import build_reward_model
-
     def mib(params):
         return sum(p.numel() * p.element_size() for p in params) / 2**20
 
     base = fresh_model(model_dir, cfg.device)[0]
     base_mb = mib(base.parameters())
-    rm = build_reward_model(fresh_model(model_dir, cfg.device)[0], RewardConfig(lora_r=cfg.lora_r))
-    policy = build_policy(base, rm, PPOConfig(lora_r=cfg.lora_r, lora_alpha=2 * cfg.lora_r))
+    rm = build_reward_model(fresh_model(model_dir, cfg.device)[0], RewardConfig(), cfg.lora)
+    policy = build_policy(base, rm, PPOConfig(), cfg.lora)
     ours_mb = mib(policy.parameters())
     return {"base_mb": round(base_mb, 2), "policy_reference_value_mb": round(ours_mb, 2),
             "ratio_to_base": round(ours_mb / base_mb, 3), "separate_copies_mb": round(3 * base_mb, 2),
@@ -382,9 +364,6 @@ def run_bench(cfg: BenchConfig, out: str | Path | None = None, progress: bool = 
     """The rows ``rows_wanted`` (of :data:`ROWS`) for ``cfg``; TRL's side when TRL is installed (otherwise a note says
     how to add it). Writes the result as JSON to ``out`` when given. Returns it (``rows``, ``ppo_memory``, ``setup``,
     ``notes``)."""
-    from .runtime import atomic_file, quiet, versions
-    from .trl_bridge import TRL_HINT, trl_version
-
     quiet()
     with_trl = trl_version() is not None
     notes = [] if with_trl else [f"TRL rows skipped: {TRL_HINT}"]
@@ -437,14 +416,16 @@ def bench_table(result: dict, markdown: bool = False) -> str:
         return "—" if not x or x.get("peak_mb") is None else f"{x['peak_mb']:,.0f}"
 
     head = (f"bench: model {s['model']} ({s['parameters'] / 1e6:.1f} M parameters) on {s['device']}"
-            f"{' (' + s['gpu'] + ')' if s.get('gpu') else ''}, {s['threads']} threads, torch {s['versions'].get('torch')}, "
+            f"{' (' + s['gpu'] + ')' if s.get('gpu') else ''}, {s['threads']} threads, torch "
+            f"{s['versions'].get('torch')}, "
             f"TRL {s['trl'] or 'not installed'}; median [min–max] of {s['repeats']} runs after {s['warmup']} warm-up")
     cols = ["row", "unit", "ours", "TRL", "ours/TRL", "peak MiB ours / TRL"]
     rows = [[r["row"], r["unit"], rate(r["ours"]), rate(r.get("trl")),
              "—" if r.get("ratio") is None else f"{r['ratio']:.2f}x", f"{mem(r['ours'])} / {mem(r.get('trl'))}"]
             for r in result["rows"]]
     if markdown:
-        lines = [head, "", "| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)] + ["| " + " | ".join(r) + " |" for r in rows]
+        lines = [head, "", "| " + " | ".join(cols) + " |",
+                 "|" + "---|" * len(cols)] + ["| " + " | ".join(r) + " |" for r in rows]
     else:
         widths = [40, 14, 24, 24, 9, 20]
         fmt = lambda r: " ".join(f"{c:<{w}}" if i < 2 else f"{c:>{w}}" for i, (c, w) in enumerate(zip(r, widths)))
@@ -457,9 +438,11 @@ def bench_table(result: dict, markdown: bool = False) -> str:
                 util.append(f"{what} {r[side][key]:.1f} GFLOP/s = {r[side][key] / s['matmul_gflops']:.0%}")
     if util:
         lines.append(f"{chr(10) if markdown else ''}Compute (≈ 4 FLOP per matrix weight and token, a lower bound): "
-                     + ", ".join(util) + f" of this machine's measured float32 matmul rate ({s['matmul_gflops']:.0f} GFLOP/s)")
+                     + ", ".join(util) + f" of this machine's measured float32 matmul rate ({s['matmul_gflops']:.0f} "
+                                         "GFLOP/s)")
     m = result["ppo_memory"]
-    lines.append(f"{chr(10) if markdown else ''}PPO parameter memory: policy + reference + value {m['policy_reference_value_mb']:.1f} MiB = "
+    lines.append(f"{chr(10) if markdown else ''}PPO parameter memory: policy + reference + value "
+                 f"{m['policy_reference_value_mb']:.1f} MiB = "
                  f"{m['ratio_to_base']:.2f}x one base model ({m['base_mb']:.1f} MiB; three separate copies "
                  f"{m['separate_copies_mb']:.1f} MiB); the frozen reward model another {m['reward_model_mb']:.1f} MiB")
     notes = [r["note"] for r in result["rows"] if r.get("note")][:1] + result["notes"]

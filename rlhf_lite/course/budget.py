@@ -7,7 +7,7 @@ Two ways to measure, both from the notebooks themselves:
 * ``recorded``: read the time stamps Jupyter stored in each executed cell (``metadata.execution``) of the committed
   notebooks: the wall time of the execution whose outputs readers see (``tiny``), without running it again.
 
-Goals (issue 7): all notebooks on ``smoke`` within 15 minutes together on 2 cores, so that CI stays within 20.
+Goal: all notebooks on ``smoke`` within 15 minutes together on 2 cores, so that CI stays within 20.
 """
 from __future__ import annotations
 
@@ -17,17 +17,24 @@ import time
 from datetime import datetime
 from pathlib import Path
 
-NOTEBOOKS = Path(__file__).resolve().parent.parent / "notebooks"
+from ..config import get_profile
+from ..models import REPO_ROOT
+from ..runtime import atomic_file
+from .student import read_notebook
+
+NOTEBOOKS = REPO_ROOT / "notebooks"
 SMOKE_BUDGET_S = 15 * 60
 
 
 def notebook_paths(folder: str | Path = NOTEBOOKS, only: list[str] | None = None) -> list[Path]:
-    """The numbered notebooks in ``folder`` (``only``: those whose name starts with one of these prefixes, e.g. "05")."""
+    """The numbered notebooks in ``folder`` (``only``: those whose name starts with one of these prefixes, e.g.
+    "05")."""
     paths = sorted(Path(folder).glob("[0-9][0-9]_*.ipynb"))
     if only:
         paths = [p for p in paths if any(p.name.startswith(o) for o in only)]
     if not paths:
-        raise FileNotFoundError(f"no numbered notebooks (NN_name.ipynb) in {folder}" + (f" matching {only}" if only else ""))
+        raise FileNotFoundError(f"no numbered notebooks (NN_name.ipynb) in {folder}"
+                                + (f" matching {only}" if only else ""))
     return paths
 
 
@@ -36,14 +43,13 @@ def _cell_span(cell) -> tuple[datetime, datetime] | None:
     stamps = cell.get("metadata", {}).get("execution", {})
     if "iopub.execute_input" not in stamps or "shell.execute_reply" not in stamps:
         return None
-    return tuple(datetime.fromisoformat(stamps[k].replace("Z", "+00:00")) for k in ("iopub.execute_input", "shell.execute_reply"))
+    return tuple(datetime.fromisoformat(stamps[k].replace("Z", "+00:00")) for k in ("iopub.execute_input",
+                                                                                    "shell.execute_reply"))
 
 
 def recorded_seconds(path: str | Path) -> dict:
     """Wall time of the execution stored in a notebook: first cell start to last cell end (``None`` if it has no
     time stamps)."""
-    from .student import read_notebook
-
     spans = [sp for c in read_notebook(path)["cells"] if c["cell_type"] == "code" and (sp := _cell_span(c))]
     if not spans:
         return {"notebook": Path(path).name, "seconds": None, "executed_at": None}
@@ -65,7 +71,8 @@ def execute_seconds(path: str | Path, profile: str, timeout: int = 3600) -> dict
     os.environ.update(env)  # the kernel inherits this process's environment
     t0 = time.time()
     try:
-        NotebookClient(nb, timeout=timeout, kernel_name="python3", resources={"metadata": {"path": str(Path(path).parent)}},
+        NotebookClient(nb, timeout=timeout, kernel_name="python3",
+                       resources={"metadata": {"path": str(Path(path).parent)}},
                        extra_arguments=["--IPKernelApp.log_level=ERROR"]).execute()  # no "running over TCP" warning
     except CellExecutionError as e:
         raise RuntimeError(f"{Path(path).name} failed on profile {profile!r}: {str(e).splitlines()[0][:300]}") from None
@@ -87,9 +94,6 @@ def notebook_times(profile: str = "smoke", mode: str = "execute", only: list[str
                    folder: str | Path = NOTEBOOKS, out: str | Path | None = None) -> dict:
     """Every notebook's wall time: executed now on ``profile``, or read from the committed outputs (``recorded``).
     Writes JSON to ``out`` when given; returns ``{"profile", "mode", "notebooks": [...], "total_s"}``."""
-    from .config import get_profile
-    from .runtime import atomic_file
-
     if mode not in ("execute", "recorded"):
         raise ValueError(f"mode must be 'execute' or 'recorded', got {mode!r}")
     get_profile(profile)  # a typo'd profile stops here, with the list of valid ones
@@ -109,7 +113,8 @@ def notebook_times(profile: str = "smoke", mode: str = "execute", only: list[str
 def times_table(result: dict) -> str:
     """The measured times as a table, with the total against the smoke budget."""
     lines = [f"{'notebook':<28} {'seconds':>8}   ({result['mode']}, profile {result['profile']})"]
-    lines += [f"{r['notebook']:<28} {r['seconds'] if r['seconds'] is not None else '—':>8}" for r in result["notebooks"]]
+    lines += [f"{r['notebook']:<28} {r['seconds'] if r['seconds'] is not None else '—':>8}"
+              for r in result["notebooks"]]
     total = result["total_s"]
     lines.append(f"{'total':<28} {total:>8.0f}   = {total / 60:.1f} min")
     if result["profile"] == "smoke":

@@ -1,0 +1,62 @@
+"""Resumable RL training: what a PPO checkpoint holds, written as safetensors + JSON (never a pickle).
+
+A checkpoint is everything ``train_ppo`` needs to continue an interrupted run exactly: the trainable weights (LoRA
+adapters and value head; the rest is the frozen SFT model), the optimizer's state, β, the log so far, the position
+in the prompt order, and every random state (CPU and CUDA). Loading it can never run code from the file.
+"""
+from __future__ import annotations
+
+from dataclasses import asdict
+from pathlib import Path
+
+import torch
+
+from .config import PPOConfig
+from .rollout import PolicyWithValue
+from .runtime import load_state, save_state
+
+CHECKPOINT = "ppo_checkpoint.safetensors"
+
+
+def trainable_state(policy: PolicyWithValue) -> dict[str, torch.Tensor]:
+    """What a checkpoint stores of the policy: the LoRA adapters and the value head."""
+    return {k: v.detach().clone() for k, v in policy.state_dict().items() if k.startswith("value_head") or "lora_" in k}
+
+
+def save_checkpoint(path: Path, policy: PolicyWithValue, optimizer, kl_ctl, order_gen: torch.Generator, cfg: PPOConfig,
+                    step: int, history: list[dict], pos: int, order: torch.Tensor) -> None:
+    """Write the state after ``step`` iterations to ``path`` atomically (a crash keeps the previous checkpoint)."""
+    save_state(path, {"step": step, "trainable": trainable_state(policy), "optimizer": optimizer.state_dict(),
+                      "beta": kl_ctl.value, "history": history, "pos": pos, "order": order,
+                      "order_gen": order_gen.get_state(), "rng": torch.get_rng_state(),
+                      "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+                      "config": asdict(cfg)})
+
+
+def load_checkpoint(path: Path | None, policy: PolicyWithValue, optimizer, kl_ctl, order_gen: torch.Generator,
+                    cfg: PPOConfig) -> tuple[list[dict], int, int, torch.Tensor]:
+    """Restore a checkpoint into ``policy``, ``optimizer``, ``kl_ctl``, ``order_gen`` and the global random states.
+    Returns (history, steps done, position in the prompt order, the prompt order). The settings must be the same
+    as when it was written (only ``steps`` may grow), and its weights must fit this policy."""
+    if path is None or not path.is_file():
+        raise FileNotFoundError(f"resume=True but there is no checkpoint at {path}; pass the out_dir of the "
+                                "interrupted run, or resume=False to start fresh")
+    state = load_state(path)
+    changed = sorted(k for k, v in asdict(cfg).items()
+                     if k not in ("steps", "checkpoint_every") and state["config"].get(k) != v)
+    if changed:
+        raise ValueError(f"the checkpoint in {path} was written with different settings ({', '.join(changed)}); "
+                         "resume with the same PPOConfig (only steps may grow), or start a new out_dir")
+    expected, found = set(trainable_state(policy)), set(state["trainable"])
+    if found != expected:
+        raise ValueError(f"the checkpoint in {path} does not fit this policy (missing {sorted(expected - found)[:3]}, "
+                         f"unexpected {sorted(found - expected)[:3]}); it was written for another model or LoRA "
+                         "setting")
+    policy.load_state_dict(state["trainable"], strict=False)  # the frozen SFT weights are not in it
+    optimizer.load_state_dict(state["optimizer"])
+    kl_ctl.value = state["beta"]
+    order_gen.set_state(state["order_gen"])
+    torch.set_rng_state(state["rng"])
+    if state["cuda_rng"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(list(state["cuda_rng"]))
+    return state["history"], state["step"], state["pos"], state["order"]

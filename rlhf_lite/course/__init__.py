@@ -1,0 +1,3 @@
+"""Course tooling, apart from the algorithms: exercise checkers (``exercises``), student notebooks and grading
+(``student``), the bridge to TRL's trainers (``trl_bridge``), the speed benchmark (``bench``) and the notebooks'
+time budget (``budget``). Nothing in the algorithm modules imports from here."""

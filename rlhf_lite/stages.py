@@ -1,0 +1,265 @@
+"""Stages for a profile, built once and cached: the plumbing above the algorithms.
+
+Each stage function takes a :class:`~rlhf_lite.config.Profile`, runs the algorithm modules with its settings and
+caches what later stages need under ``runs/cache`` (``$RLHF_LITE_RUNS`` moves it):
+
+* :func:`sft_checkpoint`: the SFT model (step 1, adapters merged);
+* :func:`comparison_data`: K samples of the SFT model per prompt, ranked by the labeler panel;
+* :func:`reward_checkpoint`: the reward model trained on them (step 2), normalised and measured;
+* :func:`ppo_stage`: PPO or PPO-ptx against it (step 3; not cached, it writes checkpoints to ``out_dir``).
+
+A cache folder's name is a hash of every setting the stage depends on *and of the source code of the modules
+that compute it* (:func:`rlhf_lite.runtime.code_digest`), so changing ``train_sft`` or the labelers retrains
+instead of silently reusing an old model. Every notebook and command goes through these functions, so none
+retrains what an earlier one built with the same settings.
+"""
+from __future__ import annotations
+
+import json
+import random
+import time
+from pathlib import Path
+
+from .config import PPOConfig, Profile, RewardConfig, SFTConfig, get_profile
+from .data import load_instruction_dataset, render_prompt
+from .feedback import (
+    RankingStore,
+    agreement_matrix,
+    collect_comparisons,
+    expected_agreement,
+    load_preference_dataset,
+    read_comparisons,
+    variant_comparisons,
+)
+from .models import load_base
+from .ppo import build_policy, train_ppo
+from .pretrain import corpus_blocks
+from .reward import (
+    RewardModel,
+    build_reward_model,
+    load_reward_model,
+    normalize_rewards,
+    rm_accuracy,
+    save_reward_model,
+    train_reward_model,
+)
+from .runtime import atomic_dir, code_digest, config_key, hf_bars_off, runs_dir, seed_everything
+from .sft import add_lora, count_parameters, load_quantized, train_sft
+from .world import world_from_config
+
+SFT_CODE = ("config", "data", "models", "sft", "world")
+COMPARISONS_CODE = SFT_CODE + ("feedback",)
+REWARD_CODE = COMPARISONS_CODE + ("reward",)
+
+
+# ---------------------------------------------------------------------------------------------
+# Step 1: the SFT model
+# ---------------------------------------------------------------------------------------------
+def train_sft_model(profile: Profile, cfg: SFTConfig | None = None, progress: bool = True):
+    """The whole SFT stage for a profile: load the base model (quantized if asked), add LoRA, train on
+    the profile's demonstrations (TinyWorld, or Dolly-15k for ``gpt2``). Returns (model, tokenizer, history)."""
+    cfg = cfg or profile.sft
+    seed_everything(cfg.seed)
+    data = load_instruction_dataset("dolly" if profile.name == "gpt2" else "tinyworld", world_config=profile.world)
+    if cfg.quantization != "none":
+        model, tok, _ = load_quantized(profile.base_model, cfg.quantization)
+    else:
+        model, tok = load_base(profile.base_model)
+    model = add_lora(model, cfg, profile.lora) if cfg.lora else model
+    history = train_sft(model, tok, data, cfg, progress=progress)
+    history["parameters"] = count_parameters(model)
+    history["n_train_examples"] = len(data["train"])
+    return model, tok, history
+
+
+def sft_key(profile: Profile) -> str:
+    """The SFT cache key: the base model, the world, the SFT and LoRA settings, and the code that trains it."""
+    return f"sft-{profile.name}-" + config_key(profile.base_model, profile.world, profile.sft, profile.lora,
+                                              code_digest(*SFT_CODE))
+
+
+def comparisons_key(profile: Profile, sft_name: str) -> str:
+    """The comparisons' cache key: the SFT model they were sampled from, the world, every collection setting
+    (K, temperature, response length, prompts, seed), the prompt format, and the code that samples and ranks."""
+    cfg = profile.reward
+    collection = {k: getattr(cfg, k) for k in ("source", "n_prompts", "n_eval_prompts", "k_min", "k_max", "temperature",
+                                                "max_new_tokens", "seed")}
+    return f"comparisons-{profile.name}-" + config_key(sft_name, profile.world, collection, profile.sft.prompt_format,
+                                                      code_digest(*COMPARISONS_CODE))
+
+
+def reward_key(profile: Profile, sft_name: str, upstream: str) -> str:
+    """The reward model's cache key: the SFT model, the comparisons (``upstream``: their cache folder, or the data
+    source), the reward and LoRA settings, the prompt format, and the code that trains and measures it."""
+    return f"reward-{profile.name}-" + config_key(sft_name, upstream, profile.world, profile.reward, profile.lora,
+                                                 profile.sft.prompt_format, code_digest(*REWARD_CODE))
+
+
+def sft_checkpoint(profile: Profile | None = None, progress: bool = True) -> Path:
+    """Folder of the profile's SFT model (adapters merged), trained and cached under ``runs/cache`` on
+    first use. Later stages (comparisons, reward model, PPO) and notebooks start from it."""
+    profile = profile or get_profile()
+    out = runs_dir() / "cache" / sft_key(profile)
+    if (out / "config.json").is_file():
+        return out
+    print(f"no SFT model for profile {profile.name!r} yet: training one (cached in runs/cache/{out.name})")
+    model, tok, history = train_sft_model(profile, progress=progress)
+    with atomic_dir(out, "sft") as tmp, hf_bars_off():
+        merged = model.merge_and_unload() if profile.sft.lora else model
+        merged.save_pretrained(tmp)
+        tok.save_pretrained(tmp)
+        (tmp / "history.json").write_text(json.dumps({k: v for k, v in history.items() if k != "config"}, default=str))
+    print(f"trained the SFT model in {history['wall_time_s']:.0f} s")
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# Step 2: comparisons, then the reward model
+# ---------------------------------------------------------------------------------------------
+def comparisons_dir(profile: Profile, progress: bool = True) -> Path:
+    """The cache folder of a TinyWorld profile's comparisons (built if missing): train.jsonl, validation.jsonl."""
+    cfg = profile.reward
+    sft_dir = sft_checkpoint(profile, progress=progress)
+    out = runs_dir() / "cache" / comparisons_key(profile, sft_dir.name)
+    if (out / "train.jsonl").is_file():
+        return out
+    t0 = time.time()
+    print(f"no comparisons for profile {profile.name!r} yet: sampling {cfg.k_min}-{cfg.k_max} answers for "
+          f"{cfg.n_prompts + cfg.n_eval_prompts} prompts and ranking them")
+    world = world_from_config(profile.world)
+    model, tok = load_base(str(sft_dir))
+    with atomic_dir(out, "comparisons") as tmp:
+        for split, n, seed in (("train", cfg.n_prompts, cfg.seed), ("validation", cfg.n_eval_prompts, cfg.seed + 1)):
+            collect_comparisons(model, tok, world, world.splits[split][:n], world.panel.train, cfg.k_min, cfg.k_max,
+                                cfg.max_new_tokens, cfg.temperature, profile.sft.prompt_format, seed,
+                                store=RankingStore(tmp / f"{split}.jsonl"), progress=progress)
+        (tmp / "info.json").write_text(json.dumps({"seconds": round(time.time() - t0, 1), "sft": sft_dir.name}))
+    print(f"sampled and ranked the comparisons in {time.time() - t0:.0f} s (cached in runs/cache/{out.name})")
+    return out
+
+
+def comparison_data(profile: Profile | None = None, progress: bool = True) -> dict[str, list[dict]]:
+    """The profile's comparisons: ``{"train": [...], "validation": [...]}``, built once and cached.
+
+    TinyWorld: the SFT model (:func:`sft_checkpoint`) samples K responses per prompt; training prompts are ranked
+    by the training labelers, one labeler per prompt; validation prompts (held-out users) too, to measure the
+    reward model on people it has not seen. Held-out labelers never rank anything here: they only judge. Real data
+    (``source`` "hh-rlhf" or a file): its own splits.
+    """
+    profile = profile or get_profile()
+    cfg = profile.reward
+    if cfg.source != "tinyworld":
+        train = load_preference_dataset(cfg.source, "train")
+        if cfg.source == "hh-rlhf":
+            val = load_preference_dataset(cfg.source, "test")
+        else:
+            rng = random.Random(cfg.seed)
+            rng.shuffle(train)
+            val, train = train[: max(1, len(train) // 10)], train[max(1, len(train) // 10):]
+        return {"train": train[: cfg.n_prompts], "validation": val[: cfg.n_eval_prompts]}
+    out = comparisons_dir(profile, progress)
+    return {split: read_comparisons(out / f"{split}.jsonl") for split in ("train", "validation")}
+
+
+def train_reward_stage(profile: Profile | None = None, cfg: RewardConfig | None = None, progress: bool = True):
+    """Everything of step 2 for a profile: comparisons (cached), a reward model on the SFT model,
+    trained for ``cfg.epochs``, normalised on the demonstrations, then measured. Returns
+    (reward model, tokenizer, metrics, history). Metrics (TinyWorld): ``accuracy_train_labelers`` and
+    ``accuracy_heldout_labelers`` (expected agreement with each group on held-out users' pairs),
+    ``panel_agreement`` (two different labelers: the human-level ceiling), ``gold_ceiling`` (the gold
+    score itself as a judge of the held-out labelers), ``validation_loss``, ``comparisons``, ``wall_time_s``,
+    and ``variant_pairs`` (held-out accuracy and panel agreement on reference-vs-corruption answers)."""
+    profile = profile or get_profile()
+    cfg = cfg or profile.reward
+    data = comparison_data(profile, progress=progress)
+    lm, tok = load_base(str(sft_checkpoint(profile, progress=progress)))
+    rm = build_reward_model(lm, cfg, profile.lora)
+    history = train_reward_model(rm, tok, data["train"], cfg, data["validation"], progress=progress)
+    metrics = {"comparisons": history["pairs"], "prompts": len(data["train"]),
+               "wall_time_s": round(history["wall_time_s"], 1), "validation_loss": history["eval"][-1]["loss"],
+               "validation_accuracy": history["eval"][-1]["accuracy"]}
+    if cfg.source == "tinyworld":
+        metrics.update(_measure_reward_model(rm, tok, profile, cfg, data["validation"]))
+    else:
+        normalize_rewards(rm, tok, [r["prompt"] for r in data["train"][:200]],
+                          [r["responses"][0] for r in data["train"][:200]], cfg.max_length)  # chosen replies stand in
+        metrics["accuracy_heldout_labelers"] = metrics["validation_accuracy"]  # other people's labels, held-out prompts
+
+    def rounded(x):
+        if isinstance(x, dict):
+            return {k: rounded(v) for k, v in x.items()}
+        return round(x, 4) if isinstance(x, float) else x
+
+    return rm, tok, rounded(metrics), history
+
+
+def _measure_reward_model(rm: RewardModel, tok, profile: Profile, cfg: RewardConfig, val: list[dict]) -> dict:
+    """Normalise the reward model on TinyWorld's demonstrations, then measure it against the labeler panel."""
+    world = world_from_config(profile.world)
+    demos = world.splits["train"][:200]
+    shift = normalize_rewards(rm, tok,
+                              [render_prompt(tok, t.instruction, t.context, profile.sft.prompt_format) for t in demos],
+                              [t.response for t in demos], cfg.max_length)
+    train_labs, held = world.panel.train, world.panel.held_out
+    m = agreement_matrix(world, val, world.panel.labelers)
+
+    def gold(rec):
+        t = world.tasks_by_id[rec["prompt_id"]]
+        return [world.panel.gold_score(t.instruction, t.context, r, f, task=t) for r,
+                f in zip(rec["responses"], rec["finished"])]
+
+    variants = variant_comparisons(world, world.splits["validation"][: cfg.n_eval_prompts], train_labs, tok,
+                                   profile.sft.prompt_format, seed=cfg.seed)
+    mv = agreement_matrix(world, variants, world.panel.labelers)
+    return {"normalization_shift": shift,
+            "accuracy_train_labelers": rm_accuracy(rm, tok, world, val, train_labs, cfg.max_length),
+            "accuracy_heldout_labelers": rm_accuracy(rm, tok, world, val, held, cfg.max_length),
+            "panel_agreement": off_diagonal_mean(m),
+            "gold_ceiling": sum(expected_agreement(world, val, gold, lab) for lab in held) / len(held),
+            "variant_pairs": {"accuracy_heldout_labelers": rm_accuracy(rm, tok, world, variants, held, cfg.max_length),
+                              "panel_agreement": off_diagonal_mean(mv)}}
+
+
+def off_diagonal_mean(m: list[list[float]]) -> float:
+    """Mean agreement between two *different* labelers (the off-diagonal of an agreement matrix)."""
+    n = len(m)
+    return sum(m[i][j] for i in range(n) for j in range(n) if i != j) / (n * (n - 1))
+
+
+def reward_checkpoint(profile: Profile | None = None, progress: bool = True) -> Path:
+    """Folder of the profile's trained reward model (with its metrics in ``reward_model.json``), built once and
+    cached. Its key covers the comparisons it was trained on (and so the SFT model and their settings)."""
+    profile = profile or get_profile()
+    upstream = (comparisons_dir(profile,
+                                progress).name if profile.reward.source == "tinyworld" else profile.reward.source)
+    sft_dir = sft_checkpoint(profile, progress=progress)
+    out = runs_dir() / "cache" / reward_key(profile, sft_dir.name, upstream)
+    if not (out / "reward_model.json").is_file():
+        rm, _, metrics, history = train_reward_stage(profile, progress=progress)
+        save_reward_model(rm, out, base=sft_dir, extra={"metrics": metrics, "history": history})
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# Step 3: PPO against the reward model
+# ---------------------------------------------------------------------------------------------
+def ppo_stage(profile: Profile | None = None, cfg: PPOConfig | None = None, out_dir: str | Path | None = None,
+              resume: bool = False, progress: bool = True, callback=None):
+    """Step 3 for a profile: the cached SFT model and reward model, a LoRA policy, ``train_ppo`` on the
+    training users' prompts (PPO-ptx when ``cfg.ptx_coef`` > 0, mixing in the pretraining corpus).
+    Returns (policy, tokenizer, reward model, history)."""
+    profile = profile or get_profile()
+    cfg = cfg or profile.ppo
+    if profile.base_model != "tiny" and cfg.ptx_coef > 0:
+        raise ValueError("PPO-ptx needs the base model's pretraining corpus, which only TinyWorld ships; "
+                         "set ptx_coef=0 for the gpt2 profile")
+    rm, _ = load_reward_model(reward_checkpoint(profile, progress=progress))
+    for p in rm.parameters():
+        p.requires_grad_(False)
+    sft, tok = load_base(str(sft_checkpoint(profile, progress=progress)))
+    policy = build_policy(sft, rm, cfg, profile.lora)
+    world = world_from_config(profile.world)
+    ptx = corpus_blocks(tok, "train", profile.pretrain, max_docs=4000) if cfg.ptx_coef > 0 else None
+    history = train_ppo(policy, rm, tok, world.splits["train"], cfg, profile.sft.prompt_format, world, ptx, out_dir,
+                        resume, progress, callback)
+    return policy, tok, rm, history
