@@ -180,44 +180,54 @@ def test_a_crafted_checkpoint_runs_no_code(tmp_path):
 # ---------------------------------------------------------------------------------------------
 # 5. The grader: only a checker that ran to the end is a pass
 # ---------------------------------------------------------------------------------------------
-def notebook_with(body: str) -> dict:
-    cell = {"cell_type": "code", "metadata": {"tags": ["exercise"]}, "outputs": [], "execution_count": None,
-            "source": "from rlhf_lite.feedback import ranking_to_pairs\n" + body}
-    check = {"cell_type": "code", "metadata": {}, "outputs": [], "execution_count": None,
-             "source": "from rlhf_lite.course.exercises import "
-                       "check_ranking_to_pairs\ncheck_ranking_to_pairs(my_ranking_to_pairs)"}
-    return {"cells": [cell, check], "metadata": {}, "nbformat": 4, "nbformat_minor": 5}
+def notebook_with(*bodies: str) -> dict:
+    """A notebook with one exercise cell per body (each followed by its checker cell)."""
+    cells = []
+    for body in bodies:
+        cells.append({"cell_type": "code", "metadata": {"tags": ["exercise"]}, "outputs": [], "execution_count": None,
+                      "source": "from rlhf_lite.feedback import ranking_to_pairs\n" + body})
+        cells.append({"cell_type": "code", "metadata": {}, "outputs": [], "execution_count": None,
+                      "source": "from rlhf_lite.course.exercises import check_ranking_to_pairs\n"
+                                "check_ranking_to_pairs(my_ranking_to_pairs)"})
+    return {"cells": cells, "metadata": {}, "nbformat": 4, "nbformat_minor": 5}
 
 
-@pytest.mark.parametrize("body, reason, timeout", [
-    ("raise SystemExit(0)\n", "exit()", 120),
-    ("import os\nos._exit(0)\n", "process ended (exit code 0)", 120),
-    ("def my_ranking_to_pairs(r):\n    while True:\n        pass\n", "did not finish within", 8),
-    ("def my_ranking_to_pairs(r):\n    return []\n", "missing pairs", 120),
-])
-def test_every_way_out_that_is_not_a_pass_is_a_fail(tmp_path, body, reason, timeout):
+RIGHT = "def my_ranking_to_pairs(r):\n    return ranking_to_pairs(r)\n"
+WAYS_OUT = {  # a student cell that does not pass: the reason the grader must give
+    "raise SystemExit(0)\n": "exit()",
+    "import os\nos._exit(0)\n": "process ended (exit code 0)",
+    "def my_ranking_to_pairs(r):\n    while True:\n        pass\n": "did not finish within",
+    "def my_ranking_to_pairs(r):\n    return []\n": "missing pairs",
+}
+
+
+def test_every_way_out_that_is_not_a_pass_is_a_fail(tmp_path):
     nb = tmp_path / "s.ipynb"
-    nb.write_text(json.dumps(notebook_with(body)))
-    [row] = grade_notebook(nb, timeout=timeout)
-    assert not row["passed"] and reason in row["message"], row
-
-
-def test_the_right_answer_passes_in_its_own_process(tmp_path):
-    nb = tmp_path / "s.ipynb"
-    nb.write_text(json.dumps(notebook_with("def my_ranking_to_pairs(r):\n    return ranking_to_pairs(r)\n")))
-    assert [r["passed"] for r in grade_notebook(nb)] == [True]
+    nb.write_text(json.dumps(notebook_with(*WAYS_OUT, RIGHT)))
+    rows = grade_notebook(nb, timeout=30)  # each exercise in its own process, several at once
+    for row, reason in zip(rows, WAYS_OUT.values()):
+        assert not row["passed"] and reason in row["message"], (reason, row)
+    assert rows[-1]["passed"], rows[-1]  # the right answer passes in its own process
 
 
 @pytest.mark.parametrize("content", ["[]", "{}", '{"cells": 3}', "not json"])
-def test_grade_reports_a_broken_notebook_and_grades_the_rest(tmp_path, capsys, content):
-    broken, good = tmp_path / "broken.ipynb", tmp_path / "good.ipynb"
+def test_a_broken_notebook_is_named(tmp_path, content):
+    broken = tmp_path / "broken.ipynb"
     broken.write_text(content)
-    good.write_text(json.dumps(notebook_with("def my_ranking_to_pairs(r):\n    return ranking_to_pairs(r)\n")))
     with pytest.raises(ValueError, match="broken.ipynb"):
         read_notebook(broken)
-    assert main(["grade", str(broken), str(good)]) == 1
+
+
+def test_grade_reports_broken_notebooks_and_grades_the_rest(tmp_path, capsys):
+    paths = []
+    for i, content in enumerate(["[]", "{}", "not json"]):
+        paths.append(tmp_path / f"broken{i}.ipynb")
+        paths[-1].write_text(content)
+    good = tmp_path / "good.ipynb"
+    good.write_text(json.dumps(notebook_with(RIGHT)))
+    assert main(["grade", *map(str, paths), str(good)]) == 1
     out = capsys.readouterr().out
-    assert "broken.ipynb: cannot grade it" in out and "✓" in out and "1/2 exercises pass" in out
+    assert out.count("cannot grade it") == 3 and "✓" in out and "1/4 exercises pass" in out
 
 
 # ---------------------------------------------------------------------------------------------
@@ -389,7 +399,7 @@ def test_student_notebooks_never_overwrite_a_students_own_notebook(tmp_path):
 
     src, out = tmp_path / "src", tmp_path / "out"
     src.mkdir()
-    (src / "00_a.ipynb").write_text(json.dumps(notebook_with("def my_ranking_to_pairs(r):\n    return []\n")))
+    (src / "00_a.ipynb").write_text(json.dumps(notebook_with(RIGHT)))
     write_student_notebooks(out, src)
     write_student_notebooks(out, src)  # its own earlier output: replaced
     (out / "00_a.ipynb").unlink()

@@ -35,8 +35,8 @@ def test_lora_on_gpt2_conv1d():
     assert count_parameters(peft_model)["trainable"] == 4 * 16 * (768 + 384 + 960 + 960)
     after = peft_model(input_ids=torch.tensor([[1, 2, 3]])).logits
     assert torch.allclose(before, after)  # B = 0 at init: the adapter starts as the identity
-    with pytest.raises(ValueError, match="lora_targets"):
-        add_lora(load_base("tiny")[0], SFTConfig(lora_targets=("q_proj",)))
+    with pytest.raises(ValueError, match="set LoRAConfig.targets"):  # the one place every stage reads them from
+        add_lora(load_base("tiny")[0], SFTConfig(), LoRAConfig(targets=("q_proj",)))
 
 
 @pytest.fixture(scope="module")

@@ -9,13 +9,17 @@ all outputs, and turns each solution cell into a stub: its imports and the ``def
 from __future__ import annotations
 
 import ast
-import contextlib
 import copy
+import json
+import os
 import re
+import subprocess
+import sys
+import tempfile
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from ..models import REPO_ROOT, load_base
-from .exercises import ExerciseError
+from ..models import REPO_ROOT
 
 SOLUTION_TAG = "solution"
 STUB_LINES = ("# YOUR CODE HERE", "raise NotImplementedError")
@@ -84,8 +88,6 @@ def exercise_checkers(nb: dict) -> list[tuple[str, str | None]]:
 
 def read_notebook(path: str | Path) -> dict:
     """A notebook file as nbformat JSON; a damaged file is an error naming it and the line."""
-    import json
-
     try:
         nb = json.loads(Path(path).read_text(encoding="utf-8"))
     except json.JSONDecodeError as e:
@@ -103,8 +105,6 @@ def write_student_notebooks(out: str | Path, src: str | Path | None = None) -> l
     """Write the student version of every ``NN_*.ipynb`` in ``src`` (default: the course's notebooks) to ``out``.
     Refuses to write into the folder it reads from (that would overwrite the solutions), and to replace a notebook
     in ``out`` that an earlier run of this function did not write (a student's own work)."""
-    import json
-
     src = Path(src) if src else REPO_ROOT / "notebooks"
     out = Path(out)
     paths = sorted(src.glob("[0-9][0-9]_*.ipynb"))
@@ -140,18 +140,12 @@ GRADE_TIMEOUT_S = 120
 
 def grade_notebook(path: str | Path, timeout: float = GRADE_TIMEOUT_S) -> list[dict]:
     """Grade the implement-exercises of a student's notebook without running the whole notebook. Each exercise
-    runs in a fresh Python process (:func:`run_exercise`) with a time limit: the notebook's imports, the tiny
-    tokenizer as ``tok`` for checkers that need one, the exercise (or solution) cell, then the checker calls of the
-    cell after it. An exercise passes only when every checker call returned; anything else (a checker's
-    explanation, a crash, ``exit()``, a killed process, the time limit) fails with its reason. Returns one row per
-    exercise: ``{"cell", "functions", "checker", "passed", "message"}``."""
-    import json
-    import subprocess
-    import sys
-    import tempfile
-
-    nb = read_notebook(path)
-    cells = nb["cells"]
+    runs in a fresh Python process (:func:`rlhf_lite.course.sandbox.run_exercise`) with a time limit, several at
+    once: the notebook's imports, the tiny tokenizer as ``tok`` for checkers that need one, the exercise (or
+    solution) cell, then the checker calls of the cell after it. An exercise passes only when every checker call
+    returned; anything else (a checker's explanation, a crash, ``exit()``, a killed process, the time limit) fails
+    with its reason. Returns one row per exercise: ``{"cell", "functions", "checker", "passed", "message"}``."""
+    cells = read_notebook(path)["cells"]
     imports = []
     for c in cells:
         if c["cell_type"] == "code":  # every import of the notebook, the exercise cells' own included
@@ -162,7 +156,7 @@ def grade_notebook(path: str | Path, timeout: float = GRADE_TIMEOUT_S) -> list[d
             lines = _source(c).splitlines()
             imports += ["\n".join(lines[n.lineno - 1:n.end_lineno]) for n in tree.body
                         if isinstance(n, (ast.Import, ast.ImportFrom)) and n.col_offset == 0]
-    rows = []
+    rows, jobs = [], []
     for i, c in enumerate(cells):
         if not (is_solution(c) or "exercise" in c.get("metadata", {}).get("tags", [])):
             continue
@@ -170,67 +164,36 @@ def grade_notebook(path: str | Path, timeout: float = GRADE_TIMEOUT_S) -> list[d
                            if d["cell_type"] == "code" and CHECK_CALL.search(_source(d))), "")
         calls = CHECK_CALL.findall(check_cell)
         row = {"cell": i, "functions": defined_functions(_source(c)) if _parses(_source(c)) else [],
-               "checker": ", ".join(sorted({chk for chk, _ in calls})) or None, "passed": False, "message": ""}
-        if not calls:
-            row["message"] = "no checker call (check_…(my_…)) follows this exercise"
-            rows.append(row)
-            continue
-        with tempfile.TemporaryDirectory() as tmp:
-            result = Path(tmp) / "result.json"
-            spec = {"imports": imports, "cell": _source(c), "needs_tok": "tok" in check_cell, "result": str(result),
-                    "checks": [line.strip() for line in check_cell.splitlines() if CHECK_CALL.search(line)]}
-            try:
-                proc = subprocess.run([sys.executable, "-c",
-                                       "from rlhf_lite.course.student import run_exercise; run_exercise()"],
-                                      input=json.dumps(spec), capture_output=True, text=True, timeout=timeout, cwd=tmp)
-                outcome = json.loads(result.read_text()) if result.is_file() else None
-                if outcome is None:
-                    tail = (proc.stderr or proc.stdout).strip().splitlines()[-1:] or [""]
-                    outcome = {"passed": False,
-                               "message": f"the exercise's process ended (exit code {proc.returncode}) "
-                                                           f"before its checker finished {tail[0][:200]}".rstrip()}
-            except subprocess.TimeoutExpired:
-                outcome = {"passed": False,
-                           "message": f"the exercise did not finish within {timeout:.0f} s (an endless "
-                                                       "loop?); it was stopped"}
-        row.update(outcome)
+               "checker": ", ".join(sorted({chk for chk, _ in calls})) or None, "passed": False,
+               "message": "" if calls else "no checker call (check_…(my_…)) follows this exercise"}
         rows.append(row)
+        if calls:
+            checks = [line.strip() for line in check_cell.splitlines() if CHECK_CALL.search(line)]
+            jobs.append((row, {"imports": imports, "cell": _source(c), "needs_tok": "tok" in check_cell,
+                               "checks": checks}))
+    with ThreadPoolExecutor(max_workers=max(1, os.cpu_count() or 1)) as pool:  # each job waits on its own process
+        for (row, _), outcome in zip(jobs, pool.map(lambda job: _run_isolated(job[1], timeout), jobs)):
+            row.update(outcome)
     return rows
 
 
-def run_exercise() -> None:
-    """The child process of :func:`grade_notebook`: reads a JSON spec on stdin, runs imports, the exercise cell and
-    the checker calls, and writes ``{"passed", "message"}`` to the spec's result file, only once all of them have
-    run (so ``exit()`` in a student's cell, or a crash of the process, can never count as a pass)."""
-    import io
-    import json
-    import sys
-    from contextlib import redirect_stdout
-
-
-    spec = json.loads(sys.stdin.read())
-    ns: dict = {}
-    out = io.StringIO()
-    try:
-        with redirect_stdout(out):
-            for line in spec["imports"]:
-                with contextlib.suppress(Exception):
-                    exec(line, ns)
-            if spec["needs_tok"]:
-
-                ns["tok"] = load_base("tiny")[1]
-            exec(spec["cell"], ns)
-            for line in spec["checks"]:
-                exec(line, ns)
-        outcome = {"passed": True, "message": out.getvalue().strip()}
-    except ExerciseError as e:
-        outcome = {"passed": False, "message": str(e)}
-    except SystemExit as e:
-        outcome = {"passed": False,
-                   "message": f"the cell called exit() (SystemExit({e.code!r})) before its checker ran"}
-    except BaseException as e:  # a syntax error or a crash in the student's cell, or KeyboardInterrupt
-        outcome = {"passed": False, "message": f"the cell did not run: {type(e).__name__}: {e}"}
-    Path(spec["result"]).write_text(json.dumps(outcome))
+def _run_isolated(spec: dict, timeout: float) -> dict:
+    """One exercise in its own Python process with a time limit; the outcome is what the process wrote to its
+    result file, or the reason there is none."""
+    with tempfile.TemporaryDirectory() as tmp:
+        result = Path(tmp) / "result.json"
+        try:
+            proc = subprocess.run([sys.executable, "-c", "from rlhf_lite.course.sandbox import run_exercise; "
+                                   "run_exercise()"], input=json.dumps({**spec, "result": str(result)}),
+                                  capture_output=True, text=True, timeout=timeout, cwd=tmp)
+        except subprocess.TimeoutExpired:
+            return {"passed": False, "message": f"the exercise did not finish within {timeout:.0f} s (an endless "
+                                                "loop?); it was stopped"}
+        if result.is_file():
+            return json.loads(result.read_text())
+        tail = (proc.stderr or proc.stdout).strip().splitlines()[-1:] or [""]
+        return {"passed": False, "message": f"the exercise's process ended (exit code {proc.returncode}) before its "
+                                            f"checker finished {tail[0][:200]}".rstrip()}
 
 
 def _parses(source: str) -> bool:
