@@ -8,6 +8,7 @@ output is already cached under ``runs/cache`` with identical settings are reused
 from __future__ import annotations
 
 import json
+import os
 import time
 from dataclasses import asdict, replace
 from pathlib import Path
@@ -46,7 +47,7 @@ def run_pipeline(profile: str | None = None, out: str | Path | None = None, seed
     if reuse and out and (Path(out) / "metrics.json").is_file():
         old = json.loads((Path(out) / "metrics.json").read_text())
         if old.get("setup", {}).get("config_key") == key:
-            print(f"reusing the pipeline run in {out} (same settings); delete it to run again")
+            print(f"reusing the pipeline run in {shown_path(out)} (same settings); delete it to run again")
             print(results_table(old))
             return old
     if prof.base_model != "tiny":
@@ -114,8 +115,15 @@ def run_pipeline(profile: str | None = None, out: str | Path | None = None, seed
     metrics = clean(metrics)
     _save(out, metrics, {"ppo": ppo_hist, "ppo_ptx": ptx_hist}, res)
     print(results_table(metrics))
-    print(f"metrics, samples and plots in {out}")
+    print(f"metrics, samples and plots in {shown_path(out)}")
     return metrics
+
+
+def shown_path(path: Path) -> str:
+    """``path`` relative to the current folder when it is below it or nearby (what a notebook prints should not
+    show the folders of the machine that ran it), else as given."""
+    rel = os.path.relpath(Path(path).resolve())
+    return rel if not rel.startswith("../../") else str(path)
 
 
 def comparison(tasks, a: dict, b: dict, b_name: str, labelers, seed: int = 0) -> dict:
