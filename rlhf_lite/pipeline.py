@@ -20,7 +20,7 @@ from .config import get_profile
 from .evaluate import bootstrap_ci, closed_tasks, evaluate_model, prompt_win_rates
 from .models import load_base
 from .pretrain import corpus_blocks
-from .runtime import atomic_file, config_key, quiet, runs_dir, seed_everything
+from .runtime import atomic_file, config_key, quiet, rounded, runs_dir, seed_everything
 from .stages import comparison_data, ppo_stage, reward_checkpoint, sft_checkpoint
 from .world import world_from_config
 
@@ -96,13 +96,6 @@ def run_pipeline(profile: str | None = None, out: str | Path | None = None, seed
 
     res, n_tasks, n_closed = stage("evaluation", evaluation)
 
-    def clean(x):
-        if isinstance(x, dict):
-            return {k: clean(v) for k, v in x.items()}
-        if isinstance(x, list):
-            return [clean(v) for v in x]
-        return round(x, 4) if isinstance(x, float) else x
-
     metrics = {name: {k: v for k, v in res[name].items() if k not in ("gens", "closed_gens", "gold_scores")}
                for name in MODELS}
     metrics["rm"] = {k: rm_metrics[k] for k in ("accuracy_heldout_labelers", "accuracy_train_labelers",
@@ -112,7 +105,7 @@ def run_pipeline(profile: str | None = None, out: str | Path | None = None, seed
                         "ppo_batch_size": prof.ppo.batch_size, "beta": prof.ppo.init_kl_coef, "ptx_coef": prof.ptx_coef,
                         "intervals": "95 % paired bootstrap over test prompts (2,000 resamples)"}
     metrics["runtime_s"] = {**times, "total": round(time.time() - t_start, 1)}
-    metrics = clean(metrics)
+    metrics = rounded(metrics)
     _save(out, metrics, {"ppo": ppo_hist, "ppo_ptx": ptx_hist}, res)
     print(results_table(metrics))
     print(f"metrics, samples and plots in {shown_path(out)}")

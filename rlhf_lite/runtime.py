@@ -281,6 +281,15 @@ def config_key(*configs) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()[:10]
 
 
+def rounded(x, digits: int = 4):
+    """``x`` with every float inside (dicts and lists too) rounded to ``digits``: metrics as they are reported."""
+    if isinstance(x, dict):
+        return {k: rounded(v, digits) for k, v in x.items()}
+    if isinstance(x, list):
+        return [rounded(v, digits) for v in x]
+    return round(x, digits) if isinstance(x, float) else x
+
+
 def code_digest(*modules: str) -> str:
     """A short hash of the source of ``rlhf_lite`` modules (``"sft"`` is ``rlhf_lite/sft.py``; a package such as
     ``"world"`` counts all its files): part of every stage's cache key, so a cached model is reused only by the

@@ -43,7 +43,7 @@ from .reward import (
     save_reward_model,
     train_reward_model,
 )
-from .runtime import atomic_dir, code_digest, config_key, hf_bars_off, runs_dir, seed_everything
+from .runtime import atomic_dir, code_digest, config_key, hf_bars_off, rounded, runs_dir, seed_everything
 from .sft import add_lora, count_parameters, load_quantized, train_sft
 from .world import world_from_config
 
@@ -184,11 +184,6 @@ def train_reward_stage(profile: Profile | None = None, cfg: RewardConfig | None 
         normalize_rewards(rm, tok, [r["prompt"] for r in data["train"][:200]],
                           [r["responses"][0] for r in data["train"][:200]], cfg.max_length)  # chosen replies stand in
         metrics["accuracy_heldout_labelers"] = metrics["validation_accuracy"]  # other people's labels, held-out prompts
-
-    def rounded(x):
-        if isinstance(x, dict):
-            return {k: rounded(v) for k, v in x.items()}
-        return round(x, 4) if isinstance(x, float) else x
 
     return rm, tok, rounded(metrics), history
 
