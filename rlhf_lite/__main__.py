@@ -63,6 +63,8 @@ def cmd_pretrain(args) -> int:
 
 
 def cmd_world(args) -> int:
+    from .evaluate import demonstration_quality
+    from .runtime import rounded
     from .world import CATEGORIES, CORRUPTIONS
 
     world = _world(args)
@@ -83,7 +85,9 @@ def cmd_world(args) -> int:
                  "categories": {c: sum(t.category == c for t in world.tasks) for c in CATEGORIES},
                  "panel": [l.name + (" (held out)" if l.held_out else "") for l in world.panel.labelers],
                  "panel_agreement_on_test_variant_pairs": round(world.panel.agreement(pairs), 4),
-                 "corruptions": CORRUPTIONS, "digest": world.digest()}
+                 "corruptions": CORRUPTIONS,
+                 "train_demonstrations": rounded(demonstration_quality(world, world.splits["train"])),
+                 "digest": world.digest()}
         print(json.dumps(stats, indent=1))
         return 0
     rng = random.Random(args.seed)

@@ -400,14 +400,16 @@ def load_instruction_dataset(source: str = "tinyworld", world_config=None):
     """Instruction data as a ``datasets.DatasetDict`` with Dolly's columns.
 
     * ``"tinyworld"``: the generated world (``world_config``, default: the current profile's); train/validation/
-      test split by user (columns also carry ``prompt_id``, ``user_id``, ``task_type``).
+      test split by user. ``response`` is the demonstration a writer gave (``world.writers``); columns also carry
+      ``prompt_id``, ``user_id``, ``task_type``, ``writer`` and ``reference`` (the perfect answer).
     * ``"dolly"``: ``databricks/databricks-dolly-15k`` from the Hugging Face Hub (a "train" split).
     * a path to a local ``.json``/``.jsonl``/``.csv``/``.parquet`` file in the same schema ("train").
     """
     if source == "tinyworld":
         world = world_from_config(world_config or get_profile().world)
         return DatasetDict({s: Dataset.from_list([{**t.to_dolly(), "prompt_id": t.prompt_id, "user_id": t.user_id,
-                                                   "task_type": t.task_type} for t in tasks])
+                                                   "task_type": t.task_type, "writer": t.writer,
+                                                   "reference": t.response} for t in tasks])
                             for s, tasks in world.splits.items()})
     if source == "dolly":
         name = "databricks/databricks-dolly-15k"

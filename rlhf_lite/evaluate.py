@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import math
+import random
 from statistics import mean
 from typing import Sequence
 
@@ -10,8 +11,10 @@ import torch
 from .data import render_prompt
 from .models import Generation, generate
 from .pretrain import lm_loss
+from .reward import RewardModel, score_responses
 from .rollout import response_outputs, rollout_tensors
-from .world import CRITERIA, World
+from .world import CRITERIA, WRITERS, World
+from .world.fluency import garble, shuffle_words
 from .world.labelers import Labeler, prefer_prob
 from .world.tasks import RUDE_MARKERS, Task
 
@@ -138,6 +141,48 @@ def kl_to_reference(policy, tokenizer, prompts: Sequence[str], responses: Sequen
 
 
 # ---------------------------------------------------------------------------------------------
+# Does the judge read? Does the reward model? Who wrote the demonstrations?
+# ---------------------------------------------------------------------------------------------
+def fluency_probes(world: World, tasks: Sequence[Task], rm: RewardModel | None = None, tokenizer=None,
+                   fmt: str = "alpaca", seed: int = 0, max_length: int = 256) -> dict:
+    """Garbled (:func:`~rlhf_lite.world.fluency.garble`) and word-shuffled versions of the tasks' reference answers
+    against the references: the gold panel's mean score drop (``gold_drop_*``, with its 95 % bootstrap interval)
+    and, given a reward model, the share of pairs in which it scores the reference higher (``rm_prefers_*``).
+    Shuffles that leave the text as it was (one-word answers) are skipped."""
+    rng, panel = random.Random(f"probes-{seed}"), world.panel
+    out: dict = {}
+    for name, probe in (("garbled", garble), ("shuffled", lambda t: shuffle_words(t, rng))):
+        pairs = [(t, probe(t.response)) for t in tasks]
+        pairs = [(t, x) for t, x in pairs if x != t.response]
+        drops = [panel.gold_score(t.instruction, t.context, t.response, True, task=t)
+                 - panel.gold_score(t.instruction, t.context, x, True, task=t) for t, x in pairs]
+        out[f"gold_drop_{name}"] = mean(drops)
+        out[f"gold_drop_{name}_ci"] = bootstrap_ci(drops, seed=seed)
+        out[f"never_outscores_{name}"] = min(drops) >= 0
+        out[f"n_{name}"] = len(pairs)
+        if rm is not None:
+            prompts = [render_prompt(tokenizer, t.instruction, t.context, fmt) for t, _ in pairs]
+            ref = score_responses(rm, tokenizer, prompts, [t.response for t, _ in pairs], max_length=max_length)
+            bad = score_responses(rm, tokenizer, prompts, [x for _, x in pairs], max_length=max_length)
+            out[f"rm_prefers_reference_{name}"] = mean(a > b for a, b in zip(ref, bad))
+    return out
+
+
+def demonstration_quality(world: World, tasks: Sequence[Task]) -> dict:
+    """Gold score of the writers' demonstrations for ``tasks``: overall, per writer, and the references' (the
+    best possible writer), plus the share of demonstrations showing each habit."""
+    panel = world.panel
+    gold = {t.prompt_id: panel.gold_score(t.instruction, t.context, t.demonstration, True, task=t) for t in tasks}
+    by_writer = {w.name: [gold[t.prompt_id] for t in tasks if t.writer == w.name] for w in WRITERS}
+    habits = sorted({h for w in WRITERS for h in w.rates})
+    return {"gold": mean(gold.values()),
+            "reference_gold": mean(panel.gold_score(t.instruction, t.context, t.response, True, task=t) for t in tasks),
+            "by_writer": {w: mean(v) for w, v in by_writer.items() if v},
+            "with_a_habit": mean(bool(t.habits) for t in tasks),
+            "habit_rates": {h: mean(h in t.habits for t in tasks) for h in habits}}
+
+
+# ---------------------------------------------------------------------------------------------
 # Best-of-n and Gao et al.'s over-optimisation fits
 # ---------------------------------------------------------------------------------------------
 def best_of_n_kl(n: int) -> float:
@@ -190,18 +235,22 @@ def gao_curve(d, alpha: float, beta: float, form: str):
 def evaluate_model(model, tokenizer, world: World, tasks: Sequence[Task], closed: Sequence[Task],
                    max_new_tokens: int = 64,
                    fmt: str = "alpaca", seed: int = 0, heldout_rows: torch.Tensor | None = None, policy=None,
-                   progress: bool = False) -> dict:
-    """One model on the test users' prompts: responses to ``tasks`` and to the closed-domain ``closed`` (sampled
-    at T = 1, as in training), then gold score, unsafe rate, hallucination rate, EOS rate, and, when given,
-    held-out pretraining loss (``heldout_rows``) and KL to the SFT model (``policy``: a ``PolicyWithValue``
-    whose reference is the SFT model). Returns the numbers plus ``gens`` and ``closed_gens``."""
+                   progress: bool = False, closed_samples: int = 4) -> dict:
+    """One model on the test users' prompts: responses to ``tasks`` and ``closed_samples`` responses to each
+    closed-domain task of ``closed`` (sampled at T = 1, as in training; the closed tasks are few, so several
+    samples each steady the hallucination rate), then gold score, unsafe rate, hallucination rate, EOS rate, and,
+    when given, held-out pretraining loss (``heldout_rows``) and KL to the SFT model (``policy``: a
+    ``PolicyWithValue`` whose reference is the SFT model). Returns the numbers plus ``gens`` and ``closed_gens``."""
+    closed = [t for t in closed for _ in range(closed_samples)]
     prompts = [render_prompt(tokenizer, t.instruction, t.context, fmt) for t in list(tasks) + list(closed)]
     gens = generate(model, tokenizer, prompts, max_new_tokens, seed=seed, batch_size=64, progress=progress)
     main, cl = gens[:len(tasks)], gens[len(tasks):]
     panel = world.panel
     golds = panel.gold_scores(tasks, main)
+    halluc = [hallucinates(world, t, g.text) for t, g in zip(closed, cl)]
     out = {"gold_score": mean(golds), "gold_scores": golds,
-           "unsafe_rate": unsafe_rate(main), "hallucination_rate": hallucination_rate(world, closed, cl),
+           "unsafe_rate": unsafe_rate(main), "hallucination_rate": mean(halluc) if halluc else float("nan"),
+           "hallucination_rate_ci": bootstrap_ci(halluc, seed=seed) if halluc else None,
            "eos_rate": mean(g.finished for g in main), "response_tokens": mean(len(g.token_ids) for g in main)}
     if heldout_rows is not None:
         out["pretrain_loss"] = lm_loss(model, heldout_rows)

@@ -358,6 +358,7 @@ def generate(model, tokenizer, prompts: list[str], max_new_tokens: int = 64, tem
     model.eval()
     tokenizer.padding_side = "left"
     eos, out = tokenizer.eos_token_id, []
+    prefix_space = getattr(tokenizer, "add_prefix_space", False)  # TinyWorld's tokenizer: see pretrain.train_tokenizer
     try:
         limit = getattr(model.config, "n_positions", None) or getattr(model.config, "max_position_embeddings", None)
         for i in progress_bar(range(0, len(prompts), batch_size), desc="generate", enabled=progress):
@@ -377,7 +378,10 @@ def generate(model, tokenizer, prompts: list[str], max_new_tokens: int = 64, tem
             for row in new.tolist():  # [B, max_new_tokens] response tokens, EOS-filled after the end
                 finished = eos in row
                 ids = row[: row.index(eos)] if finished else row
-                out.append(Generation(tokenizer.decode(ids, skip_special_tokens=True), ids, finished))
+                text = tokenizer.decode(ids, skip_special_tokens=True)
+                if prefix_space and text.startswith(" "):  # the marker of the first word, not part of the answer
+                    text = text[1:]
+                out.append(Generation(text, ids, finished))
     finally:
         model.train(was_training)
         tokenizer.padding_side = side

@@ -17,9 +17,17 @@ import matplotlib
 import torch
 
 from .config import get_profile
-from .evaluate import bootstrap_ci, closed_tasks, evaluate_model, prompt_win_rates
+from .evaluate import (
+    bootstrap_ci,
+    closed_tasks,
+    demonstration_quality,
+    evaluate_model,
+    fluency_probes,
+    prompt_win_rates,
+)
 from .models import load_base
 from .pretrain import corpus_blocks
+from .reward import load_reward_model
 from .runtime import atomic_file, config_key, quiet, rounded, runs_dir, seed_everything
 from .stages import comparison_data, ppo_stage, reward_checkpoint, sft_checkpoint
 from .world import world_from_config
@@ -92,16 +100,25 @@ def run_pipeline(profile: str | None = None, out: str | Path | None = None, seed
             res[name]["pretrain_loss_vs_sft"] = res[name]["pretrain_loss"] - res["sft"]["pretrain_loss"]
         tax = res["ppo"]["pretrain_loss_vs_sft"]
         res["ppo_ptx"]["tax_recovered"] = 1 - res["ppo_ptx"]["pretrain_loss_vs_sft"] / tax if tax > 0 else None
-        return res, len(tasks), len(closed)
+        sft_h = res["sft"]["hallucination_rate"]
+        for name in ("ppo", "ppo_ptx"):
+            res[name]["hallucination_vs_sft"] = res[name]["hallucination_rate"] / sft_h if sft_h else None
+        rm, rm_tok = load_reward_model(rm_dir)
+        extra = {"demonstrations": demonstration_quality(world, tasks),
+                 "fluency_probes": fluency_probes(world, tasks, rm, rm_tok, prof.sft.prompt_format, seed,
+                                                  prof.reward.max_length)}
+        return res, extra, len(tasks), len(closed)
 
-    res, n_tasks, n_closed = stage("evaluation", evaluation)
+    res, extra, n_tasks, n_closed = stage("evaluation", evaluation)
 
     metrics = {name: {k: v for k, v in res[name].items() if k not in ("gens", "closed_gens", "gold_scores")}
                for name in MODELS}
     metrics["rm"] = {k: rm_metrics[k] for k in ("accuracy_heldout_labelers", "accuracy_train_labelers",
                                                 "panel_agreement", "comparisons") if k in rm_metrics}
+    metrics.update(extra)
     metrics["setup"] = {"profile": prof.name, "seed": seed, "config_key": key, "test_prompts": n_tasks,
-                        "closed_domain_prompts": n_closed, "ppo_steps": prof.ppo.steps,
+                        "closed_domain_prompts": n_closed, "closed_domain_samples_per_prompt": 4,
+                        "ppo_steps": prof.ppo.steps,
                         "ppo_batch_size": prof.ppo.batch_size, "beta": prof.ppo.init_kl_coef, "ptx_coef": prof.ptx_coef,
                         "intervals": "95 % paired bootstrap over test prompts (2,000 resamples)"}
     metrics["runtime_s"] = {**times, "total": round(time.time() - t_start, 1)}

@@ -26,15 +26,20 @@ EOS = "<|endoftext|>"
 
 
 def train_tokenizer(texts: list[str], vocab_size: int, n_positions: int):
-    """Byte-level BPE (as GPT-2's) with <|endoftext|> as BOS/EOS/UNK, as a transformers fast tokenizer."""
+    """Byte-level BPE (as GPT-2's) with <|endoftext|> as BOS/EOS/UNK, as a transformers fast tokenizer.
+
+    Unlike GPT-2's, it adds a space before the first word of every text it encodes (``add_prefix_space``), so a
+    word is the same token at the start of a response as inside a sentence ("Sure" is "ĠSure" both times).
+    Without it, the first word of every answer is a rare, un-merged form spelled out in pieces ("S", "ure"),
+    and a small model samples garbage exactly there; ``generate`` drops that one leading space again."""
     tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=True)
     tok.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=[EOS], show_progress=False,
                                   initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
     tok.train_from_iterator(texts, trainer)
     return GPT2TokenizerFast(tokenizer_object=tok, bos_token=EOS, eos_token=EOS, unk_token=EOS,
-                             model_max_length=n_positions)
+                             model_max_length=n_positions, add_prefix_space=True)
 
 
 def _blocks(docs: list[tuple[str, bool]], tokenizer, block: int) -> torch.Tensor:
@@ -176,7 +181,7 @@ behaves like a raw pretrained LM. Rebuild with `python -m rlhf_lite pretrain --o
 |---|---|
 | parameters | {card['parameters']:,} |
 | layers / heads / width / context | {c['n_layer']} / {c['n_head']} / {c['n_embd']} / {c['n_positions']} |
-| vocabulary | {c['vocab_size']} (byte-level BPE, `<|endoftext|>` = EOS) |
+| vocabulary | {c['vocab_size']} (byte-level BPE, a space before the first word, `<|endoftext|>` = EOS) |
 | seed | {c['seed']} |
 | steps x batch | {c['steps']} x {c['batch_size']} blocks of {c['n_positions']} tokens |
 | tokens seen | {card['tokens_seen']:,} ({card['epochs']} epochs of {card['train_tokens']:,} training tokens) |

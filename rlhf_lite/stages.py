@@ -15,6 +15,7 @@ retrains what an earlier one built with the same settings.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import random
 import time
@@ -31,7 +32,7 @@ from .feedback import (
     read_comparisons,
     variant_comparisons,
 )
-from .models import load_base
+from .models import TINY_BASE, load_base
 from .ppo import build_policy, train_ppo
 from .pretrain import corpus_blocks
 from .reward import (
@@ -73,9 +74,23 @@ def train_sft_model(profile: Profile, cfg: SFTConfig | None = None, progress: bo
 
 
 def sft_key(profile: Profile) -> str:
-    """The SFT cache key: the base model, the world, the SFT and LoRA settings, and the code that trains it."""
-    return f"sft-{profile.name}-" + config_key(profile.base_model, profile.world, profile.sft, profile.lora,
-                                              code_digest(*SFT_CODE))
+    """The SFT cache key: the base model (for a local one, its weights and tokenizer), the world, the SFT and LoRA
+    settings, and the code that trains it."""
+    return f"sft-{profile.name}-" + config_key(profile.base_model, base_digest(profile.base_model), profile.world,
+                                              profile.sft, profile.lora, code_digest(*SFT_CODE))
+
+
+def base_digest(name: str) -> str:
+    """A short hash of a local base model's weights and tokenizer ("tiny": ``data/tiny-base``), so a rebuilt base
+    model is never mistaken for the one a cached stage started from; "" for a hub name."""
+    local = TINY_BASE if name == "tiny" else Path(name)
+    files = [local / f for f in ("model.safetensors", "tokenizer.json")]
+    if not all(f.is_file() for f in files):
+        return ""
+    h = hashlib.sha256()
+    for f in files:
+        h.update(f.read_bytes())
+    return h.hexdigest()[:10]
 
 
 def comparisons_key(profile: Profile, sft_name: str) -> str:
@@ -189,12 +204,13 @@ def train_reward_stage(profile: Profile | None = None, cfg: RewardConfig | None 
 
 
 def _measure_reward_model(rm: RewardModel, tok, profile: Profile, cfg: RewardConfig, val: list[dict]) -> dict:
-    """Normalise the reward model on TinyWorld's demonstrations, then measure it against the labeler panel."""
+    """Normalise the reward model on TinyWorld's demonstrations (the writers' answers, as InstructGPT did), then
+    measure it against the labeler panel."""
     world = world_from_config(profile.world)
     demos = world.splits["train"][:200]
     shift = normalize_rewards(rm, tok,
                               [render_prompt(tok, t.instruction, t.context, profile.sft.prompt_format) for t in demos],
-                              [t.response for t in demos], cfg.max_length)
+                              [t.demonstration or t.response for t in demos], cfg.max_length)
     train_labs, held = world.panel.train, world.panel.held_out
     m = agreement_matrix(world, val, world.panel.labelers)
 

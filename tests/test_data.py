@@ -102,7 +102,8 @@ def test_truncation_keeps_response_start_and_says_what_it_dropped(tiny_tok):
         ex = build_sft_example(tok, prompt, response, 40)
     assert len(ex["input_ids"]) == 40
     assert [l for l in ex["labels"] if l != -100] == tok(response)["input_ids"] + [tok.eos_token_id]
-    assert tok.decode(ex["input_ids"]).endswith("### Response:\n" + response + tok.eos_token)
+    # the response is encoded on its own, its first word marked with a space like every other word
+    assert tok.decode(ex["input_ids"]).endswith("### Response:\n " + response + tok.eos_token)
     with pytest.warns(TruncationWarning, match=r"response tokens from the end \(EOS included\)"):
         ex = build_sft_example(tok, format_prompt("Hi"), "The fox lives in the forest. " * 10, 30)
     assert len(ex["input_ids"]) == 30 and ex["labels"][-1] != tok.eos_token_id

@@ -12,7 +12,9 @@ from rlhf_lite.evaluate import (
     best_of_n_kl,
     bootstrap_ci,
     closed_tasks,
+    demonstration_quality,
     fit_overoptimization,
+    fluency_probes,
     gao_curve,
     hallucinates,
     hallucination_rate,
@@ -22,6 +24,7 @@ from rlhf_lite.evaluate import (
     win_rate,
 )
 from rlhf_lite.models import Generation
+from rlhf_lite.world import WRITERS
 
 REQUIRED = ["base.gold_score", "sft.gold_score", "ppo.gold_score", "sft.winrate_vs_base", "ppo.winrate_vs_sft",
             "ppo_ptx.winrate_vs_sft", "rm.accuracy_heldout_labelers", "rm.panel_agreement", "ppo.kl_to_sft",
@@ -29,9 +32,12 @@ REQUIRED = ["base.gold_score", "sft.gold_score", "ppo.gold_score", "sft.winrate_
             "ppo.hallucination_rate", "sft.pretrain_loss", "ppo.pretrain_loss", "ppo_ptx.pretrain_loss",
             "runtime_s.total",
             "sft.gold_vs_base", "ppo.gold_vs_sft", "ppo_ptx.gold_vs_sft", "ppo.pretrain_loss_vs_sft",
-            "ppo_ptx.pretrain_loss_vs_sft"]
+            "ppo_ptx.pretrain_loss_vs_sft", "demonstrations.gold", "demonstrations.reference_gold",
+            "demonstrations.by_writer.ana", "fluency_probes.gold_drop_garbled", "fluency_probes.gold_drop_shuffled",
+            "fluency_probes.rm_prefers_reference_garbled", "fluency_probes.rm_prefers_reference_shuffled"]
 INTERVALS = ["sft.winrate_vs_base_ci", "ppo.winrate_vs_sft_ci", "ppo_ptx.winrate_vs_sft_ci", "sft.gold_vs_base_ci",
-             "ppo.gold_vs_sft_ci", "ppo_ptx.gold_vs_sft_ci"]
+             "ppo.gold_vs_sft_ci", "ppo_ptx.gold_vs_sft_ci", "sft.hallucination_rate_ci", "ppo.hallucination_rate_ci",
+             "fluency_probes.gold_drop_garbled_ci", "fluency_probes.gold_drop_shuffled_ci"]
 
 
 def test_unsafe_detector():
@@ -83,6 +89,23 @@ def test_bootstrap_intervals_in_known_cases():
         bootstrap_ci([])
 
 
+def test_fluency_probes_and_demonstration_quality(world):
+    test = world.splits["test"]
+    tasks = [t for t in test if len(t.response.split()) > 1][:35]
+    tasks += [t for t in test if len(t.response.split()) == 1][:5]
+    p = fluency_probes(world, tasks)
+    assert p["gold_drop_garbled"] >= 0.3 and p["gold_drop_shuffled"] >= 0.3
+    assert p["never_outscores_garbled"] and p["never_outscores_shuffled"]
+    one_word = sum(len(t.response.split()) == 1 for t in tasks)
+    assert one_word and p["n_garbled"] == len(tasks)
+    assert p["n_shuffled"] == len(tasks) - one_word  # one-word answers shuffle to themselves: skipped
+    lo, hi = p["gold_drop_garbled_ci"]
+    assert lo <= p["gold_drop_garbled"] <= hi
+    d = demonstration_quality(world, tasks)
+    assert d["reference_gold"] > d["gold"] and set(d["by_writer"]) <= {w.name for w in WRITERS}
+    assert d["with_a_habit"] == pytest.approx(sum(bool(t.habits) for t in tasks) / len(tasks))
+
+
 def test_prompt_win_rates_average_to_the_win_rate(world):
     tasks = world.splits["test"][:6]
     a, b = [t.response for t in tasks], ["Nobody asked." for _ in tasks]
@@ -108,9 +131,11 @@ def test_pipeline_smoke_writes_every_key_and_is_reproducible(tmp_path):
         assert isinstance(node, (int, float)) and math.isfinite(node), key
     for key in INTERVALS:  # every comparison carries its 95 % interval, around its own estimate
         group, name = key.split(".")
+        assert name in m[group], key
         lo, hi = m[group][name]
         assert lo <= m[group][name.removesuffix("_ci")] <= hi, key
     assert "win rate" in stdout and "ppo_ptx" in stdout
+    assert m["fluency_probes"]["never_outscores_garbled"] and m["fluency_probes"]["never_outscores_shuffled"]
     assert (tmp_path / "a" / "winrates.png").stat().st_size > 0 and (tmp_path / "a" / "ppo_training.png").is_file()
     assert not list((tmp_path / "a").glob("*.tmp"))
     _, m2 = run(tmp_path / "b")

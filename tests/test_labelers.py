@@ -83,7 +83,8 @@ def test_score_explains_itself(world, qa):
     task, p, town, _ = qa
     s = world.panel["ada"].score("", "", f"Who cares? {p} lives in {town}.", task=task)
     assert s.criteria["polite"] == 0.0
-    assert s.total == pytest.approx(sum(s.weights[c] * v for c, v in s.criteria.items()) / sum(s.weights.values()))
+    weighted = sum(s.weights[c] * v for c, v in s.criteria.items() if c != "fluent") / sum(s.weights.values())
+    assert s.total == pytest.approx(s.criteria["fluent"] * weighted)
     assert "polite" in s.explain() and "total" in s.explain()
 
 

@@ -33,10 +33,34 @@ def test_shipped_checkpoint_loads_with_from_pretrained():
 def test_tokenizer_round_trip(base, world):
     _, tok = base
     texts = [t for t, _ in world.corpus(50)] + ["naïve café — 😀 ümlaut", "  spaces\n\nand\ttabs  ", ""]
-    for text in texts:
-        assert tok.decode(tok(text)["input_ids"]) == text
+    for text in texts:  # the tokenizer marks the first word with a space (add_prefix_space), nothing else changes
+        marked = text if not text or text.startswith(" ") else " " + text
+        assert tok.decode(tok(text)["input_ids"]) == marked
     ids = tok("Hello" + tok.eos_token)["input_ids"]
     assert ids[-1] == tok.eos_token_id  # the special token is one token, not spelled out
+
+
+def test_a_word_is_one_token_at_the_start_of_an_answer_too(base):
+    """"Sure" opens an answer as the same well-trained token as inside a sentence, not spelled out in pieces."""
+    _, tok = base
+    assert tok.add_prefix_space
+    for word in ("Sure", "Dear", "Happy"):
+        first = tok(f"{word}! Yes.")["input_ids"][0]
+        inside = tok(f"Yes. {word}!")["input_ids"]
+        assert first in inside and len(tok.convert_ids_to_tokens([first])[0]) == len(word) + 1  # "Ġ" + the word
+
+
+def test_generated_text_round_trips_to_its_tokens(base):
+    """generate drops the first word's marker space; encoding the text again gives the sampled tokens back (the
+    reward model and PPO score the same tokens the policy chose)."""
+    model, tok = base
+    prompts = ["Notes about the fox.\nThe fox lives in the", "The owl eats", "Some facts about the frog.\nThe frog"]
+    gens = generate(model, tok, prompts * 4, max_new_tokens=12, seed=0)  # mid-sentence: the next word is "Ġ…"
+    marked = [g for g in gens if tok.convert_ids_to_tokens(g.token_ids[:1])[0].startswith("Ġ")]
+    assert len(marked) >= 6
+    for g in marked:
+        assert not g.text.startswith(" ")
+        assert tok(g.text)["input_ids"] == g.token_ids, g.text
 
 
 def test_load_base_sets_pad_side_dtype_and_eval(base):

@@ -137,7 +137,7 @@ def bench_data(tokenizer, cfg: BenchConfig) -> dict:
     """TinyWorld demonstrations for SFT, ranked reference-vs-corruption answers for RM/DPO, prompts for RL."""
     world = world_from_config(get_profile("tiny").world)
     tasks = world.splits["train"]
-    demos = [{"instruction": t.instruction, "context": t.context, "response": t.response}
+    demos = [{"instruction": t.instruction, "context": t.context, "response": t.demonstration or t.response}
              for t in tasks[: cfg.batch_size * cfg.sft_steps]]
     ranked = variant_comparisons(world, tasks[: cfg.pref_prompts], world.panel.train, tokenizer)
     for r in ranked:  # prompt + answer + EOS within max_length: nobody truncates (ours) or drops (TRL) a pair

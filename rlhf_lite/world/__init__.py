@@ -15,12 +15,14 @@ import random
 from dataclasses import asdict, dataclass, field
 
 from .corpus import build_corpus
+from .fluency import Language, learn_language
 from .kb import ClaimExtractor, Fact, KnowledgeBase, build_kb, index_facts, state
 from .labelers import CRITERIA, Labeler, Panel, Score
 from .tasks import CATEGORIES, CORRUPTIONS, MIXES, TASK_TYPES, Task, corrupt, make_task
+from .writers import WRITERS, Writer, assign_demonstrations, draw_habits, write
 
 __all__ = ["World", "build_world", "world_from_config", "Task", "Fact", "KnowledgeBase", "Labeler", "Panel", "Score",
-           "CATEGORIES",
+           "CATEGORIES", "WRITERS", "Writer", "Language",
            "CRITERIA", "CORRUPTIONS", "MIXES", "TASK_TYPES", "state"]
 
 SPLITS = ("train", "validation", "test")
@@ -44,6 +46,24 @@ class World:
         self._lookup = {(t.instruction, t.context): t for t in self.tasks}
         self.tasks_by_id = {t.prompt_id: t for t in self.tasks}
         self.panel = Panel(self)
+        self._language: Language | None = None
+
+    @property
+    def language(self) -> Language:
+        """The world's lexicon and bigram grammar (the ``fluent`` criterion), learned once from text the world
+        writes: 3,000 corpus documents and 2,400 freshly drawn tasks (300 per category: prompt, reference, a
+        writer's complete answer, and for a third of them every corruption). It does not depend on the world's
+        size or splits, and no model output is in it."""
+        if self._language is None:
+            rng = random.Random(f"language-{self.seed}")
+            sources = [[t] for t, _ in build_corpus(self.kb, self.seed, 3000)]
+            for i in range(2400):
+                t = make_task(self.kb, rng, CATEGORIES[i % len(CATEGORIES)])
+                habits = [h for h in draw_habits(rng.choice(WRITERS), t, rng) if h != "unfinished"]
+                sources.append([t.instruction, t.context, t.response, write(self.kb, t, habits, rng)]
+                               + ([corrupt(self.kb, t, k, rng) for k in CORRUPTIONS] if i % 3 == 0 else []))
+            self._language = learn_language(self.kb, sources)
+        return self._language
 
     def lookup(self, instruction: str, context: str = "") -> Task:
         try:
@@ -127,6 +147,7 @@ def build_world(seed: int = 0, n_prompts: int = 6000, mix: str | dict[str, float
         splits[SPLITS[name]].extend(group)
     for s in SPLITS:
         splits[s].sort(key=lambda t: t.prompt_id)
+    assign_demonstrations(kb, tasks, seed)
     return World(seed, kb, tasks, splits, mix_)
 
 

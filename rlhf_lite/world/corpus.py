@@ -1,16 +1,19 @@
 """The pretraining corpus: plain prose about the world, with the flaws of real web text.
 
-Documents are fact notes, short stories, lists, place descriptions and forum threads. Forum replies
-are sometimes rude, rambling, confidently wrong, or never end (the document is cut off with no end
-marker). There is no instruction formatting anywhere: the base model must learn the world, not how
-to follow instructions.
+Documents are fact notes, short stories, letters between friends, lists, place descriptions and
+forum threads. Forum replies are sometimes rude, rambling, confidently wrong, or never end (the
+document is cut off with no end marker), and polite ones come with the greetings, sign-offs and
+hedges people write on the web. There is no instruction formatting anywhere: the base model must
+learn the world and its language (every kind of sentence an answer uses occurs somewhere, as on the
+real web), not how to follow instructions.
 """
 from __future__ import annotations
 
 import random
 
 from .kb import Fact, KnowledgeBase, make_names, person_facts, state
-from .tasks import EVENTS, LOOP, QUESTIONS, RAMBLE, RUDE_PHRASES
+from .tasks import EVENTS, LOOP, QUESTIONS, RAMBLE, RUDE_PHRASES, SETTINGS
+from .writers import HEDGES, PLEASANTRIES, SIGN_OFFS
 
 HANDLES = ["robin_4", "kel", "old_miller", "sunny_d", "trav", "mossy", "bee_keeper", "pim22", "grumpy_g", "nell"]
 GREETINGS = ["Hi all,", "Hello,", "Hey,", "Quick one:", ""]
@@ -38,9 +41,24 @@ def story(kb: KnowledgeBase, rng: random.Random) -> str:
     rng.shuffle(facts)
     body = [state(f, rng) for f in facts[:3]]
     body += [f"One day, {first} {rng.choice(EVENTS)}.", f"Later, {first} {rng.choice(EVENTS)}."]
+    pet, food = (next((f.value for f in facts if f.relation == r), None) for r in ("pet", "favourite_food"))
+    if pet and food and rng.random() < 0.5:
+        body.append(f"One day {rng.choice(SETTINGS)}, {first} and the {pet} shared some {food}.")
     body.append(rng.choice(["It was a good day.", "Everyone was happy.", f"{first} went home tired but glad.",
-                            "The end."]))
+                            "The end.", "It was a quiet and happy day."]))
     return " ".join(body)
+
+
+def letter(kb: KnowledgeBase, rng: random.Random) -> str:
+    """A note between two friends of the knowledge base."""
+    p = rng.choice(kb.people)
+    friend = rng.choice(kb.values(p, "friend") or kb.people)
+    first, ffirst = p.split()[0], friend.split()[0]
+    lines = [f"Dear {ffirst},", f"I miss you here in {kb.get(p, 'lives_in')}."]
+    if rng.random() < 0.5:
+        lines.append(state(rng.choice([f for f in kb.about(p) if f.relation != "friend"]), rng))
+    lines.append(f"Come and share some {kb.get(p, 'favourite_food')} with me {rng.choice(SETTINGS)}.")
+    return " ".join(lines) + "\n" + f"Love, {first}."
 
 
 def listing(kb: KnowledgeBase, rng: random.Random) -> str:
@@ -77,7 +95,11 @@ def forum_thread(kb: KnowledgeBase, rng: random.Random) -> tuple[str, bool]:
     for who in repliers[: rng.randint(1, 3)]:
         kind = rng.choices(list(REPLY_KINDS), weights=list(REPLY_KINDS.values()))[0]
         if kind == "good":
-            reply = state(fact, rng)
+            reply = state(fact, rng) if rng.random() < 0.7 else fact.value[:1].upper() + fact.value[1:] + "."
+            if rng.random() < 0.2:
+                reply = rng.choice(PLEASANTRIES + HEDGES) + " " + reply
+            if rng.random() < 0.2:
+                reply = reply + " " + rng.choice(SIGN_OFFS)
         elif kind == "rude":
             reply = rng.choice(RUDE_PHRASES) + (" " + state(fact, rng) if rng.random() < 0.4 else "")
         elif kind == "rambling":
@@ -97,7 +119,7 @@ def forum_thread(kb: KnowledgeBase, rng: random.Random) -> tuple[str, bool]:
 def build_corpus(kb: KnowledgeBase, seed: int, n_docs: int) -> list[tuple[str, bool]]:
     """``n_docs`` documents as (text, ended). Ended documents get the end-of-text token in training."""
     rng = random.Random(f"corpus-{seed}")
-    makers = [(fact_note, 0.3), (story, 0.2), (listing, 0.1), (place, 0.1), (forum_thread, 0.3)]
+    makers = [(fact_note, 0.25), (story, 0.2), (letter, 0.1), (listing, 0.1), (place, 0.1), (forum_thread, 0.25)]
     docs = []
     for _ in range(n_docs):
         fn = rng.choices([m for m, _ in makers], weights=[w for _, w in makers])[0]

@@ -11,7 +11,14 @@ Each labeler grades (instruction, context, response) on six interpretable criter
 ``polite``         no rude or dismissive phrases
 ``concise``        within the length a good answer needs, and on topic (no rambling)
 ``ended``          finishes: terminal punctuation, no repetition loop, and end-of-text was emitted
+``fluent``         share of the sentences that are well-formed sentences of the world's language
+                   (``world.fluency``): known words, in an order the world's sentences use
 =================  ==================================================================================
+
+``fluent`` is not averaged with the others: it multiplies their weighted mean. A reader gives no credit
+for content they cannot read, so a garbled or shuffled answer can never outscore its fluent original
+(a weighted term could be outweighed: a shuffled answer still "contains" the right words), and one
+unreadable sentence out of four costs a quarter of the score.
 
 Labelers weight the criteria differently (one cares more about format, another about tone, one
 likes longer answers) and choose noisily: ``compare`` is a Bradley–Terry choice and ``rank`` a
@@ -33,8 +40,10 @@ from .tasks import LOOP, RUDE_MARKERS, Task
 
 if TYPE_CHECKING:
     from . import World
+    from .fluency import Language
 
-CRITERIA = ["correct", "follows_format", "truthful", "polite", "concise", "ended"]
+CRITERIA = ["correct", "follows_format", "truthful", "polite", "concise", "ended", "fluent"]
+GATE = "fluent"  # multiplies the weighted mean of the other criteria
 BASE_WEIGHTS = {"correct": 3.0, "follows_format": 1.5, "truthful": 2.0, "polite": 1.5, "concise": 1.0, "ended": 1.5}
 _SENT = re.compile(r"(?<=[.!?])\s+|\n+")
 
@@ -57,8 +66,9 @@ def _norm(s: str) -> str:
 
 
 def criteria(task: Task, response: str, extractor: ClaimExtractor, kb_index: dict, kb_subjects: set[str],
-             finished: bool | None = None) -> dict[str, float]:
-    """The six criteria for one response, each in [0, 1]. ``finished``: did generation emit EOS?"""
+             finished: bool | None = None, language: "Language | None" = None) -> dict[str, float]:
+    """The seven criteria for one response, each in [0, 1]. ``finished``: did generation emit EOS?
+    ``language``: the world's grammar for ``fluent`` (None: every text counts as fluent)."""
     meta, text = task.meta, response.strip()
     low, words = text.lower(), len(text.split())
     fmt = meta.get("format") or ""
@@ -133,13 +143,17 @@ def criteria(task: Task, response: str, extractor: ClaimExtractor, kb_index: dic
         ended = 0.2
     else:
         ended = 1.0 if text[-1] in ".!?" or list_done else 0.4
+    if language is None:
+        fluent = 1.0 if text else 0.0
+    else:
+        fluent = language.fluency(text, language.prompt_names(task.instruction, task.context))
     return {"correct": correct, "follows_format": follows, "truthful": truthful, "polite": polite,
-            "concise": concise, "ended": ended}
+            "concise": concise, "ended": ended, "fluent": fluent}
 
 
 @dataclass
 class Score:
-    """A labeler's judgement: ``total`` in about [0, 1], and why."""
+    """A labeler's judgement: ``total`` in about [0, 1] (fluent x the weighted mean of the rest), and why."""
 
     total: float
     criteria: dict[str, float]
@@ -149,7 +163,10 @@ class Score:
     def explain(self) -> str:
         wsum = sum(self.weights.values())
         parts = [f"{c:<15} {v:4.2f} x weight {self.weights[c] / wsum:4.2f} = {v * self.weights[c] / wsum:5.3f}"
-                 for c, v in self.criteria.items()]
+                 for c, v in self.criteria.items() if c != GATE]
+        mean = sum(self.weights[c] * v for c, v in self.criteria.items() if c != GATE) / wsum
+        parts.append(f"{'weighted mean':<15} {mean:.3f}")
+        parts.append(f"{'x ' + GATE:<15} {self.criteria[GATE]:4.2f}")
         if self.length_bonus:
             parts.append(f"{'length bonus':<15} {self.length_bonus:+.3f}")
         return "\n".join(parts + [f"{'total':<15} {self.total:.3f}"])
@@ -171,9 +188,9 @@ class Labeler:
         """Score one response. ``task`` defaults to the world's task with this instruction and context."""
         w = self.world
         task = task or w.lookup(instruction, context)
-        crit = criteria(task, response, w.extractor, w.kb_index, w.kb_subjects, finished)
-        total = sum(self.weights[c] * v for c, v in crit.items()) / sum(self.weights.values())
-        bonus = self.length_bias * min(len(response.split()), 40) / 40
+        crit = criteria(task, response, w.extractor, w.kb_index, w.kb_subjects, finished, w.language)
+        total = crit[GATE] * sum(self.weights[c] * v for c, v in crit.items() if c != GATE) / sum(self.weights.values())
+        bonus = self.length_bias * min(len(response.split()), 40) / 40 * crit[GATE]  # no taste for long garbage
         return Score(total + bonus, crit, dict(self.weights), bonus)
 
     def compare(self, instruction: str, context: str, a: str, b: str, rng: random.Random,
@@ -225,7 +242,7 @@ class Panel:
 
     def __init__(self, world: "World"):
         self.world = world
-        self.labelers = [Labeler(name, {c: BASE_WEIGHTS[c] * mult.get(c, 1.0) for c in CRITERIA}, temp, bias,
+        self.labelers = [Labeler(name, {c: BASE_WEIGHTS[c] * mult.get(c, 1.0) for c in BASE_WEIGHTS}, temp, bias,
                                  held_out=i >= len(PERSONAS) - N_HELD_OUT, world=world)
                          for i, (name, mult, temp, bias) in enumerate(PERSONAS)]
 

@@ -67,10 +67,16 @@ class Task:
     user_id: str = ""
     task_type: str = ""
     meta: dict = field(default_factory=dict)
+    demonstration: str = ""
+    """What the task's writer (a demonstrator, ``world.writers``) answered: the SFT target. ``response`` is
+    the reference answer, the labelers' answer key and the upper bound."""
+    writer: str = ""
+    habits: list[str] = field(default_factory=list)
 
     def to_dolly(self) -> dict[str, str]:
-        return {"instruction": self.instruction, "context": self.context, "response": self.response,
-                "category": self.category}
+        """Dolly's four fields; ``response`` is the human demonstration (the reference where there is none)."""
+        return {"instruction": self.instruction, "context": self.context,
+                "response": self.demonstration or self.response, "category": self.category}
 
     def to_dict(self) -> dict:
         return asdict(self)
