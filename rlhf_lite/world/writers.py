@@ -99,7 +99,7 @@ def _wrong_form(kb: KnowledgeBase, task: Task, text: str, rng: random.Random) ->
     if fmt == "one_sentence" or fmt.startswith("n_sentences"):
         return text + " It was a quiet and happy day."
     if fmt == "question":
-        return task.meta.get("answer", "") or text.rstrip("?") + "."
+        return text.rstrip("?") + "."  # a statement where a question was asked
     return text
 
 
