@@ -189,8 +189,8 @@ class PPOConfig:
     """Sampling temperature. Log-probs for the loss and the KL use the same one (logits / T)."""
     init_kl_coef: float = 0.2
     """β of the KL penalty at the start (Stiennon et al. 2020: 0.05; InstructGPT: 0.02). Our 2.2 M-parameter
-    reward model agrees with held-out labelers on about 65 % of pairs, so PPO gets a shorter leash; even so it
-    over-optimises it on tiny at lr 3e-4 (docs/results.md). Notebook 05's explorer compares β values."""
+    reward model agrees with held-out labelers on about 65 % of pairs and cannot check facts, so PPO gets a
+    shorter leash (docs/results.md). Notebook 05's explorer compares β values."""
     adaptive_kl: bool = False
     """Steer β towards ``kl_target`` with Ziegler et al.'s controller instead of keeping it fixed."""
     kl_target: float = 6.0
@@ -203,10 +203,17 @@ class PPOConfig:
     """GAE λ: 1 is Monte-Carlo returns (unbiased, noisy), 0 is one-step TD (biased by the value head)."""
     clip_range: float = 0.2
     """ε of the clipped policy objective: ratios outside [1 − ε, 1 + ε] get no gradient."""
-    clip_range_value: float = 0.2
-    """How far a value prediction may move from its rollout-time value before the loss clips it."""
+    clip_range_value: float = 5.0
+    """How far a value prediction may move from its rollout-time value before the loss clips it, in units of the
+    reward model's score. The usual 0.2 assumes normalised returns; our scores spread over several units from one
+    prompt to the next, and a 0.2 leash would keep the critic from learning them for dozens of iterations."""
     vf_coef: float = 0.1
     """Weight of the value loss."""
+    vf_lr: float = 1e-2
+    """Adam learning rate of the critic's head (its own parameter group, a linear head on frozen features, so
+    it can learn much faster than the policy). The critic must learn each prompt's expected score within the
+    first iterations: most of a score's variance is which prompt was drawn (notebook 05 measures it), and
+    without that baseline the prompt, not the sampled answer, decides the sign of most advantages."""
     value_init: str = "zero"
     """Critic head start: "zero" (V = 0 everywhere) or "reward_model" (a copy of the RM head, InstructGPT's
     choice; our RM was trained at the last token only, so its values mid-response are noise: notebook 05)."""

@@ -238,9 +238,10 @@ def evaluate_model(model, tokenizer, world: World, tasks: Sequence[Task], closed
                    progress: bool = False, closed_samples: int = 4) -> dict:
     """One model on the test users' prompts: responses to ``tasks`` and ``closed_samples`` responses to each
     closed-domain task of ``closed`` (sampled at T = 1, as in training; the closed tasks are few, so several
-    samples each steady the hallucination rate), then gold score, unsafe rate, hallucination rate, EOS rate, and,
-    when given, held-out pretraining loss (``heldout_rows``) and KL to the SFT model (``policy``: a
-    ``PolicyWithValue`` whose reference is the SFT model). Returns the numbers plus ``gens`` and ``closed_gens``."""
+    samples each steady the hallucination rate), then gold score, the mean of each criterion of the panel's score
+    (``criteria``), unsafe rate, hallucination rate, EOS rate, and, when given, held-out pretraining loss
+    (``heldout_rows``) and KL to the SFT model (``policy``: a ``PolicyWithValue`` whose reference is the SFT
+    model). Returns the numbers plus ``gens`` and ``closed_gens``."""
     closed = [t for t in closed for _ in range(closed_samples)]
     prompts = [render_prompt(tokenizer, t.instruction, t.context, fmt) for t in list(tasks) + list(closed)]
     gens = generate(model, tokenizer, prompts, max_new_tokens, seed=seed, batch_size=64, progress=progress)
@@ -252,6 +253,9 @@ def evaluate_model(model, tokenizer, world: World, tasks: Sequence[Task], closed
            "unsafe_rate": unsafe_rate(main), "hallucination_rate": mean(halluc) if halluc else float("nan"),
            "hallucination_rate_ci": bootstrap_ci(halluc, seed=seed) if halluc else None,
            "eos_rate": mean(g.finished for g in main), "response_tokens": mean(len(g.token_ids) for g in main)}
+    crit = [panel.labelers[0].score(t.instruction, t.context, g.text, g.finished, task=t).criteria
+            for t, g in zip(tasks, main)]  # criteria do not depend on the labeler, only their weights do
+    out["criteria"] = {c: mean(x[c] for x in crit) for c in CRITERIA}
     if heldout_rows is not None:
         out["pretrain_loss"] = lm_loss(model, heldout_rows)
     if policy is not None:

@@ -172,6 +172,12 @@ def build_policy(sft_model: nn.Module, reward_model, cfg: PPOConfig, lora: LoRAC
     return PolicyWithValue(lm, head.to(reward_model.head.weight.device))
 
 
+def ppo_optimizer(policy: PolicyWithValue, cfg: PPOConfig) -> torch.optim.Adam:
+    """Adam over the policy's adapters (``cfg.lr``) and the critic's head (``cfg.vf_lr``), two parameter groups."""
+    return torch.optim.Adam([{"params": [p for p in policy.lm.parameters() if p.requires_grad], "lr": cfg.lr},
+                             {"params": list(policy.value_head.parameters()), "lr": cfg.vf_lr}], eps=1e-5)
+
+
 def ppo_step(policy: PolicyWithValue, reward_model, tokenizer, prompts: Sequence[str], cfg: PPOConfig, optimizer,
              kl_ctl, step: int = 0, ptx_rows: torch.Tensor | None = None) -> tuple[dict, list[Generation]]:
     """One PPO iteration on ``prompts``: rollout, score, KL-penalised rewards, GAE, clipped updates.
@@ -253,7 +259,7 @@ def train_ppo(policy: PolicyWithValue, reward_model, tokenizer, tasks: Sequence,
     torch.manual_seed(cfg.seed)
     pool = list(tasks[: cfg.n_prompts] if cfg.n_prompts else tasks)
     prompts = [render_prompt(tokenizer, t.instruction, t.context, fmt) for t in pool]
-    optimizer = torch.optim.Adam(policy.trainable_parameters(), lr=cfg.lr, eps=1e-5)
+    optimizer = ppo_optimizer(policy, cfg)
     kl_ctl = AdaptiveKLController(cfg.init_kl_coef, cfg.kl_target, cfg.kl_horizon) if cfg.adaptive_kl \
         else FixedKLController(cfg.init_kl_coef)
     order_gen = torch.Generator().manual_seed(cfg.seed)

@@ -292,6 +292,24 @@ def rm_accuracy(rm: RewardModel, tokenizer, world, records: Sequence[dict], labe
     return sum(agreement(rm_probs, [pref_probs(world, r, lab) for r in records]) for lab in labelers) / len(labelers)
 
 
+def variance_split(groups: Sequence[Sequence[float]]) -> dict:
+    """How much of a score's variance is *which prompt* and how much is *which answer*.
+
+    groups: one list of scores per prompt (several answers each). With m_p a prompt's mean and N all scores,
+
+        within  = (1/N) Σ_p Σ_i (s_pi − m_p)²,      between = (1/N) Σ_p n_p (m_p − m)²,
+
+    so within + between is the scores' total (population) variance. ``baseline_share`` = between / total: the
+    share of a single sample's variance that a perfect per-prompt baseline (PPO's critic at the prompt) removes.
+    Without it, an advantage mostly says whether the prompt was an easy one."""
+    scores = [s for g in groups for s in g]
+    n, m = len(scores), sum(scores) / len(scores)
+    means = [sum(g) / len(g) for g in groups]
+    within = sum((s - mp) ** 2 for g, mp in zip(groups, means) for s in g) / n
+    between = sum(len(g) * (mp - m) ** 2 for g, mp in zip(groups, means)) / n
+    return {"within": within, "between": between, "baseline_share": between / (within + between)}
+
+
 def calibration(rm: RewardModel, tokenizer, world, records: Sequence[dict], labelers, bins: int = 8,
                 max_length: int = 256) -> list[dict]:
     """Reliability table: pairs binned by the RM's predicted P(a ≻ b) = σ(r_a − r_b), against how often

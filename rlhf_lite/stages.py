@@ -48,7 +48,9 @@ from .runtime import atomic_dir, code_digest, config_key, hf_bars_off, rounded, 
 from .sft import add_lora, count_parameters, load_quantized, train_sft
 from .world import world_from_config
 
-SFT_CODE = ("config", "data", "models", "sft", "world")
+# The code whose source is part of each stage's cache key. Not config.py: the keys hash the settings' values
+# themselves, so a new default for a later stage (PPO's learning rate, say) leaves the SFT model cached.
+SFT_CODE = ("data", "models", "sft", "world")
 COMPARISONS_CODE = SFT_CODE + ("feedback",)
 REWARD_CODE = COMPARISONS_CODE + ("reward",)
 

@@ -34,7 +34,8 @@ REQUIRED = ["base.gold_score", "sft.gold_score", "ppo.gold_score", "sft.winrate_
             "sft.gold_vs_base", "ppo.gold_vs_sft", "ppo_ptx.gold_vs_sft", "ppo.pretrain_loss_vs_sft",
             "ppo_ptx.pretrain_loss_vs_sft", "demonstrations.gold", "demonstrations.reference_gold",
             "demonstrations.by_writer.ana", "fluency_probes.gold_drop_garbled", "fluency_probes.gold_drop_shuffled",
-            "fluency_probes.rm_prefers_reference_garbled", "fluency_probes.rm_prefers_reference_shuffled"]
+            "fluency_probes.rm_prefers_reference_garbled", "fluency_probes.rm_prefers_reference_shuffled",
+            "sft.criteria.correct", "ppo.criteria.fluent"]
 INTERVALS = ["sft.winrate_vs_base_ci", "ppo.winrate_vs_sft_ci", "ppo_ptx.winrate_vs_sft_ci", "sft.gold_vs_base_ci",
              "ppo.gold_vs_sft_ci", "ppo_ptx.gold_vs_sft_ci", "sft.hallucination_rate_ci", "ppo.hallucination_rate_ci",
              "fluency_probes.gold_drop_garbled_ci", "fluency_probes.gold_drop_shuffled_ci"]

@@ -13,6 +13,7 @@ from rlhf_lite.ppo import (
     build_policy,
     compute_gae,
     kl_penalized_rewards,
+    ppo_optimizer,
     ppo_policy_loss,
     ppo_step,
     ppo_value_loss,
@@ -96,6 +97,25 @@ def test_kl_controllers_move_beta_the_right_way():
     assert f.value == 0.05
     with pytest.raises(ValueError):
         AdaptiveKLController(0.1, target=0.0, horizon=10)
+
+
+def test_optimizer_gives_the_critic_its_own_learning_rate():
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    from rlhf_lite.config import LoRAConfig, PPOConfig
+    from rlhf_lite.models import add_lora_adapters
+    from rlhf_lite.rollout import PolicyWithValue
+
+    tiny = GPT2LMHeadModel(GPT2Config(n_layer=1, n_embd=16, n_head=2, vocab_size=50))
+    lm = add_lora_adapters(tiny, LoRAConfig(r=2), 0)
+    policy = PolicyWithValue(lm, torch.nn.Linear(16, 1))
+    opt = ppo_optimizer(policy, PPOConfig(lr=1e-4, vf_lr=5e-3))
+    (adapters, lr_a), (head, lr_h) = [(g["params"], g["lr"]) for g in opt.param_groups]
+    assert (lr_a, lr_h) == (1e-4, 5e-3) and len(head) == 2  # the head's weight and bias
+    grouped = {id(p) for p in adapters + head}
+    assert len(grouped) == len(adapters) + 2 == len(policy.trainable_parameters())  # every trainable one, once
+    assert grouped == {id(p) for p in policy.trainable_parameters()}
+    assert all("lora" in n for n, p in lm.named_parameters() if p.requires_grad)
 
 
 def test_rollout_tensors_pad_prompts_left_and_responses_right():

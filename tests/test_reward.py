@@ -19,6 +19,7 @@ from rlhf_lite.reward import (
     score_responses,
     split_pairs,
     train_reward_model,
+    variance_split,
 )
 
 
@@ -168,3 +169,16 @@ def test_nan_loss_names_the_setting(tiny):
         rm.head.weight.fill_(float("nan"))
     with pytest.raises(FloatingPointError, match="RewardConfig.lr"):
         train_reward_model(rm, tok, recs, cfg, progress=False)
+
+
+def test_variance_split_by_hand():
+    # prompt means 2 and 6 (overall 4): within = (1+1+1+1)/4 = 1, between = (4+4+4+4)/4 = 4
+    v = variance_split([[1.0, 3.0], [5.0, 7.0]])
+    assert v["within"] == pytest.approx(1.0) and v["between"] == pytest.approx(4.0)
+    assert v["baseline_share"] == pytest.approx(0.8)
+    # unequal group sizes: weighted by answers; the two parts add up to the population variance
+    groups = [[0.0, 1.0, 2.0], [4.0]]
+    v = variance_split(groups)
+    flat = [x for g in groups for x in g]
+    total = sum((x - sum(flat) / 4) ** 2 for x in flat) / 4
+    assert v["within"] + v["between"] == pytest.approx(total) and v["within"] == pytest.approx(2 / 4)
