@@ -35,15 +35,21 @@ def gold_eval(model, tokenizer, world: World, tasks: list[Task], max_new_tokens:
     panel = world.panel
     golds = panel.gold_scores(tasks, gens)
     refs = [panel.gold_score(t.instruction, t.context, t.response, True, task=t) for t in tasks]
-    crit = [panel.labelers[0].score(t.instruction, t.context, g.text, g.finished, task=t).criteria for t,
-            g in zip(tasks, gens)]
     by_cat: dict[str, list[float]] = {}
     for t, s in zip(tasks, golds):
         by_cat.setdefault(t.category, []).append(s)
     return {"gold": mean(golds), "reference_gold": mean(refs),
-            "criteria": {c: mean(x[c] for x in crit) for c in CRITERIA},
+            "criteria": mean_criteria(world, tasks, gens),
             "by_category": {c: mean(v) for c, v in sorted(by_cat.items())}, "eos_rate": mean(g.finished for g in gens),
             "samples": list(zip(tasks, gens, golds))}
+
+
+def mean_criteria(world: World, tasks: Sequence[Task], gens: Sequence[Generation]) -> dict[str, float]:
+    """Mean of each criterion of the panel's score over ``tasks`` and their responses ``gens`` (the criteria do not
+    depend on the labeler, only their weights do)."""
+    crit = [world.panel.labelers[0].score(t.instruction, t.context, g.text, g.finished, task=t).criteria
+            for t, g in zip(tasks, gens)]
+    return {c: mean(x[c] for x in crit) for c in CRITERIA}
 
 
 def win_rate(tasks: Sequence[Task], a: Sequence[Generation | str], b: Sequence[Generation | str],
@@ -253,9 +259,7 @@ def evaluate_model(model, tokenizer, world: World, tasks: Sequence[Task], closed
            "unsafe_rate": unsafe_rate(main), "hallucination_rate": mean(halluc) if halluc else float("nan"),
            "hallucination_rate_ci": bootstrap_ci(halluc, seed=seed) if halluc else None,
            "eos_rate": mean(g.finished for g in main), "response_tokens": mean(len(g.token_ids) for g in main)}
-    crit = [panel.labelers[0].score(t.instruction, t.context, g.text, g.finished, task=t).criteria
-            for t, g in zip(tasks, main)]  # criteria do not depend on the labeler, only their weights do
-    out["criteria"] = {c: mean(x[c] for x in crit) for c in CRITERIA}
+    out["criteria"] = mean_criteria(world, tasks, main)
     if heldout_rows is not None:
         out["pretrain_loss"] = lm_loss(model, heldout_rows)
     if policy is not None:
