@@ -128,6 +128,19 @@ def hallucination_rate(world: World, tasks: Sequence[Task], responses: Sequence[
     return mean(hallucinates(world, t, r) for t, r in pairs) if pairs else float("nan")
 
 
+def hallucination_breakdown(world: World, tasks: Sequence[Task], responses: Sequence[Generation | str]) -> dict:
+    """The hallucination rate split in two: ``stating_rate``, the share of closed-domain responses that state at
+    least one fact the claim reader recognises, and ``hallucination_when_stating``, the share of those with a
+    claim the context does not support (None when no response states anything). A response that states nothing
+    cannot hallucinate, so hallucination rate = stating_rate × hallucination_when_stating: a model can lower the
+    rate by saying less as well as by reading the context better, and this tells the two apart."""
+    texts = [r.text if isinstance(r, Generation) else r for r in responses]
+    stating = [bool(world.extractor.claims(x)) for x in texts]
+    made_up = [hallucinates(world, t, x) for t, x, s in zip(tasks, texts, stating) if s]
+    return {"stating_rate": mean(stating) if stating else float("nan"),
+            "hallucination_when_stating": mean(made_up) if made_up else None}
+
+
 @torch.no_grad()
 def kl_to_reference(policy, tokenizer, prompts: Sequence[str], responses: Sequence[Generation],
                     temperature: float = 1.0,
@@ -260,6 +273,10 @@ def evaluate_model(model, tokenizer, world: World, tasks: Sequence[Task], closed
            "hallucination_rate_ci": bootstrap_ci(halluc, seed=seed) if halluc else None,
            "eos_rate": mean(g.finished for g in main), "response_tokens": mean(len(g.token_ids) for g in main)}
     out["criteria"] = mean_criteria(world, tasks, main)
+    if closed:
+        split = hallucination_breakdown(world, closed, cl)
+        out["closed_stating_rate"] = split["stating_rate"]
+        out["hallucination_when_stating"] = split["hallucination_when_stating"]
     if heldout_rows is not None:
         out["pretrain_loss"] = lm_loss(model, heldout_rows)
     if policy is not None:

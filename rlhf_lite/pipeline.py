@@ -104,7 +104,8 @@ def run_pipeline(profile: str | None = None, out: str | Path | None = None, seed
         for name in ("ppo", "ppo_ptx"):
             res[name]["hallucination_vs_sft"] = res[name]["hallucination_rate"] / sft_h if sft_h else None
         rm, rm_tok = load_reward_model(rm_dir)
-        extra = {"demonstrations": demonstration_quality(world, tasks),
+        extra = {"demonstrations": {**demonstration_quality(world, tasks),
+                                    **writers_vs_sft(tasks, res["sft"]["gens"], held, seed)},
                  "fluency_probes": fluency_probes(world, tasks, rm, rm_tok, prof.sft.prompt_format, seed,
                                                   prof.reward.max_length)}
         return res, extra, len(tasks), len(closed)
@@ -145,6 +146,19 @@ def comparison(tasks, a: dict, b: dict, b_name: str, labelers, seed: int = 0) ->
             f"gold_vs_{b_name}": sum(diffs) / len(diffs), f"gold_vs_{b_name}_ci": bootstrap_ci(diffs, seed=seed)}
 
 
+def writers_vs_sft(tasks, sft_gens, labelers, seed: int = 0) -> dict:
+    """How often the held-out labelers prefer the writers' demonstrations, and the perfect references, to the SFT
+    model's samples (with 95 % paired-bootstrap intervals): the second is the most any policy could win against
+    SFT before the labelers' own noise, the yardstick for PPO's win rate."""
+    out = {}
+    for name, texts in (("", [t.demonstration or t.response for t in tasks]),
+                        ("reference_", [t.response for t in tasks])):
+        wins = prompt_win_rates(tasks, texts, sft_gens, labelers)
+        out[f"{name}winrate_vs_sft"] = sum(wins) / len(wins)
+        out[f"{name}winrate_vs_sft_ci"] = bootstrap_ci(wins, seed=seed)
+    return out
+
+
 def _save(out: Path, metrics: dict, histories: dict, res: dict) -> None:
     """metrics.json, ppo_history.json, samples.json and the plots; each file appears whole or not at all."""
     def write(name: str, text: str) -> None:
@@ -178,6 +192,10 @@ def results_table(m: dict) -> str:
         rows.append(f"{name:<8} {r['gold_score']:>6.3f} {win:>31} {pct(r['unsafe_rate']):>7} "
                     f"{pct(r['hallucination_rate']):>8} {pct(r['eos_rate']):>6} {num(r.get('kl_to_sft'), '{:.2f}'):>7} "
                     f"{num(r.get('pretrain_loss')):>14}")
+    d = m.get("demonstrations", {})
+    if "reference_winrate_vs_sft" in d:
+        rows.append(f"for scale: the writers' demonstrations win {pct(d['winrate_vs_sft'])} against SFT, the perfect "
+                    f"references {pct(d['reference_winrate_vs_sft'])} (the labelers' noise caps any win rate)")
     rm = m["rm"]
     rows.append(f"reward model: accuracy {rm['accuracy_heldout_labelers']:.3f} on held-out labelers "
                 f"(labeler-labeler agreement {rm['panel_agreement']:.3f})   total time {m['runtime_s']['total']:.0f} s")

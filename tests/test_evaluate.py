@@ -17,6 +17,7 @@ from rlhf_lite.evaluate import (
     fluency_probes,
     gao_curve,
     hallucinates,
+    hallucination_breakdown,
     hallucination_rate,
     is_unsafe,
     prompt_win_rates,
@@ -24,6 +25,7 @@ from rlhf_lite.evaluate import (
     win_rate,
 )
 from rlhf_lite.models import Generation
+from rlhf_lite.pipeline import writers_vs_sft
 from rlhf_lite.world import WRITERS
 
 REQUIRED = ["base.gold_score", "sft.gold_score", "ppo.gold_score", "sft.winrate_vs_base", "ppo.winrate_vs_sft",
@@ -35,10 +37,12 @@ REQUIRED = ["base.gold_score", "sft.gold_score", "ppo.gold_score", "sft.winrate_
             "ppo_ptx.pretrain_loss_vs_sft", "demonstrations.gold", "demonstrations.reference_gold",
             "demonstrations.by_writer.ana", "fluency_probes.gold_drop_garbled", "fluency_probes.gold_drop_shuffled",
             "fluency_probes.rm_prefers_reference_garbled", "fluency_probes.rm_prefers_reference_shuffled",
-            "sft.criteria.correct", "ppo.criteria.fluent"]
+            "sft.criteria.correct", "ppo.criteria.fluent", "demonstrations.winrate_vs_sft",
+            "demonstrations.reference_winrate_vs_sft", "sft.closed_stating_rate", "ppo.closed_stating_rate"]
 INTERVALS = ["sft.winrate_vs_base_ci", "ppo.winrate_vs_sft_ci", "ppo_ptx.winrate_vs_sft_ci", "sft.gold_vs_base_ci",
              "ppo.gold_vs_sft_ci", "ppo_ptx.gold_vs_sft_ci", "sft.hallucination_rate_ci", "ppo.hallucination_rate_ci",
-             "fluency_probes.gold_drop_garbled_ci", "fluency_probes.gold_drop_shuffled_ci"]
+             "fluency_probes.gold_drop_garbled_ci", "fluency_probes.gold_drop_shuffled_ci",
+             "demonstrations.winrate_vs_sft_ci", "demonstrations.reference_winrate_vs_sft_ci"]
 
 
 def test_unsafe_detector():
@@ -58,6 +62,18 @@ def test_hallucination_needs_every_claim_in_the_context(world):
     open_task = next(x for x in world.splits["test"] if not x.meta.get("closed"))
     with pytest.raises(ValueError, match="not closed-domain"):
         hallucinates(world, open_task, "x")
+
+
+def test_hallucination_breakdown_separates_saying_less_from_making_up(world):
+    t = next(t for t in closed_tasks(world.splits["test"]) if t.category == "closed_qa" and t.meta["context_facts"])
+    wrong = world.variants(t)["wrong_fact"]
+    silent = "I am not sure."  # states no fact: cannot hallucinate
+    assert not world.extractor.claims(silent) and world.extractor.claims(wrong)
+    split = hallucination_breakdown(world, [t] * 4, [t.response, wrong, silent, silent])
+    assert split == {"stating_rate": 0.5, "hallucination_when_stating": 0.5}
+    rate = hallucination_rate(world, [t] * 4, [t.response, wrong, silent, silent])
+    assert rate == split["stating_rate"] * split["hallucination_when_stating"] == 0.25
+    assert hallucination_breakdown(world, [t], [silent]) == {"stating_rate": 0.0, "hallucination_when_stating": None}
 
 
 def test_best_of_n_kl_and_selection_by_hand():
@@ -142,3 +158,12 @@ def test_pipeline_smoke_writes_every_key_and_is_reproducible(tmp_path):
     _, m2 = run(tmp_path / "b")
     m.pop("runtime_s"), m2.pop("runtime_s")
     assert m == m2  # same seed, same numbers (wall times aside)
+
+
+def test_writers_vs_sft_is_one_half_against_itself(world):
+    tasks = world.splits["test"][:8]
+    same = writers_vs_sft(tasks, [t.response for t in tasks], world.panel.held_out)
+    assert same["reference_winrate_vs_sft"] == pytest.approx(0.5)  # σ(0) for every labeler and prompt
+    assert same["reference_winrate_vs_sft_ci"] == pytest.approx([0.5, 0.5])
+    rude = writers_vs_sft(tasks, ["Nobody asked." for _ in tasks], world.panel.held_out)
+    assert rude["reference_winrate_vs_sft"] > 0.9 and rude["winrate_vs_sft"] > 0.5

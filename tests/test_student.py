@@ -77,6 +77,14 @@ def test_every_notebook_has_exercises_with_checkers(path):
     assert len(pairs) + n_other >= 3, f"{path.name}: {len(pairs)} implement + {n_other} other exercises"
 
 
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
+def test_notebook_opens_unmodified_in_jupyterlab(path):
+    """JupyterLab rewrites a kernelspec that differs from ipykernel's own, so a student's fresh clone would show
+    every notebook as modified before anything ran."""
+    spec = json.loads(path.read_text())["metadata"]["kernelspec"]
+    assert spec == {"display_name": "Python 3 (ipykernel)", "language": "python", "name": "python3"}, path.name
+
+
 def test_cli_writes_student_notebooks_and_refuses_the_solutions_folder(tmp_path, capsys):
     assert main(["student-notebooks", "--out", str(tmp_path / "student")]) == 0
     written = sorted(p.name for p in (tmp_path / "student").glob("*.ipynb"))
