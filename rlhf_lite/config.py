@@ -192,7 +192,7 @@ class PPOConfig:
     """Sampling temperature. Log-probs for the loss and the KL use the same one (logits / T)."""
     init_kl_coef: float = 0.2
     """β of the KL penalty at the start (Stiennon et al. 2020: 0.05; InstructGPT: 0.02). Our 2.2 M-parameter
-    reward model agrees with held-out labelers on about 65 % of pairs and cannot check facts, so PPO gets a
+    reward model agrees with held-out labelers on about 67 % of pairs and cannot check facts, so PPO gets a
     shorter leash (docs/results.md). Notebook 05's explorer compares β values."""
     adaptive_kl: bool = False
     """Steer β towards ``kl_target`` with Ziegler et al.'s controller instead of keeping it fixed."""
