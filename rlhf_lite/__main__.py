@@ -317,6 +317,19 @@ def cmd_student_notebooks(args) -> int:
     return 0
 
 
+def cmd_browser_check(args) -> int:
+    from .course.browser import browser_check
+
+    report = browser_check(args.out, chromium=args.chromium)
+    for shot in report["screenshots"]:
+        print(f"screenshot: {shot}")
+    print(f"ranking clicked through notebook 03's widget and saved: {'yes' if report['ranking_saved'] else 'NO'}")
+    for problem in report["problems"]:
+        print(f"✗ {problem}")
+    print("no problems found" if not report["problems"] else f"{len(report['problems'])} problems")
+    return 0 if report["ranking_saved"] and not report["problems"] else 1
+
+
 def cmd_grade(args) -> int:
     from .course.student import grade_notebook
 
@@ -417,6 +430,11 @@ def main(argv: list[str] | None = None) -> int:
     s = sub.add_parser("grade", help="run the checkers on the implement-exercises of (students') notebooks")
     s.add_argument("notebooks", nargs="+", help="notebook files to grade")
     s.set_defaults(fn=cmd_grade)
+    s = sub.add_parser("browser-check", help="open every notebook in JupyterLab in headless Chromium: screenshots, "
+                       "page checks, one ranking clicked through notebook 03's widget (before committing notebooks)")
+    s.add_argument("--out", default="runs/browser-check", help="folder for the screenshots")
+    s.add_argument("--chromium", default="chromium", help="the browser executable (default: chromium on PATH)")
+    s.set_defaults(fn=cmd_browser_check)
     s = sub.add_parser("evaluate", help="gold-panel score of a model's responses on test prompts")
     s.add_argument("--model", help="'tiny', a folder, or a hub name (default: the profile's base model)")
     s.add_argument("--n", type=_at_least(1), default=200, help="test prompts to score (default 200)")

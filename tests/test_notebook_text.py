@@ -35,3 +35,57 @@ def test_committed_notebooks_show_no_progress_bars():
             for out in cell.get("outputs", []):
                 text = "".join(out.get("text", [])) + "".join(out.get("data", {}).get("text/plain", []))
                 assert not bar.search(text), f"{path.name}: a progress bar in the output of a cell: {text[:80]!r}"
+
+
+def _outputs(path: Path):
+    for i, cell in enumerate(json.loads(path.read_text())["cells"]):
+        for out in cell.get("outputs", []):
+            yield i, "".join(out.get("text", [])) + "".join(out.get("data", {}).get("text/plain", []))
+
+
+def test_committed_outputs_read_well_without_a_kernel():
+    """What a reader of the committed notebooks sees (GitHub, nbconvert, JupyterLab before a kernel starts): a
+    widget's static fallback instead of its repr, samples without replacement or control characters (shown as ▯ by
+    rlhf_lite.course.display.readable), and no absolute path of the machine that executed the notebook."""
+    problems = {"a widget's repr": re.compile(r"\b(?:VBox|HBox|IntProgress)\(children=|\bOutput\(\)"),
+                "a replacement character": re.compile("\ufffd"),
+                "a control character": re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]"),
+                "an absolute path": re.compile(r"(?:/work/|/home/|/root/|/tmp/|/content/)")}
+    for path in sorted(NOTEBOOKS.glob("[0-9][0-9]_*.ipynb")):
+        for i, text in _outputs(path):
+            for what, pattern in problems.items():
+                hit = pattern.search(text)
+                context = text[max(0, hit.start() - 60):hit.end() + 20] if hit else ""
+                assert not hit, f"{path.name} cell {i}: {what} in the output: {context!r}"
+
+
+NUMBER = re.compile(r"(?<![\w.])[−+-]?\d[\d,]*\.\d+")
+
+
+def _decimals(text: str) -> list[str]:
+    """The decimal numbers of a text (0.791, 59.4, −0.406, 69,651.0), as written."""
+    return [m.group().replace("−", "-").replace(",", "") for m in NUMBER.finditer(text)]
+
+
+def unquoted_numbers(path: Path, cell_id: str, constants=()) -> list[str]:
+    """The decimal numbers of a markdown cell that its notebook's outputs do not print, either as such or as the
+    difference of two numbers one output prints (a sentence may say "+0.035" for 0.826 − 0.791). ``constants``: numbers the
+    sentence takes from the setup, not from an output (a β, say)."""
+    cells = json.loads(path.read_text())["cells"]
+    (cell,) = [c for c in cells if c.get("id") == cell_id]
+    outputs = [[abs(float(x)) for x in _decimals(text)] for _, text in _outputs(path)]
+    printed = {v for out in outputs for v in out}
+    missing = []
+    for x in _decimals("".join(cell["source"])):
+        value, places = abs(float(x)), len(x.split(".")[1])
+        if x.lstrip("+-") in constants or value in printed:
+            continue
+        diffs = {round(abs(a - b), places) for out in outputs for a in out for b in out}  # within one output
+        if round(value, places) not in diffs:
+            missing.append(x)
+    return missing
+
+
+def test_the_summary_of_07_quotes_its_outputs():
+    """07's "What this run says" was written from an execution; this keeps it from outliving the next one."""
+    assert unquoted_numbers(NOTEBOOKS / "07_beyond_ppo.ipynb", "5219e8d8", constants={"0.04"}) == []

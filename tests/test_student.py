@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 import rlhf_lite.course.exercises as exercises
+import rlhf_lite.course.loop_exercises as loop_exercises
 from rlhf_lite.__main__ import main
 from rlhf_lite.course.student import (
     defined_functions,
@@ -44,9 +45,13 @@ def test_student_notebook_round_trips(path):
     nb = json.loads(path.read_text())
     st = student_notebook(nb)
     assert json.loads(path.read_text()) == nb  # the original is untouched
-    assert len(st["cells"]) == len(nb["cells"])
+    keys = [c for c in nb["cells"] if "answer-key" in c["metadata"].get("tags", [])]
+    assert keys and all(c["cell_type"] == "markdown" for c in keys), f"{path.name}: no answer key for instructors"
+    assert not any("answer-key" in c["metadata"].get("tags", []) for c in st["cells"])  # students do not get them
+    taught = [c for c in nb["cells"] if c not in keys]
+    assert len(st["cells"]) == len(taught)
     restored = []
-    for a, b in zip(nb["cells"], st["cells"]):
+    for a, b in zip(taught, st["cells"]):
         if b["cell_type"] == "code":
             assert b["outputs"] == [] and b["execution_count"] is None and "execution" not in b["metadata"]
         if is_solution(a):
@@ -59,7 +64,7 @@ def test_student_notebook_round_trips(path):
         else:
             assert src(a) == src(b) and a["cell_type"] == b["cell_type"]
             restored.append(src(b))
-    assert restored == [src(c) for c in nb["cells"]]
+    assert restored == [src(c) for c in taught]
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
@@ -69,7 +74,8 @@ def test_every_notebook_has_exercises_with_checkers(path):
     assert pairs, f"{path.name}: no implement-exercise (a code cell tagged 'solution')"
     for fn, checker in pairs:
         assert checker is not None, f"{path.name}: no cell calls a checker on {fn}"
-        assert callable(getattr(exercises, checker, None)), f"{path.name}: {checker} is not in rlhf_lite.exercises"
+        assert callable(getattr(exercises, checker, None) or getattr(loop_exercises, checker, None)), \
+            f"{path.name}: {checker} is in neither rlhf_lite.course.exercises nor rlhf_lite.course.loop_exercises"
     text = "\n".join(src(c) for c in nb["cells"] if c["cell_type"] == "markdown")
     assert "## Exercises" in text and "Predict, then run" in text and "Tweak and explain" in text, path.name
     n_other = sum(1 for line in text[text.index("## Exercises"):].splitlines()
@@ -123,11 +129,12 @@ def test_grade_passes_the_solutions_and_explains_stubs_and_mistakes(tmp_path, ca
     from rlhf_lite.course.student import grade_notebook
 
     ppo = next(p for p in NOTEBOOKS if p.name.startswith("05"))
-    assert [r["passed"] for r in grade_notebook(ppo)] == [True, True, True]
+    assert [r["passed"] for r in grade_notebook(ppo)] == [True, True, True, True]
     write_student_notebooks(tmp_path, src=ppo.parent)
     student = tmp_path / ppo.name
     rows = grade_notebook(student)
-    assert [r["functions"] for r in rows] == [["my_kl_penalized_rewards"], ["my_compute_gae"], ["my_ppo_policy_loss"]]
+    assert [r["functions"] for r in rows] == [["my_kl_penalized_rewards"], ["my_compute_gae"], ["my_ppo_policy_loss"],
+                                              ["my_ppo_iteration"]]
     assert all(not r["passed"] and "not implemented yet" in r["message"] for r in rows)
     # a student fills in the GAE stub with a version that ignores the mask: the checker's explanation comes back
     nb = json.loads(student.read_text())
@@ -138,5 +145,5 @@ def test_grade_passes_the_solutions_and_explains_stubs_and_mistakes(tmp_path, ca
     student.write_text(json.dumps(nb))
     rows = grade_notebook(student)
     assert "padding" in rows[1]["message"] and not rows[1]["passed"]
-    assert main(["grade", str(ppo)]) == 0 and "3/3 exercises pass" in capsys.readouterr().out
-    assert main(["grade", str(student)]) == 1 and "0/3 exercises pass" in capsys.readouterr().out
+    assert main(["grade", str(ppo)]) == 0 and "4/4 exercises pass" in capsys.readouterr().out
+    assert main(["grade", str(student)]) == 1 and "0/4 exercises pass" in capsys.readouterr().out

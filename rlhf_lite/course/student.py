@@ -1,10 +1,13 @@
 """Instructor mode: student versions of the notebooks.
 
+Markdown cells tagged ``answer-key`` (the answers to the predict and tweak exercises, for instructors) are left out.
 A code cell tagged ``solution`` holds the reference answer to an implement-it-yourself exercise; the cell after
-it calls a checker from :mod:`rlhf_lite.course.exercises`. The student version keeps every other cell as it is, clears
+it calls a checker from :mod:`rlhf_lite.course.exercises` (a function) or
+:mod:`rlhf_lite.course.loop_exercises` (a training loop). The student version keeps every other cell as it is, clears
 all outputs, and turns each solution cell into a stub: its imports and the ``def`` lines of its functions stay
-(names and arguments are what the checker calls), the bodies become ``# YOUR CODE HERE`` and
-``raise NotImplementedError``. ``python -m rlhf_lite student-notebooks --out DIR`` writes them.
+(names and arguments are what the checker calls), the bodies become their numbered stage comments (a loop
+exercise's scaffold), ``# YOUR CODE HERE`` and ``raise NotImplementedError``.
+``python -m rlhf_lite student-notebooks --out DIR`` writes them.
 """
 from __future__ import annotations
 
@@ -22,7 +25,11 @@ from pathlib import Path
 from ..models import REPO_ROOT
 
 SOLUTION_TAG = "solution"
+ANSWER_KEY_TAG = "answer-key"
+"""A markdown cell for instructors (the answers to the predict and tweak exercises): left out of student versions."""
 STUB_LINES = ("# YOUR CODE HERE", "raise NotImplementedError")
+STAGE = re.compile(r"^\s*# \d")
+"""A numbered stage comment (``# 1. Tokenize …``) in a solution: the scaffold of a loop exercise, kept in the stub."""
 
 
 def is_solution(cell: dict) -> bool:
@@ -36,7 +43,8 @@ def _source(cell: dict) -> str:
 
 def stub_source(source: str) -> str:
     """The stub of a solution cell: imports kept, each top-level function reduced to its signature (and
-    docstring) plus ``# YOUR CODE HERE`` / ``raise NotImplementedError``. Other statements are dropped."""
+    docstring), its numbered stage comments (``# 1. …``, the scaffold of a loop exercise) and ``# YOUR CODE HERE`` /
+    ``raise NotImplementedError``. Other statements are dropped."""
     tree = ast.parse(source)
     lines = source.splitlines()
     imports, functions = [], []
@@ -50,7 +58,8 @@ def stub_source(source: str) -> str:
             head_end = first.end_lineno if has_doc else first.lineno - 1
             start = min([d.lineno for d in node.decorator_list] + [node.lineno])
             indent = " " * first.col_offset
-            functions.append("\n".join(lines[start - 1:head_end] + [indent + s for s in STUB_LINES]))
+            stages = [indent + line.strip() for line in lines[head_end:node.end_lineno] if STAGE.match(line)]
+            functions.append("\n".join(lines[start - 1:head_end] + stages + [indent + s for s in STUB_LINES]))
     parts = ["\n".join(imports)] if imports else []
     return "\n\n".join(parts + (functions or [STUB_LINES[0]])) + "\n"
 
@@ -61,9 +70,10 @@ def defined_functions(source: str) -> list[str]:
 
 
 def student_notebook(nb: dict) -> dict:
-    """A student copy of a notebook (nbformat JSON as a dict): solution cells stubbed, outputs and execution
-    counts cleared. The notebook passed in is not modified."""
+    """A student copy of a notebook (nbformat JSON as a dict): solution cells stubbed, answer keys left out, outputs
+    and execution counts cleared. The notebook passed in is not modified."""
     nb = copy.deepcopy(nb)
+    nb["cells"] = [c for c in nb["cells"] if ANSWER_KEY_TAG not in c.get("metadata", {}).get("tags", [])]
     for cell in nb["cells"]:
         if cell["cell_type"] != "code":
             continue
@@ -185,7 +195,8 @@ def _run_isolated(spec: dict, timeout: float) -> dict:
         try:
             proc = subprocess.run([sys.executable, "-c", "from rlhf_lite.course.sandbox import run_exercise; "
                                    "run_exercise()"], input=json.dumps({**spec, "result": str(result)}),
-                                  capture_output=True, text=True, timeout=timeout, cwd=tmp)
+                                  capture_output=True, text=True, timeout=timeout, cwd=tmp,
+                                  env={**os.environ, "OMP_NUM_THREADS": "1"})  # one process per core
         except subprocess.TimeoutExpired:
             return {"passed": False, "message": f"the exercise did not finish within {timeout:.0f} s (an endless "
                                                 "loop?); it was stopped"}

@@ -1,0 +1,39 @@
+"""Widgets in a notebook opened without a kernel: the saved output's plain text is a readable description."""
+import pytest
+
+from rlhf_lite.course.display import ranking_preview, readable, static_fallback
+from rlhf_lite.feedback import RankingSession, RankingStore, ranking_widget
+
+
+def _items(world, n=2):
+    out = []
+    for t in world.splits["validation"][:n]:
+        v = world.variants(t)
+        out.append({"prompt_id": t.prompt_id, "user_id": t.user_id, "prompt": t.instruction,
+                    "responses": [v["reference"], v["rude"], "x" * 500], "finished": [True, True, False]})
+    return out
+
+
+def test_ranking_widget_saves_a_readable_fallback(world, tmp_path):
+    W = pytest.importorskip("ipywidgets")
+    session = RankingSession(world, _items(world), RankingStore(tmp_path / "you.jsonl"))
+    text = ranking_preview(session)
+    ui = static_fallback(ranking_widget(session), text)
+    bundle = ui._repr_mimebundle_()
+    assert bundle["text/plain"] == text and "application/vnd.jupyter.widget-view+json" in bundle
+    assert "VBox" not in text and "run this cell" in text
+    item = _items(world)[0]
+    assert item["prompt"].splitlines()[0] in text and f"A: {item['responses'][0][:40]}" in text.replace("\n   ", " ")
+    assert "[cut off: no end-of-text]" in text and "x" * 200 not in text  # long answers shortened, cut ones marked
+    assert "2 prompts to rank" in text
+    session.submit([0, 1, 2])
+    session.submit([0, 1, 2])
+    assert ranking_preview(session) == "[ranking widget: nothing left to rank]"
+    out = static_fallback(W.Output(), "")
+    assert out._repr_mimebundle_()["text/plain"] == ""
+
+
+def test_readable_marks_bytes_that_are_not_text_and_shortens():
+    assert readable("Dear Minbrum, I\ufffdiss you\x01 in Meholm.") == "Dear Minbrum, I▯iss you▯ in Meholm."
+    assert readable("line one\nline two\tend") == "line one\nline two\tend"  # newlines and tabs are text
+    assert readable("abcdefgh", 5) == "abcd…" and readable("abcde", 5) == "abcde"
