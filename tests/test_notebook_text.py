@@ -4,6 +4,8 @@ import json
 import re
 from pathlib import Path
 
+import pytest
+
 from rlhf_lite.config import get_profile
 from rlhf_lite.world import build_world
 
@@ -69,8 +71,8 @@ def _decimals(text: str) -> list[str]:
 
 def unquoted_numbers(path: Path, cell_id: str, constants=()) -> list[str]:
     """The decimal numbers of a markdown cell that its notebook's outputs do not print, either as such or as the
-    difference of two numbers one output prints (a sentence may say "+0.035" for 0.826 − 0.791). ``constants``: numbers the
-    sentence takes from the setup, not from an output (a β, say)."""
+    difference of two numbers one output prints (a sentence may say "+0.035" for 0.826 − 0.791). ``constants``:
+    numbers the sentence takes from the setup, not from an output (a β, say)."""
     cells = json.loads(path.read_text())["cells"]
     (cell,) = [c for c in cells if c.get("id") == cell_id]
     outputs = [[abs(float(x)) for x in _decimals(text)] for _, text in _outputs(path)]
@@ -86,6 +88,15 @@ def unquoted_numbers(path: Path, cell_id: str, constants=()) -> list[str]:
     return missing
 
 
-def test_the_summary_of_07_quotes_its_outputs():
-    """07's "What this run says" was written from an execution; this keeps it from outliving the next one."""
-    assert unquoted_numbers(NOTEBOOKS / "07_beyond_ppo.ipynb", "5219e8d8", constants={"0.04"}) == []
+READINGS = [  # (notebook, markdown cell that reads its outputs, numbers it takes from the setup rather than an output)
+    ("02_sft_lora.ipynb", "7576fb15", ()),
+    ("04_reward_model.ipynb", "7cf445cc", ()),
+    ("07_beyond_ppo.ipynb", "5219e8d8", ("0.04",)),
+    ("08_trl_bridge.ipynb", "c5b45f28", ()),
+]
+
+
+@pytest.mark.parametrize("notebook,cell_id,constants", READINGS, ids=[r[0][:2] for r in READINGS])
+def test_the_prose_that_reads_an_output_quotes_it(notebook, cell_id, constants):
+    """Sentences written from an execution ("What this run says") must not outlive the next one."""
+    assert unquoted_numbers(NOTEBOOKS / notebook, cell_id, constants=set(constants)) == []

@@ -141,8 +141,12 @@ def browser_check(out: str | Path, chromium: str = "chromium", notebooks: str | 
         root, runs, profile_dir = Path(tmp) / "notebooks", Path(tmp) / "runs", Path(tmp) / "chromium"
         shutil.copytree(src, root, ignore=shutil.ignore_patterns(".ipynb_checkpoints"))
         port, debug_port, token = _free_port(), _free_port(), "browser-check"
+        settings = Path(tmp) / "lab-settings"  # every cell in the page, not only those in view (JupyterLab 4 windowing)
+        (settings / "@jupyterlab" / "notebook-extension").mkdir(parents=True)
+        (settings / "@jupyterlab" / "notebook-extension" / "tracker.jupyterlab-settings").write_text(
+            json.dumps({"windowingMode": "none"}))
         env = {**os.environ, "RLHF_LITE_PROFILE": "smoke", "RLHF_LITE_RUNS": str(runs), "TQDM_DISABLE": "1",
-               "JUPYTER_CONFIG_DIR": str(Path(tmp) / "jupyter-config")}
+               "JUPYTER_CONFIG_DIR": str(Path(tmp) / "jupyter-config"), "JUPYTERLAB_SETTINGS_DIR": str(settings)}
         lab = subprocess.Popen([sys.executable, "-m", "jupyterlab", "--no-browser", f"--port={port}",
                                 f"--IdentityProvider.token={token}", f"--ServerApp.root_dir={root}", "--allow-root",
                                 "--LabApp.expose_app_in_browser=True", "--ServerApp.open_browser=False"],
@@ -169,30 +173,13 @@ def browser_check(out: str | Path, chromium: str = "chromium", notebooks: str | 
                 report["screenshots"].append(str(shot))
                 page.js(CLOSE_ALL)  # its kernel too: nine idle kernels would only take memory
             # 03 on smoke: run every cell, rank through the widget, check the ranking was saved
-            nb = next(root.glob("03_*.ipynb"))
-            page.goto(f"http://127.0.0.1:{port}/lab/tree/{nb.name}?token={token}&reset")
-            page.wait_for(NOTEBOOK_READY, 120, f"{nb.name} did not render")
-            page.js(f"(() => {{ window.jupyterapp.shell.activateById({NOTEBOOK_PANEL}.id); return true; }})()")
-            page.js("document.querySelector('.jp-Notebook .jp-Cell').click()")  # the notebook becomes current
-            page.wait_for(KERNEL_IDLE, 180, "the kernel of 03 did not start")
-            page.js("(() => { window.jupyterapp.commands.execute('notebook:run-all-cells'); return true; })()")
-            page.wait_for("[...document.querySelectorAll('button')].some(b => b.innerText.includes('Submit ranking') "
-                          "|| b.innerText.includes('A is better'))", timeout, "03's ranking widget did not appear")
-            page.js("[...document.querySelectorAll('button')].find(b => b.innerText.includes('Submit ranking') || "
-                    "b.innerText.includes('A is better')).click()")
-            page.wait_for("document.body.innerText.includes('saved to')", 60, "the widget did not confirm the save")
-            saved = list(runs.glob("you-*.jsonl"))
-            rows = [json.loads(line) for p in saved for line in p.read_text().splitlines() if line.strip()]
-            report["ranking_saved"] = bool(rows) and all("ranking" in r for r in rows)
-            if not report["ranking_saved"]:
-                report["problems"].append("03: the widget said 'saved to' but no ranking is in the runs folder")
-            page.wait_for(KERNEL_IDLE, timeout, "03 did not finish running")
-            errors = page.js("[...document.querySelectorAll('.jp-RenderedText[data-mime-type=\"application/"
-                             "vnd.jupyter.stderr\"]')].map(e => e.innerText).filter(t => t.includes('Error'))")
-            report["problems"] += [f"03 on smoke: {e[:300]}" for e in errors or []]
-            shot = out / "03_human_feedback-smoke-run.png"
-            page.screenshot(shot)
-            report["screenshots"].append(str(shot))
+            try:
+                _rank_through_widget(page, port, token, root, runs, out, timeout, report)
+            except (TimeoutError, RuntimeError) as e:  # keep the page as it was when it stopped
+                shot = out / "03_human_feedback-smoke-run.png"
+                page.screenshot(shot)
+                report["screenshots"].append(str(shot))
+                report["problems"].append(f"03 on smoke: {e}")
         finally:
             browser.terminate()
             lab.terminate()
@@ -202,3 +189,33 @@ def browser_check(out: str | Path, chromium: str = "chromium", notebooks: str | 
                 except subprocess.TimeoutExpired:
                     proc.kill()
     return report
+
+
+def _rank_through_widget(page: Page, port: int, token: str, root: Path, runs: Path, out: Path, timeout: float,
+                         report: dict) -> None:
+    """Run notebook 03 in the browser, click Submit in its ranking widget, check the ranking reached the runs
+    folder, and screenshot the result."""
+    nb = next(root.glob("03_*.ipynb"))
+    page.goto(f"http://127.0.0.1:{port}/lab/tree/{nb.name}?token={token}&reset")
+    page.wait_for(NOTEBOOK_READY, 120, f"{nb.name} did not render")
+    page.js(f"(() => {{ window.jupyterapp.shell.activateById({NOTEBOOK_PANEL}.id); return true; }})()")
+    page.js("document.querySelector('.jp-Notebook .jp-Cell').click()")  # the notebook becomes current
+    page.wait_for(KERNEL_IDLE, 180, "the kernel of 03 did not start")
+    page.js("(() => { window.jupyterapp.commands.execute('notebook:run-all-cells'); return true; })()")
+    page.wait_for("[...document.querySelectorAll('button')].some(b => b.innerText.includes('Submit ranking') "
+                  "|| b.innerText.includes('A is better'))", timeout, "03's ranking widget did not appear")
+    page.js("[...document.querySelectorAll('button')].find(b => b.innerText.includes('Submit ranking') || "
+            "b.innerText.includes('A is better')).click()")
+    page.wait_for("document.body.innerText.includes('saved to')", 60, "the widget did not confirm the save")
+    saved = list(runs.glob("you-*.jsonl"))
+    rows = [json.loads(line) for p in saved for line in p.read_text().splitlines() if line.strip()]
+    report["ranking_saved"] = bool(rows) and all("ranking" in r for r in rows)
+    if not report["ranking_saved"]:
+        report["problems"].append("03: the widget said 'saved to' but no ranking is in the runs folder")
+    page.wait_for(KERNEL_IDLE, timeout, "03 did not finish running")
+    errors = page.js("[...document.querySelectorAll('.jp-RenderedText[data-mime-type=\"application/"
+                     "vnd.jupyter.stderr\"]')].map(e => e.innerText).filter(t => t.includes('Error'))")
+    report["problems"] += [f"03 on smoke: {e[:300]}" for e in errors or []]
+    shot = out / "03_human_feedback-smoke-run.png"
+    page.screenshot(shot)
+    report["screenshots"].append(str(shot))
