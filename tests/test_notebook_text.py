@@ -28,21 +28,19 @@ def test_the_one_picture_quotes_the_tiny_profile():
                        tiny.ppo.batch_size], row
 
 
+def _outputs(path: Path):
+    for i, cell in enumerate(json.loads(path.read_text())["cells"]):
+        for out in cell.get("outputs", []):
+            yield i, "".join(out.get("text", [])) + "".join(out.get("data", {}).get("text/plain", []))
+
+
 def test_committed_notebooks_show_no_progress_bars():
     """A progress bar saved in a notebook reads "0%" to everyone who opens the file without a kernel (widgets
     are not rendered there): committed executions run with TQDM_DISABLE=1."""
     bar = re.compile(r"\d+%\|")
     for path in sorted(NOTEBOOKS.glob("[0-9][0-9]_*.ipynb")):
-        for cell in json.loads(path.read_text())["cells"]:
-            for out in cell.get("outputs", []):
-                text = "".join(out.get("text", [])) + "".join(out.get("data", {}).get("text/plain", []))
-                assert not bar.search(text), f"{path.name}: a progress bar in the output of a cell: {text[:80]!r}"
-
-
-def _outputs(path: Path):
-    for i, cell in enumerate(json.loads(path.read_text())["cells"]):
-        for out in cell.get("outputs", []):
-            yield i, "".join(out.get("text", [])) + "".join(out.get("data", {}).get("text/plain", []))
+        for _, text in _outputs(path):
+            assert not bar.search(text), f"{path.name}: a progress bar in the output of a cell: {text[:80]!r}"
 
 
 def test_committed_outputs_read_well_without_a_kernel():
