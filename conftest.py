@@ -12,6 +12,9 @@ os.environ["RLHF_LITE_PROFILE"] = "smoke"
 # model that older code trained, and the repository's runs/ folder is left alone
 os.environ["RLHF_LITE_RUNS"] = tempfile.mkdtemp(prefix="rlhf-lite-test-runs-")
 atexit.register(shutil.rmtree, os.environ["RLHF_LITE_RUNS"], ignore_errors=True)
+# likewise for the results heavy notebook cells save (notebooks/saved/ holds the committed tiny ones)
+os.environ["RLHF_LITE_SAVED"] = tempfile.mkdtemp(prefix="rlhf-lite-test-saved-")
+atexit.register(shutil.rmtree, os.environ["RLHF_LITE_SAVED"], ignore_errors=True)
 os.environ.setdefault("HF_HUB_OFFLINE", "1")            # no machine here reaches a model hub
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")

@@ -1,5 +1,5 @@
 """Command line: ``python -m rlhf_lite
-{pretrain,world,sft,reward,ppo,pipeline,bench,notebook-times,student-notebooks,grade,evaluate} …``
+{pretrain,world,sft,reward,ppo,pipeline,bench,notebook-times,save-stages,student-notebooks,grade,evaluate} …``
 (see ``--help``)."""
 from __future__ import annotations
 
@@ -304,6 +304,20 @@ def cmd_notebook_times(args) -> int:
     return 0
 
 
+def cmd_save_stages(args) -> int:
+    from .config import get_profile
+    from .course.saved import save_stages, saved_dir
+
+    profile = get_profile(args.profile)
+    names = save_stages(profile)
+    for name in names:
+        print(f"saved {name}")
+    missing = 3 - len(names)
+    note = f"; {missing} stage(s) not cached under these settings yet (run the pipeline or the notebooks first)"
+    print(f"written to {saved_dir(profile) / 'stages'}" + (note if missing else ""))
+    return 0 if not missing else 1
+
+
 def cmd_student_notebooks(args) -> int:
     from .course.student import defined_functions, read_notebook, write_student_notebooks
 
@@ -422,6 +436,10 @@ def main(argv: list[str] | None = None) -> int:
                    help="only the notebooks whose names start with these, e.g. 00 05")
     s.add_argument("--out", help="JSON file for the result (default runs/notebook-times-PROFILE-MODE.json)")
     s.set_defaults(fn=cmd_notebook_times)
+    s = sub.add_parser("save-stages", help="keep the cached SFT model, comparisons and reward model with the "
+                       "notebooks (notebooks/saved/PROFILE), where RERUN = False restores them from")
+    s.add_argument("--profile", default="tiny", help="profile whose stages to save (default tiny)")
+    s.set_defaults(fn=cmd_save_stages)
     s = sub.add_parser("student-notebooks",
                        help="write the notebooks with solutions replaced by stubs, outputs cleared")
     s.add_argument("--out", required=True, help="folder for the student notebooks (not the notebooks folder itself)")

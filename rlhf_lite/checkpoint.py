@@ -23,6 +23,32 @@ def trainable_state(policy: PolicyWithValue) -> dict[str, torch.Tensor]:
     return {k: v.detach().clone() for k, v in policy.state_dict().items() if k.startswith("value_head") or "lora_" in k}
 
 
+def trained_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """The weights fine-tuning trains (name -> tensor): the parameters that require gradients, e.g. the LoRA
+    adapters of an SFT model, or a reward model's adapters and head. Small on ``tiny``: under 1 MB."""
+    return {k: p.detach().clone() for k, p in model.named_parameters() if p.requires_grad}
+
+
+def load_trained_state(model: torch.nn.Module, weights: dict[str, torch.Tensor], source: str = "these weights") -> None:
+    """Put what :func:`trained_state` returned back into a model built the same way (an error naming ``source``
+    if they do not fit)."""
+    expected, found = set(trained_state(model)), set(weights)
+    if found != expected:
+        raise ValueError(f"{source} do not fit this model (missing {sorted(expected - found)[:3]}, unexpected "
+                         f"{sorted(found - expected)[:3]}); they were saved for another model or LoRA setting")
+    model.load_state_dict(weights, strict=False)
+
+
+def load_trainable(policy: PolicyWithValue, weights: dict[str, torch.Tensor], source: str = "these weights") -> None:
+    """Put what :func:`trainable_state` returned back into a policy built the same way (the frozen SFT weights are
+    not in it). Weights for another model or LoRA setting are an error naming ``source``."""
+    expected, found = set(trainable_state(policy)), set(weights)
+    if found != expected:
+        raise ValueError(f"{source} does not fit this policy (missing {sorted(expected - found)[:3]}, unexpected "
+                         f"{sorted(found - expected)[:3]}); it was written for another model or LoRA setting")
+    policy.load_state_dict(weights, strict=False)
+
+
 def save_checkpoint(path: Path, policy: PolicyWithValue, optimizer, kl_ctl, order_gen: torch.Generator, cfg: PPOConfig,
                     step: int, history: list[dict], pos: int, order: torch.Tensor) -> None:
     """Write the state after ``step`` iterations to ``path`` atomically (a crash keeps the previous checkpoint)."""
@@ -47,12 +73,7 @@ def load_checkpoint(path: Path | None, policy: PolicyWithValue, optimizer, kl_ct
     if changed:
         raise ValueError(f"the checkpoint in {path} was written with different settings ({', '.join(changed)}); "
                          "resume with the same PPOConfig (only steps may grow), or start a new out_dir")
-    expected, found = set(trainable_state(policy)), set(state["trainable"])
-    if found != expected:
-        raise ValueError(f"the checkpoint in {path} does not fit this policy (missing {sorted(expected - found)[:3]}, "
-                         f"unexpected {sorted(found - expected)[:3]}); it was written for another model or LoRA "
-                         "setting")
-    policy.load_state_dict(state["trainable"], strict=False)  # the frozen SFT weights are not in it
+    load_trainable(policy, state["trainable"], f"the checkpoint in {path}")
     optimizer.load_state_dict(state["optimizer"])
     kl_ctl.value = state["beta"]
     order_gen.set_state(state["order_gen"])

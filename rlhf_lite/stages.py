@@ -21,6 +21,7 @@ import random
 import time
 from pathlib import Path
 
+from .checkpoint import trained_state
 from .config import PPOConfig, Profile, RewardConfig, SFTConfig, get_profile
 from .data import load_instruction_dataset, render_prompt
 from .feedback import (
@@ -44,7 +45,7 @@ from .reward import (
     save_reward_model,
     train_reward_model,
 )
-from .runtime import atomic_dir, code_digest, config_key, hf_bars_off, rounded, runs_dir, seed_everything
+from .runtime import atomic_dir, code_digest, config_key, hf_bars_off, rounded, runs_dir, save_state, seed_everything
 from .sft import add_lora, count_parameters, load_quantized, train_sft
 from .world import world_from_config
 
@@ -53,6 +54,7 @@ from .world import world_from_config
 SFT_CODE = ("data", "models", "sft", "world")
 COMPARISONS_CODE = SFT_CODE + ("feedback",)
 REWARD_CODE = COMPARISONS_CODE + ("reward",)
+SFT_ADAPTERS = "lora/adapters.safetensors"  # in an SFT folder: the LoRA adapters alone (under 1 MB on tiny)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -121,13 +123,23 @@ def sft_checkpoint(profile: Profile | None = None, progress: bool = True) -> Pat
         return out
     print(f"no SFT model for profile {profile.name!r} yet: training one (cached in runs/cache/{out.name})")
     model, tok, history = train_sft_model(profile, progress=progress)
+    write_sft_checkpoint(out, model, tok, history, profile.sft.lora)
+    print(f"trained the SFT model in {history['wall_time_s']:.0f} s")
+    return out
+
+
+def write_sft_checkpoint(out: Path, model, tok, history: dict, lora: bool) -> None:
+    """Write an SFT model folder atomically: the merged model and tokenizer, ``history.json``, and (LoRA) the
+    adapters alone in ``lora/adapters.safetensors``, the small form the notebooks keep of it
+    (``rlhf_lite.course.saved``)."""
     with atomic_dir(out, "sft") as tmp, hf_bars_off():
-        merged = model.merge_and_unload() if profile.sft.lora else model
+        if lora:
+            (tmp / "lora").mkdir()  # a subfolder: the model folder's own *.safetensors are the model's weights
+            save_state(tmp / SFT_ADAPTERS, trained_state(model))
+        merged = model.merge_and_unload() if lora else model
         merged.save_pretrained(tmp)
         tok.save_pretrained(tmp)
         (tmp / "history.json").write_text(json.dumps({k: v for k, v in history.items() if k != "config"}, default=str))
-    print(f"trained the SFT model in {history['wall_time_s']:.0f} s")
-    return out
 
 
 # ---------------------------------------------------------------------------------------------
