@@ -122,7 +122,8 @@ KERNEL_IDLE = (f"(() => {{ const w = {NOTEBOOK_PANEL};"
                " return !!k && k.status === 'idle'; })()")
 CLOSE_ALL = ("(async () => { for (const w of [...window.jupyterapp.shell.widgets('main')]) "
              "{ if (w.sessionContext) await w.sessionContext.shutdown(); w.close(); } return true; })()")
-PAGE_TEXT = ("[...document.querySelectorAll('.jp-Notebook .jp-Cell')].map(c => c.innerText).join('\\n')")
+# what the cells show as output, not their source (where `W.Output()` is code, not a widget's repr)
+PAGE_TEXT = ("[...document.querySelectorAll('.jp-Notebook .jp-OutputArea')].map(c => c.innerText).join('\\n')")
 
 
 def browser_check(out: str | Path, chromium: str = "chromium", notebooks: str | Path | None = None,
