@@ -32,21 +32,26 @@ def trained_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
 def load_trained_state(model: torch.nn.Module, weights: dict[str, torch.Tensor], source: str = "these weights") -> None:
     """Put what :func:`trained_state` returned back into a model built the same way (an error naming ``source``
     if they do not fit)."""
-    expected, found = set(trained_state(model)), set(weights)
-    if found != expected:
-        raise ValueError(f"{source} do not fit this model (missing {sorted(expected - found)[:3]}, unexpected "
-                         f"{sorted(found - expected)[:3]}); they were saved for another model or LoRA setting")
-    model.load_state_dict(weights, strict=False)
+    _load_exactly(model, weights, set(trained_state(model)), f"{source} do not fit this model",
+                  "they were saved for another model or LoRA setting")
 
 
 def load_trainable(policy: PolicyWithValue, weights: dict[str, torch.Tensor], source: str = "these weights") -> None:
     """Put what :func:`trainable_state` returned back into a policy built the same way (the frozen SFT weights are
     not in it). Weights for another model or LoRA setting are an error naming ``source``."""
-    expected, found = set(trainable_state(policy)), set(weights)
+    _load_exactly(policy, weights, set(trainable_state(policy)), f"{source} does not fit this policy",
+                  "it was written for another model or LoRA setting")
+
+
+def _load_exactly(module: torch.nn.Module, weights: dict[str, torch.Tensor], expected: set[str], misfit: str,
+                  why: str) -> None:
+    """Load ``weights`` into ``module`` when their names are exactly ``expected``; otherwise stop with ``misfit``,
+    the names missing and unexpected, and ``why``."""
+    found = set(weights)
     if found != expected:
-        raise ValueError(f"{source} does not fit this policy (missing {sorted(expected - found)[:3]}, unexpected "
-                         f"{sorted(found - expected)[:3]}); it was written for another model or LoRA setting")
-    policy.load_state_dict(weights, strict=False)
+        raise ValueError(f"{misfit} (missing {sorted(expected - found)[:3]}, "
+                         f"unexpected {sorted(found - expected)[:3]}); {why}")
+    module.load_state_dict(weights, strict=False)
 
 
 def save_checkpoint(path: Path, policy: PolicyWithValue, optimizer, kl_ctl, order_gen: torch.Generator, cfg: PPOConfig,
