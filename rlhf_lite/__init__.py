@@ -6,3 +6,8 @@ import logging
 logging.getLogger("bitsandbytes").setLevel(logging.ERROR)
 
 __version__ = "0.1.0"
+
+REPO_URL = "https://github.com/rlhf-lite/rlhf-lite"
+"""The course's repository: what every notebook's Colab setup cell clones and every Colab badge in the README opens.
+To point them at a fork, run ``python -m rlhf_lite repo-url https://github.com/you/rlhf-lite``: it rewrites this
+line, the setup cells and the badges together (a test checks that they agree)."""

@@ -1,5 +1,6 @@
 """Command line: ``python -m rlhf_lite
-{pretrain,world,sft,reward,ppo,pipeline,bench,notebook-times,save-stages,student-notebooks,grade,evaluate} …``
+{pretrain,world,sft,reward,ppo,pipeline,bench,gpt2-shape,repo-url,notebook-times,save-stages,student-notebooks,grade,
+browser-check,evaluate} …``
 (see ``--help``)."""
 from __future__ import annotations
 
@@ -103,13 +104,13 @@ def cmd_evaluate(args) -> int:
     from .config import get_profile
     from .evaluate import gold_eval
     from .models import load_base
-    from .runtime import quiet, seed_everything
+    from .runtime import pick_device, quiet, seed_everything
 
     quiet()
     seed_everything(args.seed)
-    prof = get_profile(args.profile)
+    prof = get_profile(args.profile, args.base_model)
     world = _world(args)
-    model, tok = load_base(args.model or prof.base_model)
+    model, tok = load_base(args.model or prof.base_model, device=pick_device(args.device))
     tasks = world.splits["test"][: args.n]
     r = gold_eval(model, tok, world, tasks, max_new_tokens=prof.max_new_tokens, seed=args.seed, progress=True)
     print(f"model {args.model or prof.base_model} on {len(tasks)} test prompts (profile {prof.name}):")
@@ -140,22 +141,23 @@ def cmd_sft(args) -> int:
     from .config import get_profile
     from .evaluate import gold_eval, win_rate
     from .models import load_base
-    from .runtime import atomic_dir, check_output_dir, hf_bars_off, quiet
-    from .stages import train_sft_model
+    from .runtime import atomic_dir, check_output_dir, hf_bars_off, pick_device, quiet
+    from .stages import base_checkpoint, train_sft_model
 
     if args.out:
         check_output_dir(args.out, "sft")  # before training, not after it
     quiet()
-    prof = get_profile(args.profile)
+    prof = get_profile(args.profile, args.base_model)
+    device = pick_device(args.device)
     if args.world_seed is not None:
         prof = replace(prof, world=replace(prof.world, seed=args.world_seed))
     cfg = replace(prof.sft, **{k: v for k, v in {"n_train": args.n_train, "max_steps": args.max_steps,
                                                    "epochs": args.epochs, "seed": args.seed}.items() if v is not None})
     if args.full:
         cfg = replace(cfg, lora=False, lr=cfg.lr / 4)
-    source = "dolly" if prof.name == "gpt2" else "tinyworld"
-    print(f"SFT on {source} with {'LoRA' if cfg.lora else 'full fine-tuning'}")
-    model, tok, history = train_sft_model(prof, cfg)
+    source = prof.data
+    print(f"SFT on {source} with {'LoRA' if cfg.lora else 'full fine-tuning'} on {device}")
+    model, tok, history = train_sft_model(prof, cfg, device=device)
     params = history["parameters"]
     print(f"{params['trainable']:,} of {params['total']:,} parameters trained on {history['n_train_examples']} "
           "examples")
@@ -173,7 +175,8 @@ def cmd_sft(args) -> int:
                 base = gold_eval(model, tok, world, tasks, prof.max_new_tokens, seed=0, fmt=cfg.prompt_format,
                                  progress=True)
         else:
-            base = gold_eval(load_base(prof.base_model)[0], tok, world, tasks, prof.max_new_tokens, seed=0,
+            base = gold_eval(load_base(base_checkpoint(prof, device=device), device=device)[0], tok, world, tasks,
+                             prof.max_new_tokens, seed=0,
                              fmt=cfg.prompt_format, progress=True)
         wins = win_rate(tasks, [g for _, g, _ in sft["samples"]], [g for _, g, _ in base["samples"]],
                         world.panel.held_out)
@@ -205,13 +208,14 @@ def cmd_sft(args) -> int:
 def cmd_reward(args) -> int:
     from .config import get_profile
     from .reward import save_reward_model
-    from .runtime import check_output_dir, quiet, seed_everything
+    from .runtime import check_output_dir, pick_device, quiet, seed_everything
     from .stages import sft_checkpoint, train_reward_stage
 
     if args.out:
         check_output_dir(args.out, "reward")  # before training, not after it
     quiet()
-    prof = get_profile(args.profile)
+    prof = get_profile(args.profile, args.base_model)
+    device = pick_device(args.device)
     cfg = replace(prof.reward,
                   **{k: v for k, v in {"n_prompts": args.n_prompts, "grouped": False if args.shuffled else None,
                                                    "lora": False if args.full else None}.items() if v is not None})
@@ -220,7 +224,7 @@ def cmd_reward(args) -> int:
     print(f"reward model for profile {prof.name}: comparisons from {cfg.source}, "
           f"{'K-choose-2 batches' if cfg.grouped else 'shuffled pairs (ablation)'}, "
           f"{'LoRA' if cfg.lora else 'full fine-tuning'}")
-    rm, tok, metrics, history = train_reward_stage(prof)
+    rm, tok, metrics, history = train_reward_stage(prof, device=device)
     print(f"trained on {metrics['comparisons']:,} comparisons from {metrics['prompts']:,} prompts in "
           f"{metrics['wall_time_s']:.0f} s; "
           f"validation loss {history['eval'][0]['loss']:.3f} -> {metrics['validation_loss']:.3f}")
@@ -233,7 +237,8 @@ def cmd_reward(args) -> int:
         print(f"on reference-vs-corruption answers: held-out labelers {v['accuracy_heldout_labelers']:.3f}, "
               f"labelers agree {v['panel_agreement']:.3f}")
     if args.out:
-        save_reward_model(rm, args.out, base=sft_checkpoint(prof), extra={"metrics": metrics, "history": history})
+        save_reward_model(rm, args.out, base=sft_checkpoint(prof, device=device),
+                          extra={"metrics": metrics, "history": history})
         print(f"saved to {args.out}")
     print(json.dumps(metrics))
     return 0
@@ -252,13 +257,13 @@ def cmd_ppo(args) -> int:
                              "it, "
                              "or pick a new folder")
     quiet()
-    prof = get_profile(args.profile)
+    prof = get_profile(args.profile, args.base_model)
     cfg = replace(prof.ppo, **{k: v for k, v in {"steps": args.steps, "ptx_coef": args.ptx, "init_kl_coef": args.beta,
                                                  "seed": args.seed}.items() if v is not None})
     print(f"PPO{'-ptx (γ = ' + str(cfg.ptx_coef) + ')' if cfg.ptx_coef else ''} on profile {prof.name}: {cfg.steps} "
           "steps of "
           f"{cfg.batch_size} episodes, β = {cfg.init_kl_coef}" + (f", checkpoints in {args.out}" if args.out else ""))
-    policy, _, _, history = ppo_stage(prof, cfg, out_dir=args.out, resume=args.resume)
+    policy, _, _, history = ppo_stage(prof, cfg, out_dir=args.out, resume=args.resume, device=args.device)
     last = history[-1]
     print(json.dumps({k: round(last[k], 4) for k in ("step", "reward", "kl", "gold", "eos_rate", "response_length")
                       if k in last}))
@@ -274,7 +279,7 @@ def cmd_ppo(args) -> int:
 def cmd_pipeline(args) -> int:
     from .pipeline import run_pipeline
 
-    run_pipeline(args.profile, args.out, args.seed)
+    run_pipeline(args.profile, args.out, args.seed, device=args.device, base_model=args.base_model)
     return 0
 
 
@@ -289,6 +294,26 @@ def cmd_bench(args) -> int:
     result = run_bench(cfg, out, rows_wanted=args.rows)
     print(bench_table(result, markdown=args.markdown))
     print(f"written to {out}")
+    return 0
+
+
+def cmd_gpt2_shape(args) -> int:
+    from .course.bench import write_gpt2_shape
+    from .runtime import check_output_dir
+
+    check_output_dir(args.out, "gpt2-shape")
+    out = write_gpt2_shape(args.out, small=args.small)
+    print(f"wrote a GPT-2-shaped model with random weights{' (2 layers, width 64)' if args.small else ''} and GPT-2's "
+          f"tokenizer to {out}; use it with --base-model {out}")
+    return 0
+
+
+def cmd_repo_url(args) -> int:
+    from .course.repo import set_repo_url
+
+    changed = set_repo_url(args.url)
+    print(f"pointed the Colab setup cells, badges and REPO_URL at {args.url}: {len(changed)} files changed"
+          + (f" ({', '.join(changed)})" if changed else ""))
     return 0
 
 
@@ -364,10 +389,24 @@ def cmd_grade(args) -> int:
     return 0 if passed == total else 1
 
 
+def _device_option(s) -> None:
+    """``--device`` and ``--base-model`` on a command that trains or samples (``--base-model`` also works before the
+    command, as ``--profile`` does)."""
+    s.add_argument("--device", default=None, choices=["auto", "cpu", "cuda"],
+                   help="where to run: auto (the GPU when torch sees one; the default, or $RLHF_LITE_DEVICE), cpu "
+                   "or cuda")
+    s.add_argument("--base-model", default=argparse.SUPPRESS, metavar="PATH",
+                   help="the GPT-2 profiles' base model: a folder with its weights and tokenizer, or a hub name")
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m rlhf_lite", description="rlhf-lite: InstructGPT's pipeline, small "
                                 "enough to read and run. The main job: `python -m rlhf_lite pipeline`.")
-    p.add_argument("--profile", default=None, help="smoke, tiny or gpt2 (default: $RLHF_LITE_PROFILE, else tiny)")
+    p.add_argument("--profile", default=None, help="smoke, tiny, gpt2, gpt2-smoke or gpt2-hub (default: "
+                   "$RLHF_LITE_PROFILE, else tiny)")
+    p.add_argument("--base-model", default=None, metavar="PATH",
+                   help="the GPT-2 profiles' base model: a folder with its weights and tokenizer, or a hub name "
+                   "(default: $RLHF_LITE_BASE_MODEL, else the profile's, gpt2)")
     sub = p.add_subparsers(dest="cmd", required=True)
     s = sub.add_parser("pretrain", help="build the tokenizer and pretrain the tiny GPT-2 from scratch")
     s.add_argument("--out", required=True, help="folder to write (replaced atomically when training finishes)")
@@ -392,6 +431,7 @@ def main(argv: list[str] | None = None) -> int:
     s.add_argument("--world-seed", type=_at_least(0), help="which world (default: the profile's, the shipped model's)")
     s.add_argument("--seed", type=_at_least(0),
                    help="seed of the SFT run: data order, adapters, dropout (default: the profile's)")
+    _device_option(s)
     s.set_defaults(fn=cmd_sft)
     s = sub.add_parser("reward",
                        help="comparisons from the SFT model, then the reward model, measured on held-out users")
@@ -399,6 +439,7 @@ def main(argv: list[str] | None = None) -> int:
     s.add_argument("--n-prompts", type=_at_least(1), help="override the number of ranked training prompts")
     s.add_argument("--shuffled", action="store_true", help="the ablation: pairs shuffled as independent examples")
     s.add_argument("--full", action="store_true", help="full fine-tuning instead of LoRA")
+    _device_option(s)
     s.set_defaults(fn=cmd_reward)
     s = sub.add_parser("ppo", help="PPO (or PPO-ptx) against the cached reward model, from the cached SFT model")
     s.add_argument("--out", help="folder for checkpoints and the final adapter")
@@ -408,14 +449,16 @@ def main(argv: list[str] | None = None) -> int:
                    help="γ of PPO-ptx (pretraining loss weight; default 0: plain PPO)")
     s.add_argument("--beta", type=_non_negative_float, help="override the KL coefficient β")
     s.add_argument("--seed", type=_at_least(0), help="override the PPO seed")
+    _device_option(s)
     s.set_defaults(fn=cmd_ppo)
     s = sub.add_parser("pipeline",
                        help="the main job: SFT → comparisons → RM → PPO and PPO-ptx → evaluation, on TinyWorld")
     s.add_argument("--profile", default=argparse.SUPPRESS,
-                   help="tiny or smoke (default: $RLHF_LITE_PROFILE, else tiny)")
+                   help="tiny, smoke, gpt2 or gpt2-smoke (default: $RLHF_LITE_PROFILE, else tiny)")
     s.add_argument("--out", help="folder for metrics.json, plots and logs (default runs/<timestamp>)")
     s.add_argument("--seed", type=_at_least(0), default=0,
                    help="seed of every stage (default 0); same seed, same metrics")
+    _device_option(s)
     s.set_defaults(fn=cmd_pipeline)
     s = sub.add_parser("bench", help="our trainers vs TRL's on the same model and data: rates, ratios, peak memory")
     s.add_argument("--model", default="tiny", choices=["tiny", "gpt2-shape"],
@@ -428,6 +471,16 @@ def main(argv: list[str] | None = None) -> int:
                    help="which rows to run (default all)")
     s.add_argument("--markdown", action="store_true", help="print the table as Markdown")
     s.set_defaults(fn=cmd_bench)
+    s = sub.add_parser("gpt2-shape", help="write a GPT-2-shaped model (random weights, the real tokenizer from "
+                       "../shared/gpt2-tokenizer): an offline stand-in for the hub's gpt2")
+    s.add_argument("--out", required=True, help="folder to write")
+    s.add_argument("--small", action="store_true", help="2 layers of width 64 instead of GPT-2's 12 of 768")
+    s.set_defaults(fn=cmd_gpt2_shape)
+
+    s = sub.add_parser("repo-url", help="point the notebooks' Colab setup cells and the README's badges at a fork")
+    s.add_argument("url", help="https://github.com/OWNER/NAME")
+    s.set_defaults(fn=cmd_repo_url)
+
     s = sub.add_parser("notebook-times", help="each notebook's wall time: executed now on a profile, or as recorded")
     s.add_argument("--profile", default="smoke", help="profile to execute the notebooks on (default smoke, as CI)")
     s.add_argument("--recorded", action="store_true",
@@ -461,12 +514,17 @@ def main(argv: list[str] | None = None) -> int:
     s.add_argument("--examples", type=_at_least(0), default=4, help="sample responses to print")
     s.add_argument("--world-seed", type=_at_least(0), help="which world (default: the profile's, the shipped model's)")
     s.add_argument("--seed", type=_at_least(0), default=0, help="sampling seed (default 0)")
+    _device_option(s)
     s.set_defaults(fn=cmd_evaluate)
     args = p.parse_args(argv)
     try:
         from .config import get_profile
 
-        get_profile(args.profile)
+        get_profile(args.profile, args.base_model)
+        if getattr(args, "device", None) is not None and args.cmd != "bench":
+            from .runtime import pick_device
+
+            pick_device(args.device)  # a missing GPU or a typo stops here, before any work
         return args.fn(args)
     except (ValueError, OSError, FloatingPointError, TypeError) as e:
         if not _raised_by_us(e):

@@ -2,9 +2,17 @@
 
 Profiles (pick with the ``RLHF_LITE_PROFILE`` environment variable, default ``tiny``):
 
-* ``smoke`` — CI: every stage in seconds, numbers meaningless but code paths exercised.
-* ``tiny``  — the course default: TinyWorld on a 2-core CPU in minutes.
-* ``gpt2``  — Colab GPU: real GPT-2 from the hub and the same functions.
+* ``smoke``      — CI: every stage in seconds, numbers meaningless but code paths exercised.
+* ``tiny``       — the course default: TinyWorld on a 2-core CPU in minutes.
+* ``gpt2``       — Colab GPU: real GPT-2 124M learns TinyWorld (continued pretraining on its corpus), then the same
+  stages and the same gold panel as ``tiny``: what 56 times the parameters do.
+* ``gpt2-smoke`` — the ``gpt2`` code path (a hub-style base model, continued pretraining, the 50,257-token
+  tokenizer) at ``smoke`` sizes; CI runs it on a small random GPT-2-shaped model (``--base-model PATH``).
+* ``gpt2-hub``   — real GPT-2 on real data: Dolly-15k demonstrations and HH-RLHF comparisons from the hub
+  (``data`` and ``reward.source`` may also name local files in those schemas). No gold judge there: models are
+  compared by reward-model score and KL only.
+
+``$RLHF_LITE_BASE_MODEL`` (or the commands' ``--base-model``) points the GPT-2 profiles at a local model folder.
 """
 from __future__ import annotations
 
@@ -14,6 +22,7 @@ import os
 from dataclasses import dataclass, field, replace
 
 PROFILE_ENV = "RLHF_LITE_PROFILE"
+BASE_MODEL_ENV = "RLHF_LITE_BASE_MODEL"
 
 
 @dataclass
@@ -308,9 +317,11 @@ class Profile:
     """A named bundle of settings: which base model, how big a world, how long each stage runs."""
 
     name: str
-    """smoke, tiny or gpt2."""
+    """smoke, tiny, gpt2, gpt2-smoke or gpt2-hub."""
     base_model: str
-    """"tiny" (the shipped TinyWorld GPT-2) or a hub name/path such as "gpt2"."""
+    """"tiny" (the shipped TinyWorld GPT-2), or a hub name or local folder such as "gpt2". A hub model on TinyWorld
+    data first learns the world's language (continued pretraining with ``pretrain``'s steps, batch and learning
+    rate; its own width, depth and vocabulary)."""
     world: WorldConfig = field(default_factory=WorldConfig)
     """World generation settings."""
     pretrain: PretrainConfig = field(default_factory=PretrainConfig)
@@ -333,6 +344,11 @@ class Profile:
     """Test prompts scored by the gold panel when a notebook measures a model."""
     max_new_tokens: int = 64
     """Longest response generated when a model is evaluated; one that hits it without EOS is unfinished."""
+    data: str = "tinyworld"
+    """Where the demonstrations come from. "tinyworld": the generated world's writers (comparisons and judges from
+    the world too; a gold panel measures every stage). "dolly": Dolly-15k from the hub; or a local file in Dolly's
+    schema. With real data, comparisons come from ``reward.source`` (HH-RLHF or a local file) and there is no gold
+    judge: models are compared by reward-model score and KL."""
 
 
 # Which settings must be > 0, or lie in [0, 1]; every other number must be finite and ≥ 0 (``no_eos_penalty``: any
@@ -379,20 +395,41 @@ PROFILES: dict[str, Profile] = {
                                 max_new_tokens=24),
                      n_eval_prompts=32, max_new_tokens=24),
     "tiny": Profile("tiny", "tiny"),
-    "gpt2": Profile("gpt2", "gpt2", sft=SFTConfig(max_length=512, epochs=1, batch_size=8, lr=2e-4, eval_every=200,
-                                                  max_new_tokens=128),
-                    reward=RewardConfig(source="hh-rlhf", n_prompts=20000, n_eval_prompts=1000, lr=1e-4,
-                                        max_length=512, eval_every=200, max_new_tokens=128),
-                    ppo=PPOConfig(steps=100, batch_size=64, minibatch_size=8, lr=1e-4, max_new_tokens=128,
-                                  ptx_batch_size=4),
-                    dpo=DPOConfig(lr=5e-5, max_length=512, eval_every=200),
-                    grpo=GRPOConfig(steps=100, minibatch_size=8, lr=1e-4, max_new_tokens=128),
-                    n_eval_prompts=200, max_new_tokens=128),
+    # GPT-2 124M on TinyWorld: tiny's world, data sizes and steps. Sized by estimate to finish in a Colab session; not
+    # yet measured on a GPU. The learning rates are the usual ones for LoRA at this size (3-5 times below tiny's).
+    "gpt2": Profile("gpt2", "gpt2",
+                    pretrain=PretrainConfig(steps=1000, batch_size=16, lr=3e-4, warmup_steps=50),
+                    sft=SFTConfig(lr=5e-4), reward=RewardConfig(lr=2e-4), ppo=PPOConfig(lr=1e-4),
+                    dpo=DPOConfig(lr=1e-4), grpo=GRPOConfig(lr=1e-4)),
+    "gpt2-hub": Profile("gpt2-hub", "gpt2",
+                        sft=SFTConfig(max_length=512, epochs=1, batch_size=8, lr=2e-4, eval_every=200,
+                                      max_new_tokens=128),
+                        reward=RewardConfig(source="hh-rlhf", n_prompts=20000, n_eval_prompts=1000, lr=1e-4,
+                                            max_length=512, eval_every=200, max_new_tokens=128),
+                        ppo=PPOConfig(steps=100, batch_size=64, minibatch_size=8, lr=1e-4, max_new_tokens=128,
+                                      ptx_batch_size=4),
+                        dpo=DPOConfig(lr=5e-5, max_length=512, eval_every=200),
+                        grpo=GRPOConfig(steps=100, minibatch_size=8, lr=1e-4, max_new_tokens=128),
+                        n_eval_prompts=200, max_new_tokens=128, data="dolly"),
 }
+# gpt2-smoke: the gpt2 code path (continued pretraining of a hub-style model, GPT-2's 50,257-token tokenizer) at
+# smoke's sizes, a little smaller still where the large vocabulary costs time (SFT steps, prompts evaluated)
+_smoke = PROFILES["smoke"]
+PROFILES["gpt2-smoke"] = replace(_smoke, name="gpt2-smoke", base_model="gpt2", world=WorldConfig(n_prompts=300),
+                                 pretrain=PretrainConfig(n_docs=600, steps=6, batch_size=4, n_positions=128, lr=1e-3,
+                                                         eval_every=3, warmup_steps=2),
+                                 sft=replace(_smoke.sft, max_steps=10, batch_size=8, eval_every=5, warmup_steps=2),
+                                 reward=replace(_smoke.reward, n_prompts=24, n_eval_prompts=8),
+                                 ppo=replace(_smoke.ppo, steps=2, checkpoint_every=1), n_eval_prompts=16)
 
 
-def get_profile(name: str | None = None) -> Profile:
-    """The profile ``name``, else ``$RLHF_LITE_PROFILE``, else ``tiny``. Unknown names are an error."""
+def get_profile(name: str | None = None, base_model: str | None = None) -> Profile:
+    """The profile ``name``, else ``$RLHF_LITE_PROFILE``, else ``tiny``. Unknown names are an error.
+
+    ``base_model`` (the commands' ``--base-model``), else ``$RLHF_LITE_BASE_MODEL``, replaces the base model of the
+    GPT-2 profiles, e.g. a local folder holding GPT-2's weights and tokenizer when there is no hub. The TinyWorld
+    profiles always start from the shipped model: passing ``base_model`` to them is an error, and the environment
+    variable is ignored there."""
     source = "argument" if name is not None else f"${PROFILE_ENV}"
     if name is None:
         name = os.environ.get(PROFILE_ENV, "").strip() or "tiny"
@@ -400,6 +437,12 @@ def get_profile(name: str | None = None) -> Profile:
         raise ValueError(f"unknown profile {name!r} (from {source}); valid profiles are: {', '.join(PROFILES)}. "
                          f"For example: export {PROFILE_ENV}=tiny")
     p = PROFILES[name]
-    return replace(p, world=replace(p.world), pretrain=replace(p.pretrain), sft=replace(p.sft),
-                   reward=replace(p.reward),
-                   ppo=replace(p.ppo), dpo=replace(p.dpo), grpo=replace(p.grpo), lora=replace(p.lora))
+    p = replace(p, world=replace(p.world), pretrain=replace(p.pretrain), sft=replace(p.sft), reward=replace(p.reward),
+                ppo=replace(p.ppo), dpo=replace(p.dpo), grpo=replace(p.grpo), lora=replace(p.lora))
+    if base_model is not None and p.base_model == "tiny":
+        raise ValueError(f"--base-model is for the GPT-2 profiles (gpt2, gpt2-smoke, gpt2-hub); profile {name!r} "
+                         "starts from the shipped TinyWorld model")
+    chosen = base_model if base_model is not None else os.environ.get(BASE_MODEL_ENV, "").strip() or None
+    if chosen and p.base_model != "tiny":
+        p = replace(p, base_model=chosen)
+    return p

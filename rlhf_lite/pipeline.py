@@ -1,9 +1,10 @@
 """The main job: SFT → comparisons → reward model → PPO and PPO-ptx → evaluation, on TinyWorld.
 
-``python -m rlhf_lite pipeline [--profile tiny] [--out DIR] [--seed S]`` runs :func:`run_pipeline`, prints an
-InstructGPT-style results table and writes ``DIR/metrics.json`` (plus plots and the PPO logs). Stages whose
-output is already cached under ``runs/cache`` with identical settings are reused, not retrained; point
-``$RLHF_LITE_RUNS`` at an empty folder to time a run from scratch.
+``python -m rlhf_lite pipeline [--profile tiny] [--out DIR] [--seed S] [--device auto|cpu|cuda]`` runs
+:func:`run_pipeline`, prints an InstructGPT-style results table and writes ``DIR/metrics.json`` (plus plots and the
+PPO logs). Stages whose output is already cached under ``runs/cache`` with identical settings are reused, not
+retrained; point ``$RLHF_LITE_RUNS`` at an empty folder to time a run from scratch. The GPT-2 profiles run the same
+job on a hub model (``--base-model PATH`` for one on disk), after continued pretraining on TinyWorld's corpus.
 """
 from __future__ import annotations
 
@@ -28,8 +29,16 @@ from .evaluate import (
 from .models import load_base
 from .pretrain import corpus_blocks
 from .reward import load_reward_model
-from .runtime import atomic_file, config_key, quiet, rounded, runs_dir, seed_everything
-from .stages import comparison_data, ppo_stage, reward_checkpoint, sft_checkpoint
+from .runtime import atomic_file, autocast, config_key, device_tag, quiet, rounded, runs_dir, seed_everything
+from .stages import (
+    base_checkpoint,
+    comparison_data,
+    continues_pretraining,
+    placement,
+    ppo_stage,
+    reward_checkpoint,
+    sft_checkpoint,
+)
 from .world import world_from_config
 
 MODELS = ("base", "sft", "ppo", "ppo_ptx")
@@ -42,55 +51,64 @@ def seeded_profile(profile, seed: int):
 
 
 def run_pipeline(profile: str | None = None, out: str | Path | None = None, seed: int = 0, progress: bool = True,
-                 reuse: bool = False) -> dict:
-    """Run every stage, evaluate base, SFT, PPO and PPO-ptx on the test users' prompts, and save
-    ``metrics.json`` (nested: ``base``/``sft``/``ppo``/``ppo_ptx``/``rm``/``setup``/``runtime_s``),
-    ``ppo_history.json``, ``samples.json`` and two plots in ``out`` (default ``runs/<timestamp>``).
-    Returns the metrics. ``reuse=True``: if ``out`` already holds the metrics of a run with identical
-    settings (``setup.config_key``), return those instead of running again (notebook 06 does this)."""
+                 reuse: bool = False, device: str | None = None, base_model: str | None = None) -> dict:
+    """Run every stage on ``device`` (default: the GPU when there is one), evaluate base, SFT, PPO and PPO-ptx on
+    the test users' prompts, and save ``metrics.json`` (nested: ``base``/``sft``/``ppo``/``ppo_ptx``/``rm``/
+    ``setup``/``runtime_s``), ``ppo_history.json``, ``samples.json`` and two plots in ``out`` (default
+    ``runs/<timestamp>``). Returns the metrics. ``base_model``: a GPT-2 profile's model (a folder or hub name).
+    ``reuse=True``: if ``out`` already holds the metrics of a run with identical settings (``setup.config_key``),
+    return those instead of running again (notebook 06 does this)."""
     quiet()
-    prof = seeded_profile(get_profile(profile), seed)
-    # the settings this job uses (notebook 07's DPO and GRPO settings do not change its results)
-    key = config_key({k: v for k, v in asdict(prof).items() if k not in ("dpo", "grpo")})
+    prof = seeded_profile(get_profile(profile, base_model), seed)
+    if prof.data != "tinyworld":
+        raise ValueError(f"the pipeline measures every model with TinyWorld's gold panel; profile {prof.name!r} "
+                         f"trains on real data ({prof.data}), which has no gold judge. Run the notebooks for it, or "
+                         "pick --profile tiny, smoke, gpt2 or gpt2-smoke")
+    device, precision = placement(device)
+    # the settings this job uses (notebook 07's DPO and GRPO settings do not change its results), and where it ran
+    key = config_key({k: v for k, v in asdict(prof).items() if k not in ("dpo", "grpo")},
+                     *device_tag(device, precision))
     if reuse and out and (Path(out) / "metrics.json").is_file():
         old = json.loads((Path(out) / "metrics.json").read_text())
         if old.get("setup", {}).get("config_key") == key:
             print(f"reusing the pipeline run in {shown_path(out)} (same settings); delete it to run again")
             print(results_table(old))
             return old
-    if prof.base_model != "tiny":
-        raise ValueError("the pipeline runs on TinyWorld, where a gold panel can judge the result; profile "
-                         f"{prof.name!r} "
-                         "uses a hub model. Run the notebooks for the gpt2 profile, or pick --profile tiny or smoke")
     out = Path(out) if out else runs_dir() / time.strftime("%Y%m%d-%H%M%S")
     out.mkdir(parents=True, exist_ok=True)
     times: dict[str, float] = {}
     t_start = time.time()
+    n_stages = 7 if continues_pretraining(prof) else 6
 
     def stage(name, fn):
-        print(f"[{len(times) + 1}/6] {name}", flush=True)
+        print(f"[{len(times) + 1}/{n_stages}] {name}", flush=True)
         t = time.time()
         result = fn()
         times[name] = round(time.time() - t, 1)
         return result
 
     seed_everything(seed)
-    sft_dir = stage("sft", lambda: sft_checkpoint(prof, progress=progress))
-    stage("comparisons", lambda: comparison_data(prof, progress=progress))
-    rm_dir = stage("reward_model", lambda: reward_checkpoint(prof, progress=progress))
+    if continues_pretraining(prof):
+        stage("continued_pretraining", lambda: base_checkpoint(prof, progress, device))
+    sft_dir = stage("sft", lambda: sft_checkpoint(prof, progress=progress, device=device))
+    stage("comparisons", lambda: comparison_data(prof, progress=progress, device=device))
+    rm_dir = stage("reward_model", lambda: reward_checkpoint(prof, progress=progress, device=device))
     rm_metrics = json.loads((rm_dir / "reward_model.json").read_text())["metrics"]
-    ppo, tok, _, ppo_hist = stage("ppo", lambda: ppo_stage(prof, prof.ppo, out / "ppo", progress=progress))
+    ppo, tok, _, ppo_hist = stage("ppo", lambda: ppo_stage(prof, prof.ppo, out / "ppo", progress=progress,
+                                                           device=device))
     ptx_cfg = replace(prof.ppo, ptx_coef=prof.ptx_coef)
-    ptx, _, _, ptx_hist = stage("ppo_ptx", lambda: ppo_stage(prof, ptx_cfg, out / "ppo_ptx", progress=progress))
+    ptx, _, _, ptx_hist = stage("ppo_ptx", lambda: ppo_stage(prof, ptx_cfg, out / "ppo_ptx", progress=progress,
+                                                             device=device))
 
     def evaluation():
         world = world_from_config(prof.world)
         tasks = world.splits["test"]  # every test-user prompt: the more prompts, the tighter the intervals
         closed = closed_tasks(tasks)
         heldout = corpus_blocks(tok, "heldout", prof.pretrain)
-        models = {"base": (load_base(prof.base_model)[0], None), "sft": (load_base(str(sft_dir))[0], None),
+        models = {"base": (load_base(base_checkpoint(prof, progress, device), device=device)[0], None),
+                  "sft": (load_base(str(sft_dir), device=device)[0], None),
                   "ppo": (ppo.lm, ppo), "ppo_ptx": (ptx.lm, ptx)}
-        with torch.no_grad():
+        with torch.no_grad(), autocast(device, precision):
             res = {name: evaluate_model(m, tok, world, tasks, closed, prof.max_new_tokens, prof.sft.prompt_format,
                                         seed, heldout, pol, progress) for name, (m, pol) in models.items()}
         held = world.panel.held_out
@@ -103,11 +121,12 @@ def run_pipeline(profile: str | None = None, out: str | Path | None = None, seed
         sft_h = res["sft"]["hallucination_rate"]
         for name in ("ppo", "ppo_ptx"):
             res[name]["hallucination_vs_sft"] = res[name]["hallucination_rate"] / sft_h if sft_h else None
-        rm, rm_tok = load_reward_model(rm_dir)
+        rm, rm_tok = load_reward_model(rm_dir, device=device)
+        with torch.no_grad(), autocast(device, precision):
+            probes = fluency_probes(world, tasks, rm, rm_tok, prof.sft.prompt_format, seed, prof.reward.max_length)
         extra = {"demonstrations": {**demonstration_quality(world, tasks),
                                     **writers_vs_sft(tasks, res["sft"]["gens"], held, seed)},
-                 "fluency_probes": fluency_probes(world, tasks, rm, rm_tok, prof.sft.prompt_format, seed,
-                                                  prof.reward.max_length)}
+                 "fluency_probes": probes}
         return res, extra, len(tasks), len(closed)
 
     res, extra, n_tasks, n_closed = stage("evaluation", evaluation)
@@ -117,7 +136,8 @@ def run_pipeline(profile: str | None = None, out: str | Path | None = None, seed
     metrics["rm"] = {k: rm_metrics[k] for k in ("accuracy_heldout_labelers", "accuracy_train_labelers",
                                                 "panel_agreement", "comparisons") if k in rm_metrics}
     metrics.update(extra)
-    metrics["setup"] = {"profile": prof.name, "seed": seed, "config_key": key, "test_prompts": n_tasks,
+    metrics["setup"] = {"profile": prof.name, "base_model": prof.base_model, "device": device, "precision": precision,
+                        "seed": seed, "config_key": key, "test_prompts": n_tasks,
                         "closed_domain_prompts": n_closed, "closed_domain_samples_per_prompt": 4,
                         "ppo_steps": prof.ppo.steps,
                         "ppo_batch_size": prof.ppo.batch_size, "beta": prof.ppo.init_kl_coef, "ptx_coef": prof.ptx_coef,

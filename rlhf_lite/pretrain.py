@@ -2,7 +2,9 @@
 
 The corpus is plain prose (never instruction-formatted), so the result behaves like a raw web LM:
 asked an instruction, it continues text. ``python -m rlhf_lite pretrain --out DIR`` runs this; the
-checkpoint shipped in ``data/tiny-base`` is its output at the default seed.
+checkpoint shipped in ``data/tiny-base`` is its output at the default seed. :func:`continue_pretraining` runs the
+same loop on a pretrained model (real GPT-2 for the ``gpt2`` profile): it learns TinyWorld's names and facts in its
+own tokenizer before SFT, as a domain-adapted model would.
 """
 from __future__ import annotations
 
@@ -19,6 +21,7 @@ from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import GenerationConfig, GPT2Config, GPT2LMHeadModel, GPT2TokenizerFast
 
 from .config import PretrainConfig, validate_config
+from .models import load_base
 from .runtime import atomic_dir, check_finite, check_output_dir, hf_bars_off, progress_bar
 from .world import build_world
 
@@ -60,6 +63,7 @@ def lm_loss(model, data: torch.Tensor, batch_size: int = 32) -> float:
     measure: how much of its pretraining a fine-tuned model forgot."""
     was = model.training
     model.eval()
+    data = data.to(model.device)
     losses = [model(input_ids=data[i:i + batch_size], attention_mask=torch.ones_like(data[i:i + batch_size]),
                     labels=data[i:i + batch_size]).loss.item()
               for i in range(0, len(data), batch_size)]
@@ -79,6 +83,52 @@ def corpus_blocks(tokenizer, split: str = "heldout", cfg: PretrainConfig | None 
     n_held = max(1, int(len(docs) * cfg.heldout_frac))
     docs = docs[:-n_held] if split == "train" else docs[-n_held:]
     return _blocks(docs[:max_docs], tokenizer, block or cfg.n_positions)
+
+
+def train_lm(model, train: torch.Tensor, held: torch.Tensor, cfg: PretrainConfig, progress: bool = True,
+             desc: str = "pretrain") -> list[dict]:
+    """Next-token training of ``model`` on packed rows ``train`` [N, T] with ``cfg``'s steps, batch and schedule
+    (AdamW, linear warm-up, cosine decay to 10 %); held-out loss on ``held`` every ``cfg.eval_every`` steps.
+    Batches go to the model's device. Returns the log: step, train loss (EMA), held-out loss."""
+    decay = [p for n, p in model.named_parameters() if p.dim() >= 2]
+    no_decay = [p for n, p in model.named_parameters() if p.dim() < 2]
+    opt = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
+                             {"params": no_decay, "weight_decay": 0.0}], lr=cfg.lr, betas=(0.9, 0.95))
+
+    def lr_at(step: int) -> float:  # linear warm-up, cosine decay to 10 % of the peak
+        if step < cfg.warmup_steps:
+            return cfg.lr * (step + 1) / cfg.warmup_steps
+        frac = (step - cfg.warmup_steps) / max(1, cfg.steps - cfg.warmup_steps)
+        return cfg.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * frac)))
+
+    g = torch.Generator().manual_seed(cfg.seed)
+    order = torch.randperm(len(train), generator=g)
+    history: list[dict] = []
+    pos, loss_ema = 0, None
+    bar = progress_bar(range(cfg.steps), desc=desc, enabled=progress)
+    model.train()
+    for step in bar:
+        if pos + cfg.batch_size > len(order):  # next epoch
+            order, pos = torch.randperm(len(train), generator=g), 0
+        batch = train[order[pos:pos + cfg.batch_size]].to(model.device)  # [B, T]
+        pos += cfg.batch_size
+        for group in opt.param_groups:
+            group["lr"] = lr_at(step)
+        loss = model(input_ids=batch, attention_mask=torch.ones_like(batch), labels=batch).loss  # packed: no padding
+        hint = f"Lower PretrainConfig.lr (now {cfg.lr}) and run again."
+        check_finite(loss, f"pretraining step {step + 1}: the loss", hint)
+        loss.backward()
+        check_finite(torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0),
+                     f"pretraining step {step + 1}: the gradient norm",
+                     hint)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        loss_ema = loss.item() if loss_ema is None else 0.95 * loss_ema + 0.05 * loss.item()
+        bar.set_postfix(loss=f"{loss_ema:.3f}")
+        if (step + 1) % cfg.eval_every == 0 or step + 1 == cfg.steps:
+            history.append({"step": step + 1, "train_loss": round(loss_ema, 4),
+                            "heldout_loss": round(lm_loss(model, held, cfg.batch_size), 4)})
+    return history
 
 
 def pretrain(cfg: PretrainConfig, out_dir: str | os.PathLike, progress: bool = True) -> dict:
@@ -102,44 +152,7 @@ def pretrain(cfg: PretrainConfig, out_dir: str | os.PathLike, progress: bool = T
                       n_head=cfg.n_head, bos_token_id=tokenizer.eos_token_id, eos_token_id=tokenizer.eos_token_id,
                       pad_token_id=tokenizer.eos_token_id)
     model = GPT2LMHeadModel(mcfg)
-    decay = [p for n, p in model.named_parameters() if p.dim() >= 2]
-    no_decay = [p for n, p in model.named_parameters() if p.dim() < 2]
-    opt = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
-                             {"params": no_decay, "weight_decay": 0.0}], lr=cfg.lr, betas=(0.9, 0.95))
-
-    def lr_at(step: int) -> float:  # linear warm-up, cosine decay to 10 % of the peak
-        if step < cfg.warmup_steps:
-            return cfg.lr * (step + 1) / cfg.warmup_steps
-        frac = (step - cfg.warmup_steps) / max(1, cfg.steps - cfg.warmup_steps)
-        return cfg.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * frac)))
-
-    g = torch.Generator().manual_seed(cfg.seed)
-    order = torch.randperm(len(train), generator=g)
-    history: list[dict] = []
-    pos, loss_ema = 0, None
-    bar = progress_bar(range(cfg.steps), desc="pretrain", enabled=progress)
-    model.train()
-    for step in bar:
-        if pos + cfg.batch_size > len(order):  # next epoch
-            order, pos = torch.randperm(len(train), generator=g), 0
-        batch = train[order[pos:pos + cfg.batch_size]]  # [B, T]
-        pos += cfg.batch_size
-        for group in opt.param_groups:
-            group["lr"] = lr_at(step)
-        loss = model(input_ids=batch, attention_mask=torch.ones_like(batch), labels=batch).loss  # packed: no padding
-        hint = f"Lower PretrainConfig.lr (now {cfg.lr}) and run again."
-        check_finite(loss, f"pretraining step {step + 1}: the loss", hint)
-        loss.backward()
-        check_finite(torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0),
-                     f"pretraining step {step + 1}: the gradient norm",
-                     hint)
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-        loss_ema = loss.item() if loss_ema is None else 0.95 * loss_ema + 0.05 * loss.item()
-        bar.set_postfix(loss=f"{loss_ema:.3f}")
-        if (step + 1) % cfg.eval_every == 0 or step + 1 == cfg.steps:
-            history.append({"step": step + 1, "train_loss": round(loss_ema, 4),
-                            "heldout_loss": round(lm_loss(model, held, cfg.batch_size), 4)})
+    history = train_lm(model, train, held, cfg, progress)
     elapsed = time.time() - t0
 
     card = {"config": asdict(cfg), "parameters": sum(p.numel() for p in model.parameters()),
@@ -159,6 +172,39 @@ def pretrain(cfg: PretrainConfig, out_dir: str | os.PathLike, progress: bool = T
         tokenizer.save_pretrained(tmp)
         (tmp / "training.json").write_text(json.dumps(card, indent=1) + "\n")
         (tmp / "README.md").write_text(model_card(card))
+    return card
+
+
+def continue_pretraining(base: str, cfg: PretrainConfig, out_dir: str | os.PathLike, device: str = "cpu",
+                         progress: bool = True) -> dict:
+    """Continued pretraining: a pretrained causal LM (``base``: a hub name such as "gpt2", or a model folder) trained
+    further on the TinyWorld corpus in its own tokenizer, with ``cfg``'s steps, batch, block length and learning
+    rate (its width, depth and vocabulary are its own), then saved with its tokenizer to ``out_dir`` (atomically).
+    The corpus is split exactly as :func:`pretrain` splits it, so PPO-ptx and the alignment-tax measure read the
+    same rows. Returns the card (held-out loss before and after)."""
+    validate_config(cfg)
+    t0 = time.time()
+    random.seed(cfg.seed)
+    torch.manual_seed(cfg.seed)
+    model, tokenizer = load_base(base, device=device)
+    context = getattr(model.config, "n_positions", None) or getattr(model.config, "max_position_embeddings", 0)
+    if context and cfg.n_positions > context:
+        raise ValueError(f"PretrainConfig.n_positions = {cfg.n_positions} is longer than {base!r}'s context of "
+                         f"{context} tokens; use at most {context}")
+    train, held = corpus_blocks(tokenizer, "train", cfg), corpus_blocks(tokenizer, "heldout", cfg)
+    before = lm_loss(model, held, cfg.batch_size)
+    history = train_lm(model, train, held, cfg, progress, desc="continued pretraining")
+    model.eval()
+    card = {"config": asdict(cfg), "base": base, "parameters": sum(p.numel() for p in model.parameters()),
+            "train_tokens": int(train.numel()), "heldout_tokens": int(held.numel()),
+            "tokens_seen": cfg.steps * cfg.batch_size * cfg.n_positions, "heldout_loss_before": round(before, 4),
+            "final_heldout_loss": history[-1]["heldout_loss"], "wall_time_s": round(time.time() - t0, 1),
+            "device": str(model.device), "torch": torch.__version__, "history": history}
+    with atomic_dir(out_dir, "continued-pretraining") as tmp:
+        with hf_bars_off():
+            model.save_pretrained(tmp, safe_serialization=True)
+        tokenizer.save_pretrained(tmp)
+        (tmp / "training.json").write_text(json.dumps(card, indent=1) + "\n")
     return card
 
 

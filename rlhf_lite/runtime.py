@@ -33,16 +33,62 @@ def seed_everything(seed: int = 0) -> None:
     torch.manual_seed(seed)
 
 
-def pick_device(prefer: str | None = None) -> str:
-    """"cuda" if a GPU is there (or was asked for), else "cpu". ``prefer`` overrides; asking for a
-    missing GPU is an error rather than a silent fall-back."""
+DEVICE_ENV = "RLHF_LITE_DEVICE"
+PRECISION_ENV = "RLHF_LITE_PRECISION"
+DEVICES = ("auto", "cpu", "cuda")
+PRECISIONS = ("auto", "fp32", "bf16")
 
-    if prefer is not None:
-        if prefer.startswith("cuda") and not torch.cuda.is_available():
-            raise RuntimeError(f"device {prefer!r} was asked for but torch sees no CUDA GPU; use 'cpu' "
-                               "(in Colab: Runtime > Change runtime type > GPU)")
-        return prefer
-    return "cuda" if torch.cuda.is_available() else "cpu"
+
+def pick_device(prefer: str | None = None) -> str:
+    """Where every stage runs: "cuda" (or "cuda:N") or "cpu". ``prefer`` (the commands' ``--device``), else
+    ``$RLHF_LITE_DEVICE``, else "auto": the GPU when torch sees one, the CPU otherwise. Asking for a missing GPU is
+    an error rather than a silent fall-back."""
+
+    source = "--device" if prefer is not None else f"${DEVICE_ENV}"
+    choice = (prefer if prefer is not None else os.environ.get(DEVICE_ENV, "")).strip() or "auto"
+    if choice == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if choice != "cpu" and not (choice == "cuda" or (choice.startswith("cuda:") and choice[5:].isdigit())):
+        raise ValueError(f"unknown device {choice!r} (from {source}); use auto, cpu, cuda or cuda:N")
+    if choice.startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError(f"device {choice!r} was asked for (from {source}) but torch sees no CUDA GPU; use 'cpu' or "
+                           "'auto' (in Colab: Runtime > Change runtime type > GPU)")
+    return choice
+
+
+def pick_precision(device: str, prefer: str | None = None) -> str:
+    """The arithmetic of the forward passes: "fp32", or "bf16" (autocast: matrix products in bfloat16, weights,
+    gradients, optimizer state, softmaxes and losses in float32). ``prefer``, else ``$RLHF_LITE_PRECISION``, else
+    "auto": bf16 on GPUs that compute it natively (compute capability ≥ 8: A100, L4, H100), fp32 on the CPU (where
+    float32 is fastest and results are bit-for-bit reproducible) and on older GPUs such as Colab's T4. fp16 is not
+    offered: it needs loss scaling in every training loop, which these loops keep out for readability."""
+
+    source = "precision" if prefer is not None else f"${PRECISION_ENV}"
+    choice = (prefer if prefer is not None else os.environ.get(PRECISION_ENV, "")).strip() or "auto"
+    if choice not in PRECISIONS:
+        raise ValueError(f"unknown precision {choice!r} (from {source}); use {', '.join(PRECISIONS)}")
+    on_gpu = device.startswith("cuda")
+    if choice == "bf16" and not on_gpu:
+        raise ValueError("precision bf16 is for GPUs; on the CPU every stage runs in fp32")
+    if choice == "auto":
+        return "bf16" if on_gpu and torch.cuda.get_device_capability(device)[0] >= 8 else "fp32"
+    return choice
+
+
+def autocast(device: str, precision: str = "fp32"):
+    """The context every stage's work runs in on ``device``: ``torch.autocast`` to bfloat16 for "bf16", nothing
+    for "fp32" (so CPU runs are unchanged, bit for bit)."""
+
+    if precision == "bf16":
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def device_tag(device: str, precision: str = "fp32") -> list[str]:
+    """What a cache key adds for where a stage ran: nothing on the CPU (the keys of CPU-trained stages stay what
+    they are), ``["cuda-bf16"]`` and the like on a GPU, whose floating-point results differ from the CPU's."""
+
+    return [] if device == "cpu" else [f"{device.split(':')[0]}-{precision}"]
 
 
 def quiet() -> None:

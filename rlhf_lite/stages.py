@@ -3,6 +3,8 @@
 Each stage function takes a :class:`~rlhf_lite.config.Profile`, runs the algorithm modules with its settings and
 caches what later stages need under ``runs/cache`` (``$RLHF_LITE_RUNS`` moves it):
 
+* :func:`base_checkpoint`: the model SFT starts from ("tiny", or a hub model after continued pretraining on
+  TinyWorld's corpus for the ``gpt2`` profiles);
 * :func:`sft_checkpoint`: the SFT model (step 1, adapters merged);
 * :func:`comparison_data`: K samples of the SFT model per prompt, ranked by the labeler panel;
 * :func:`reward_checkpoint`: the reward model trained on them (step 2), normalised and measured;
@@ -12,6 +14,11 @@ A cache folder's name is a hash of every setting the stage depends on *and of th
 that compute it* (:func:`rlhf_lite.runtime.code_digest`), so changing ``train_sft`` or the labelers retrains
 instead of silently reusing an old model. Every notebook and command goes through these functions, so none
 retrains what an earlier one built with the same settings.
+
+``device`` (every stage function's keyword; default ``$RLHF_LITE_DEVICE``, else the GPU when there is one) is
+where the models load and train; on a GPU the work runs under the precision of
+:func:`~rlhf_lite.runtime.pick_precision` (bf16 autocast where the GPU computes it natively). A stage built on a
+GPU is cached apart from the CPU's (its floating-point results differ); CPU keys are unchanged by this.
 """
 from __future__ import annotations
 
@@ -20,6 +27,7 @@ import json
 import random
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 from .checkpoint import trained_state
 from .config import PPOConfig, Profile, RewardConfig, SFTConfig, get_profile
@@ -35,7 +43,7 @@ from .feedback import (
 )
 from .models import TINY_BASE, load_base
 from .ppo import build_policy, train_ppo
-from .pretrain import corpus_blocks
+from .pretrain import continue_pretraining, corpus_blocks
 from .reward import (
     RewardModel,
     build_reward_model,
@@ -45,7 +53,20 @@ from .reward import (
     save_reward_model,
     train_reward_model,
 )
-from .runtime import atomic_dir, code_digest, config_key, hf_bars_off, rounded, runs_dir, save_state, seed_everything
+from .runtime import (
+    atomic_dir,
+    autocast,
+    code_digest,
+    config_key,
+    device_tag,
+    hf_bars_off,
+    pick_device,
+    pick_precision,
+    rounded,
+    runs_dir,
+    save_state,
+    seed_everything,
+)
 from .sft import add_lora, count_parameters, load_quantized, train_sft
 from .world import world_from_config
 
@@ -58,30 +79,78 @@ SFT_ADAPTERS = "lora/adapters.safetensors"  # in an SFT folder: the LoRA adapter
 
 
 # ---------------------------------------------------------------------------------------------
+# Where the work runs, and the model SFT starts from
+# ---------------------------------------------------------------------------------------------
+def placement(device: str | None = None) -> tuple[str, str]:
+    """(device, precision) for a stage: :func:`~rlhf_lite.runtime.pick_device` and
+    :func:`~rlhf_lite.runtime.pick_precision` (``$RLHF_LITE_PRECISION``, else bf16 on GPUs that have it)."""
+    device = pick_device(device)
+    return device, pick_precision(device)
+
+
+def continues_pretraining(profile: Profile) -> bool:
+    """True when the profile's base model must first learn TinyWorld's language: a hub model on TinyWorld data."""
+    return profile.base_model != "tiny" and profile.data == "tinyworld"
+
+
+def base_key(profile: Profile, device: str = "cpu") -> str:
+    """The continued-pretraining cache key: the hub model (for a local one, its weights and tokenizer), the
+    pretraining settings, the code that trains it, and (on a GPU) where it ran."""
+    return f"base-{profile.name}-" + config_key(profile.base_model, base_digest(profile.base_model), profile.pretrain,
+                                               code_digest("pretrain", "world"), *device_tag(*placement(device)))
+
+
+def base_checkpoint(profile: Profile | None = None, progress: bool = True, device: str | None = None) -> str:
+    """The model SFT starts from, as ``load_base`` takes it: "tiny" (the shipped model); a hub model's name or folder
+    for real data (``profile.data`` other than "tinyworld"); or, for a hub model on TinyWorld, that model after
+    continued pretraining on the TinyWorld corpus (``profile.pretrain``'s steps), trained and cached on first use."""
+    profile = profile or get_profile()
+    if not continues_pretraining(profile):
+        return profile.base_model
+    device, precision = placement(device)
+    out = runs_dir() / "cache" / base_key(profile, device)
+    if not (out / "config.json").is_file():
+        print(f"{profile.base_model} has not learned TinyWorld's language yet: continued pretraining on its corpus "
+              f"({profile.pretrain.steps} steps, cached in runs/cache/{out.name})")
+        with autocast(device, precision):
+            card = continue_pretraining(profile.base_model, profile.pretrain, out, device, progress)
+        print(f"continued pretraining done in {card['wall_time_s']:.0f} s: held-out loss "
+              f"{card['heldout_loss_before']:.3f} -> {card['final_heldout_loss']:.3f}")
+    return str(out)
+
+
+# ---------------------------------------------------------------------------------------------
 # Step 1: the SFT model
 # ---------------------------------------------------------------------------------------------
-def train_sft_model(profile: Profile, cfg: SFTConfig | None = None, progress: bool = True):
-    """The whole SFT stage for a profile: load the base model (quantized if asked), add LoRA, train on
-    the profile's demonstrations (TinyWorld, or Dolly-15k for ``gpt2``). Returns (model, tokenizer, history)."""
+def train_sft_model(profile: Profile, cfg: SFTConfig | None = None, progress: bool = True, device: str | None = None):
+    """The whole SFT stage for a profile: load the base model (:func:`base_checkpoint`; quantized if asked) on
+    ``device``, add LoRA, train on the profile's demonstrations (``profile.data``: TinyWorld's writers, Dolly-15k, or
+    a local file in Dolly's schema).
+    Returns (model, tokenizer, history)."""
     cfg = cfg or profile.sft
+    device, precision = placement(device)
+    base = base_checkpoint(profile, progress, device)
     seed_everything(cfg.seed)
-    data = load_instruction_dataset("dolly" if profile.name == "gpt2" else "tinyworld", world_config=profile.world)
+    data = load_instruction_dataset(profile.data, world_config=profile.world)
     if cfg.quantization != "none":
-        model, tok, _ = load_quantized(profile.base_model, cfg.quantization)
+        model, tok, _ = load_quantized(base, cfg.quantization, device)
     else:
-        model, tok = load_base(profile.base_model)
+        model, tok = load_base(base, device=device)
     model = add_lora(model, cfg, profile.lora) if cfg.lora else model
-    history = train_sft(model, tok, data, cfg, progress=progress)
+    with autocast(device, precision):
+        history = train_sft(model, tok, data, cfg, progress=progress)
     history["parameters"] = count_parameters(model)
     history["n_train_examples"] = len(data["train"])
     return model, tok, history
 
 
-def sft_key(profile: Profile) -> str:
-    """The SFT cache key: the base model (for a local one, its weights and tokenizer), the world, the SFT and LoRA
-    settings, and the code that trains it."""
+def sft_key(profile: Profile, device: str = "cpu") -> str:
+    """The SFT cache key: the base model (for a local one, its weights and tokenizer; after continued pretraining,
+    that stage's key), the world, the SFT and LoRA settings, the code that trains it, and (on a GPU) where."""
+    extra = [base_key(profile, device)] if continues_pretraining(profile) else []
     return f"sft-{profile.name}-" + config_key(profile.base_model, base_digest(profile.base_model), profile.world,
-                                              profile.sft, profile.lora, code_digest(*SFT_CODE))
+                                              profile.sft, profile.lora, code_digest(*SFT_CODE),
+                                              *extra, *device_tag(*placement(device)))
 
 
 def base_digest(name: str) -> str:
@@ -97,32 +166,36 @@ def base_digest(name: str) -> str:
     return h.hexdigest()[:10]
 
 
-def comparisons_key(profile: Profile, sft_name: str) -> str:
+def comparisons_key(profile: Profile, sft_name: str, device: str = "cpu") -> str:
     """The comparisons' cache key: the SFT model they were sampled from, the world, every collection setting
-    (K, temperature, response length, prompts, seed), the prompt format, and the code that samples and ranks."""
+    (K, temperature, response length, prompts, seed), the prompt format, the code that samples and ranks, and (on
+    a GPU) where they were sampled."""
     cfg = profile.reward
     collection = {k: getattr(cfg, k) for k in ("source", "n_prompts", "n_eval_prompts", "k_min", "k_max", "temperature",
                                                 "max_new_tokens", "seed")}
     return f"comparisons-{profile.name}-" + config_key(sft_name, profile.world, collection, profile.sft.prompt_format,
-                                                      code_digest(*COMPARISONS_CODE))
+                                                      code_digest(*COMPARISONS_CODE), *device_tag(*placement(device)))
 
 
-def reward_key(profile: Profile, sft_name: str, upstream: str) -> str:
+def reward_key(profile: Profile, sft_name: str, upstream: str, device: str = "cpu") -> str:
     """The reward model's cache key: the SFT model, the comparisons (``upstream``: their cache folder, or the data
-    source), the reward and LoRA settings, the prompt format, and the code that trains and measures it."""
+    source), the reward and LoRA settings, the prompt format, the code that trains and measures it, and (on a GPU)
+    where it trained."""
     return f"reward-{profile.name}-" + config_key(sft_name, upstream, profile.world, profile.reward, profile.lora,
-                                                 profile.sft.prompt_format, code_digest(*REWARD_CODE))
+                                                 profile.sft.prompt_format, code_digest(*REWARD_CODE),
+                                                 *device_tag(*placement(device)))
 
 
-def sft_checkpoint(profile: Profile | None = None, progress: bool = True) -> Path:
-    """Folder of the profile's SFT model (adapters merged), trained and cached under ``runs/cache`` on
-    first use. Later stages (comparisons, reward model, PPO) and notebooks start from it."""
+def sft_checkpoint(profile: Profile | None = None, progress: bool = True, device: str | None = None) -> Path:
+    """Folder of the profile's SFT model (adapters merged), trained on ``device`` and cached under ``runs/cache``
+    on first use. Later stages (comparisons, reward model, PPO) and notebooks start from it."""
     profile = profile or get_profile()
-    out = runs_dir() / "cache" / sft_key(profile)
+    device = pick_device(device)
+    out = runs_dir() / "cache" / sft_key(profile, device)
     if (out / "config.json").is_file():
         return out
-    print(f"no SFT model for profile {profile.name!r} yet: training one (cached in runs/cache/{out.name})")
-    model, tok, history = train_sft_model(profile, progress=progress)
+    print(f"no SFT model for profile {profile.name!r} yet: training one on {device} (cached in runs/cache/{out.name})")
+    model, tok, history = train_sft_model(profile, progress=progress, device=device)
     write_sft_checkpoint(out, model, tok, history, profile.sft.lora)
     print(f"trained the SFT model in {history['wall_time_s']:.0f} s")
     return out
@@ -145,19 +218,20 @@ def write_sft_checkpoint(out: Path, model, tok, history: dict, lora: bool) -> No
 # ---------------------------------------------------------------------------------------------
 # Step 2: comparisons, then the reward model
 # ---------------------------------------------------------------------------------------------
-def comparisons_dir(profile: Profile, progress: bool = True) -> Path:
+def comparisons_dir(profile: Profile, progress: bool = True, device: str | None = None) -> Path:
     """The cache folder of a TinyWorld profile's comparisons (built if missing): train.jsonl, validation.jsonl."""
     cfg = profile.reward
-    sft_dir = sft_checkpoint(profile, progress=progress)
-    out = runs_dir() / "cache" / comparisons_key(profile, sft_dir.name)
+    device, precision = placement(device)
+    sft_dir = sft_checkpoint(profile, progress=progress, device=device)
+    out = runs_dir() / "cache" / comparisons_key(profile, sft_dir.name, device)
     if (out / "train.jsonl").is_file():
         return out
     t0 = time.time()
     print(f"no comparisons for profile {profile.name!r} yet: sampling {cfg.k_min}-{cfg.k_max} answers for "
           f"{cfg.n_prompts + cfg.n_eval_prompts} prompts and ranking them")
     world = world_from_config(profile.world)
-    model, tok = load_base(str(sft_dir))
-    with atomic_dir(out, "comparisons") as tmp:
+    model, tok = load_base(str(sft_dir), device=device)
+    with atomic_dir(out, "comparisons") as tmp, autocast(device, precision):
         for split, n, seed in (("train", cfg.n_prompts, cfg.seed), ("validation", cfg.n_eval_prompts, cfg.seed + 1)):
             collect_comparisons(model, tok, world, world.splits[split][:n], world.panel.train, cfg.k_min, cfg.k_max,
                                 cfg.max_new_tokens, cfg.temperature, profile.sft.prompt_format, seed,
@@ -167,7 +241,8 @@ def comparisons_dir(profile: Profile, progress: bool = True) -> Path:
     return out
 
 
-def comparison_data(profile: Profile | None = None, progress: bool = True) -> dict[str, list[dict]]:
+def comparison_data(profile: Profile | None = None, progress: bool = True,
+                    device: str | None = None) -> dict[str, list[dict]]:
     """The profile's comparisons: ``{"train": [...], "validation": [...]}``, built once and cached.
 
     TinyWorld: the SFT model (:func:`sft_checkpoint`) samples K responses per prompt; training prompts are ranked
@@ -186,11 +261,12 @@ def comparison_data(profile: Profile | None = None, progress: bool = True) -> di
             rng.shuffle(train)
             val, train = train[: max(1, len(train) // 10)], train[max(1, len(train) // 10):]
         return {"train": train[: cfg.n_prompts], "validation": val[: cfg.n_eval_prompts]}
-    out = comparisons_dir(profile, progress)
+    out = comparisons_dir(profile, progress, device)
     return {split: read_comparisons(out / f"{split}.jsonl") for split in ("train", "validation")}
 
 
-def train_reward_stage(profile: Profile | None = None, cfg: RewardConfig | None = None, progress: bool = True):
+def train_reward_stage(profile: Profile | None = None, cfg: RewardConfig | None = None, progress: bool = True,
+                       device: str | None = None):
     """Everything of step 2 for a profile: comparisons (cached), a reward model on the SFT model,
     trained for ``cfg.epochs``, normalised on the demonstrations, then measured. Returns
     (reward model, tokenizer, metrics, history). Metrics (TinyWorld): ``accuracy_train_labelers`` and
@@ -200,19 +276,22 @@ def train_reward_stage(profile: Profile | None = None, cfg: RewardConfig | None 
     and ``variant_pairs`` (held-out accuracy and panel agreement on reference-vs-corruption answers)."""
     profile = profile or get_profile()
     cfg = cfg or profile.reward
-    data = comparison_data(profile, progress=progress)
-    lm, tok = load_base(str(sft_checkpoint(profile, progress=progress)))
-    rm = build_reward_model(lm, cfg, profile.lora)
-    history = train_reward_model(rm, tok, data["train"], cfg, data["validation"], progress=progress)
+    device, precision = placement(device)
+    data = comparison_data(profile, progress=progress, device=device)
+    lm, tok = load_base(str(sft_checkpoint(profile, progress=progress, device=device)), device=device)
+    rm = build_reward_model(lm, cfg, profile.lora).to(device)
+    with autocast(device, precision):
+        history = train_reward_model(rm, tok, data["train"], cfg, data["validation"], progress=progress)
     metrics = {"comparisons": history["pairs"], "prompts": len(data["train"]),
                "wall_time_s": round(history["wall_time_s"], 1), "validation_loss": history["eval"][-1]["loss"],
                "validation_accuracy": history["eval"][-1]["accuracy"]}
-    if cfg.source == "tinyworld":
-        metrics.update(_measure_reward_model(rm, tok, profile, cfg, data["validation"]))
-    else:
-        normalize_rewards(rm, tok, [r["prompt"] for r in data["train"][:200]],
-                          [r["responses"][0] for r in data["train"][:200]], cfg.max_length)  # chosen replies stand in
-        metrics["accuracy_heldout_labelers"] = metrics["validation_accuracy"]  # other people's labels, held-out prompts
+    with autocast(device, precision):
+        if cfg.source == "tinyworld":
+            metrics.update(_measure_reward_model(rm, tok, profile, cfg, data["validation"]))
+        else:
+            normalize_rewards(rm, tok, [r["prompt"] for r in data["train"][:200]],
+                              [r["responses"][0] for r in data["train"][:200]], cfg.max_length)  # chosen replies
+            metrics["accuracy_heldout_labelers"] = metrics["validation_accuracy"]  # others' labels, held-out prompts
 
     return rm, tok, rounded(metrics), history
 
@@ -251,16 +330,17 @@ def off_diagonal_mean(m: list[list[float]]) -> float:
     return sum(m[i][j] for i in range(n) for j in range(n) if i != j) / (n * (n - 1))
 
 
-def reward_checkpoint(profile: Profile | None = None, progress: bool = True) -> Path:
+def reward_checkpoint(profile: Profile | None = None, progress: bool = True, device: str | None = None) -> Path:
     """Folder of the profile's trained reward model (with its metrics in ``reward_model.json``), built once and
     cached. Its key covers the comparisons it was trained on (and so the SFT model and their settings)."""
     profile = profile or get_profile()
-    upstream = (comparisons_dir(profile,
-                                progress).name if profile.reward.source == "tinyworld" else profile.reward.source)
-    sft_dir = sft_checkpoint(profile, progress=progress)
-    out = runs_dir() / "cache" / reward_key(profile, sft_dir.name, upstream)
+    device = pick_device(device)
+    upstream = (comparisons_dir(profile, progress, device).name if profile.reward.source == "tinyworld"
+                else profile.reward.source)
+    sft_dir = sft_checkpoint(profile, progress=progress, device=device)
+    out = runs_dir() / "cache" / reward_key(profile, sft_dir.name, upstream, device)
     if not (out / "reward_model.json").is_file():
-        rm, _, metrics, history = train_reward_stage(profile, progress=progress)
+        rm, _, metrics, history = train_reward_stage(profile, progress=progress, device=device)
         save_reward_model(rm, out, base=sft_dir, extra={"metrics": metrics, "history": history})
     return out
 
@@ -269,22 +349,35 @@ def reward_checkpoint(profile: Profile | None = None, progress: bool = True) -> 
 # Step 3: PPO against the reward model
 # ---------------------------------------------------------------------------------------------
 def ppo_stage(profile: Profile | None = None, cfg: PPOConfig | None = None, out_dir: str | Path | None = None,
-              resume: bool = False, progress: bool = True, callback=None):
+              resume: bool = False, progress: bool = True, callback=None, device: str | None = None):
     """Step 3 for a profile: the cached SFT model and reward model, a LoRA policy, ``train_ppo`` on the
-    training users' prompts (PPO-ptx when ``cfg.ptx_coef`` > 0, mixing in the pretraining corpus).
+    training users' prompts (PPO-ptx when ``cfg.ptx_coef`` > 0, mixing in the pretraining corpus), on ``device``.
     Returns (policy, tokenizer, reward model, history)."""
     profile = profile or get_profile()
     cfg = cfg or profile.ppo
-    if profile.base_model != "tiny" and cfg.ptx_coef > 0:
-        raise ValueError("PPO-ptx needs the base model's pretraining corpus, which only TinyWorld ships; "
-                         "set ptx_coef=0 for the gpt2 profile")
-    rm, _ = load_reward_model(reward_checkpoint(profile, progress=progress))
+    if profile.data != "tinyworld" and cfg.ptx_coef > 0:
+        raise ValueError("PPO-ptx mixes in the pretraining corpus, which the course has for TinyWorld only; set "
+                         f"ptx_coef=0 for profile {profile.name!r}")
+    device, precision = placement(device)
+    rm, _ = load_reward_model(reward_checkpoint(profile, progress=progress, device=device), device=device)
     for p in rm.parameters():
         p.requires_grad_(False)
-    sft, tok = load_base(str(sft_checkpoint(profile, progress=progress)))
+    sft, tok = load_base(str(sft_checkpoint(profile, progress=progress, device=device)), device=device)
     policy = build_policy(sft, rm, cfg, profile.lora)
-    world = world_from_config(profile.world)
+    world, prompts = rl_prompts(profile)
     ptx = corpus_blocks(tok, "train", profile.pretrain, max_docs=4000) if cfg.ptx_coef > 0 else None
-    history = train_ppo(policy, rm, tok, world.splits["train"], cfg, profile.sft.prompt_format, world, ptx, out_dir,
-                        resume, progress, callback)
+    with autocast(device, precision):
+        history = train_ppo(policy, rm, tok, prompts, cfg, profile.sft.prompt_format, world, ptx, out_dir, resume,
+                            progress, callback)
     return policy, tok, rm, history
+
+
+def rl_prompts(profile: Profile) -> tuple[object | None, list]:
+    """(world, prompts) for the RL stage: TinyWorld's training-user tasks and the world, whose gold panel then
+    scores every batch of rollouts; for real data, the instructions (and contexts) of the demonstration data's
+    training split, and no world: the reward model is the only judge there."""
+    if profile.data == "tinyworld":
+        world = world_from_config(profile.world)
+        return world, world.splits["train"]
+    rows = load_instruction_dataset(profile.data)["train"]
+    return None, [SimpleNamespace(instruction=r["instruction"], context=r.get("context") or "") for r in rows]

@@ -34,7 +34,7 @@ def test_world_stats_is_json():
 
 def test_bad_profile_is_a_clear_error():
     r = run("--profile", "tinny", "world")
-    assert r.returncode == 2 and "valid profiles are: smoke, tiny, gpt2" in r.stderr
+    assert r.returncode == 2 and "valid profiles are: smoke, tiny, gpt2, gpt2-hub, gpt2-smoke" in r.stderr
 
 
 def test_sft_command_trains_evaluates_and_saves(tmp_path):

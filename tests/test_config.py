@@ -8,7 +8,7 @@ from rlhf_lite.config import PROFILES, get_profile
 
 
 def test_profiles_and_env(monkeypatch):
-    assert set(PROFILES) == {"smoke", "tiny", "gpt2"}
+    assert set(PROFILES) == {"smoke", "tiny", "gpt2", "gpt2-smoke", "gpt2-hub"}
     monkeypatch.delenv("RLHF_LITE_PROFILE", raising=False)
     assert get_profile().name == "tiny"
     monkeypatch.setenv("RLHF_LITE_PROFILE", "gpt2")
@@ -18,7 +18,7 @@ def test_profiles_and_env(monkeypatch):
 
 def test_typo_lists_valid_profiles(monkeypatch):
     monkeypatch.setenv("RLHF_LITE_PROFILE", "tinny")
-    with pytest.raises(ValueError, match=r"'tinny'.*RLHF_LITE_PROFILE.*smoke, tiny, gpt2"):
+    with pytest.raises(ValueError, match=r"'tinny'.*RLHF_LITE_PROFILE.*smoke, tiny, gpt2, gpt2-hub, gpt2-smoke"):
         get_profile()
 
 

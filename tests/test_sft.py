@@ -111,7 +111,7 @@ def test_gpt2_code_path_offline():
                        "category": "brainstorming"}] * 4,
             "validation": [{"instruction": "Name an animal.", "context": "", "response": "Fox.",
                             "category": "brainstorming"}]}
-    cfg = replace(get_profile("gpt2").sft, max_steps=1, batch_size=4, eval_every=1, n_samples=1, max_new_tokens=4,
+    cfg = replace(get_profile("gpt2-hub").sft, max_steps=1, batch_size=4, eval_every=1, n_samples=1, max_new_tokens=4,
                   lr=1e-2)
     h = train_sft(peft_model, tok, data, cfg, progress=False)
     assert len(h["train"]) == 1 and math.isfinite(h["train"][0]["loss"]) and len(h["eval"]) == 2

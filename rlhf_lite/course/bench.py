@@ -37,7 +37,7 @@ from ..grpo import build_grpo_policy, train_grpo
 from ..models import REPO_ROOT, TINY_BASE, load_base, transformer_body
 from ..ppo import build_policy, train_ppo
 from ..reward import build_reward_model, train_reward_model
-from ..runtime import MemoryMonitor, atomic_file, quiet, versions
+from ..runtime import MemoryMonitor, atomic_dir, atomic_file, autocast, hf_bars_off, pick_precision, quiet, versions
 from ..sft import add_lora, tokenize_records, train_sft
 from ..world import world_from_config
 from .trl_bridge import TRL_HINT, trl_dpo, trl_grpo, trl_reward, trl_sft, trl_version
@@ -53,7 +53,8 @@ class BenchConfig:
     """"tiny" (the shipped TinyWorld GPT-2) or "gpt2-shape" (``GPT2Config()``: 124 M parameters,
     random weights, the real 50,257-token GPT-2 tokenizer): GPT-2's shapes without downloading its weights."""
     device: str = "cpu"
-    """"cpu" or "cuda"."""
+    """"cpu" or "cuda". On a GPU both sides run under the course's precision (``runtime.pick_precision``: bf16
+    autocast where the GPU has it natively), and utilisation is also given against the GPU's published peak."""
     repeats: int = 3
     """Timed repetitions per row (the table shows their median and min–max)."""
     warmup: int = 1
@@ -113,19 +114,35 @@ def bench_model_dir(model: str, workdir: str | Path) -> Path:
     its model from a folder, so both sides load the same one)."""
     if model == "tiny":
         return TINY_BASE
-    from transformers import AutoTokenizer, GPT2Config, GPT2LMHeadModel
-
-    if not (GPT2_TOKENIZER / "tokenizer.json").is_file() and not (GPT2_TOKENIZER / "vocab.json").is_file():
-        raise FileNotFoundError(f"bench --model gpt2-shape needs the GPT-2 tokenizer files in {GPT2_TOKENIZER} (the "
-                                "course's shared folder, next to the repository); copy them there or use --model tiny")
     out = Path(workdir) / "gpt2-shape"
     if not (out / "config.json").is_file():
-        tok = AutoTokenizer.from_pretrained(str(GPT2_TOKENIZER))
-        torch.manual_seed(0)
-        cfg = GPT2Config(bos_token_id=tok.eos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.eos_token_id)
-        GPT2LMHeadModel(cfg).save_pretrained(str(out))
-        tok.save_pretrained(str(out))
+        write_gpt2_shape(out)
     return out
+
+
+# The few small layers of ``write_gpt2_shape(small=True)``: GPT-2's vocabulary and context, a fraction of its width
+SMALL_GPT2 = {"n_layer": 2, "n_embd": 64, "n_head": 2}
+
+
+def write_gpt2_shape(out: str | Path, small: bool = False, tokenizer_dir: str | Path = GPT2_TOKENIZER) -> Path:
+    """Write a GPT-2-shaped model folder with random weights (seed 0) and the real 50,257-token GPT-2 tokenizer:
+    ``GPT2Config()`` itself (124 M parameters, the benchmarks' shape), or with ``small`` 2 layers of width 64 (the
+    offline stand-in for GPT-2 that ``pipeline --profile gpt2-smoke --base-model PATH`` runs in seconds). It loads
+    with ``from_pretrained`` like the hub's ``gpt2``. Returns ``out``."""
+    from transformers import AutoTokenizer, GPT2Config, GPT2LMHeadModel
+
+    tokenizer_dir = Path(tokenizer_dir)
+    if not (tokenizer_dir / "tokenizer.json").is_file() and not (tokenizer_dir / "vocab.json").is_file():
+        raise FileNotFoundError(f"a GPT-2-shaped model needs the GPT-2 tokenizer files in {tokenizer_dir} (the "
+                                "course's shared folder, next to the repository); copy them there, or use --model tiny")
+    tok = AutoTokenizer.from_pretrained(str(tokenizer_dir))
+    torch.manual_seed(0)
+    cfg = GPT2Config(bos_token_id=tok.eos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.eos_token_id,
+                     **(SMALL_GPT2 if small else {}))
+    with atomic_dir(out, "gpt2-shape") as tmp, hf_bars_off():
+        GPT2LMHeadModel(cfg).save_pretrained(str(tmp))
+        tok.save_pretrained(str(tmp))
+    return Path(out)
 
 
 def fresh_model(model_dir: Path, device: str):
@@ -196,9 +213,25 @@ def matmul_weights(model_dir, lm_head: bool) -> int:
     return blocks + (model.get_output_embeddings().weight.numel() if lm_head else 0)
 
 
+# Published dense peak rates of common GPUs, TFLOP/s (NVIDIA data sheets): (bf16 tensor cores, float32). The T4 and
+# V100 have no bf16 tensor cores (their fp16 peaks, 65 and 125, need loss scaling, which the course keeps out).
+GPU_PEAK_TFLOPS = {"H200": (989.0, 67.0), "H100 PCIe": (756.0, 51.0), "H100": (989.0, 67.0), "A100": (312.0, 19.5),
+                   "L4": (121.0, 30.3), "A10": (125.0, 31.2), "T4": (None, 8.1), "V100": (None, 15.7)}
+
+
+def gpu_peak_tflops(name: str, precision: str) -> float | None:
+    """The published peak of GPU ``name`` (``torch.cuda.get_device_name()``) at ``precision`` ("bf16" or "fp32"),
+    None for a GPU not in :data:`GPU_PEAK_TFLOPS`: MFU = achieved FLOP/s ÷ this."""
+    for key, (bf16, fp32) in GPU_PEAK_TFLOPS.items():  # "H100 PCIe" before "H100": the first match wins
+        if key in name:
+            return bf16 if precision == "bf16" else fp32
+    return None
+
+
 def matmul_gflops(d: int, device: str, tokens: int = 4096, repeats: int = 20) -> float:
-    """This machine's float32 matrix-multiply rate at the model's own shapes ([tokens, d] × [d, 4d], an MLP
-    projection): the yardstick for the training rows' utilisation (achieved FLOP/s ÷ this)."""
+    """This machine's matrix-multiply rate at the model's own shapes ([tokens, d] × [d, 4d], an MLP projection), in
+    the precision the rows run in (float32, or bf16 under autocast): the yardstick for the training rows'
+    utilisation (achieved FLOP/s ÷ this)."""
     x, w = torch.randn(tokens, d, device=device), torch.randn(d, 4 * d, device=device)
     for _ in range(3):
         x @ w
@@ -380,19 +413,22 @@ def run_bench(cfg: BenchConfig, out: str | Path | None = None, progress: bool = 
         n_params, d = sum(p.numel() for p in base.parameters()), base.config.hidden_size
         del base
         data = bench_data(tok, cfg)
-        for name, fn in steps:
-            if progress:
-                print(f"bench: {name} …", flush=True)
-            got = fn(model_dir, data, cfg, with_trl)
-            rows += got if isinstance(got, list) else [got]
-        memory = ppo_memory(model_dir, cfg)
-        peak = matmul_gflops(d, cfg.device)
+        precision = pick_precision(cfg.device)
+        with autocast(cfg.device, precision):  # both sides alike
+            for name, fn in steps:
+                if progress:
+                    print(f"bench: {name} …", flush=True)
+                got = fn(model_dir, data, cfg, with_trl)
+                rows += got if isinstance(got, list) else [got]
+            memory = ppo_memory(model_dir, cfg)
+            peak = matmul_gflops(d, cfg.device)
+    gpu = torch.cuda.get_device_name() if cfg.device == "cuda" else None
     for r in rows:
         r["ratio"] = r["ours"]["median"] / r["trl"]["median"] if r.get("trl") else None
     result = {"setup": {**asdict(cfg), "parameters": n_params, "versions": versions(), "trl": trl_version(),
                         "threads": torch.get_num_threads(),
-                        "gpu": torch.cuda.get_device_name() if cfg.device == "cuda" else None,
-                        "matmul_gflops": round(peak, 1)},
+                        "gpu": gpu, "precision": precision, "matmul_gflops": round(peak, 1),
+                        "gpu_peak_tflops": gpu_peak_tflops(gpu, precision) if gpu else None},
               "rows": rows, "ppo_memory": memory, "notes": notes}
     if out:
         with atomic_file(out) as tmp:
@@ -430,16 +466,20 @@ def bench_table(result: dict, markdown: bool = False) -> str:
         widths = [40, 14, 24, 24, 9, 20]
         fmt = lambda r: " ".join(f"{c:<{w}}" if i < 2 else f"{c:>{w}}" for i, (c, w) in enumerate(zip(r, widths)))
         lines = [head, fmt(cols)] + [fmt(r) for r in rows]
-    util = []
-    for r in result["rows"]:
-        for side, key, what in (("ours", "gflops", "our SFT"), ("trl", "gflops", "TRL's SFT"),
-                                ("ours", "update_gflops", "our PPO update phase")):
-            if r.get(side) and r[side].get(key):
-                util.append(f"{what} {r[side][key]:.1f} GFLOP/s = {r[side][key] / s['matmul_gflops']:.0%}")
+    achieved = [(what, (r.get(side) or {}).get(key)) for r in result["rows"]
+                for side, key, what in (("ours", "gflops", "our SFT"), ("trl", "gflops", "TRL's SFT"),
+                                        ("ours", "update_gflops", "our PPO update phase"))]
+    achieved = [(what, g) for what, g in achieved if g]  # GFLOP/s of the rows that measure it
+    util = [f"{what} {g:.1f} GFLOP/s = {g / s['matmul_gflops']:.0%}" for what, g in achieved]
+    arithmetic = "bf16" if s.get("precision") == "bf16" else "float32"
     if util:
         lines.append(f"{chr(10) if markdown else ''}Compute (≈ 4 FLOP per matrix weight and token, a lower bound): "
-                     + ", ".join(util) + f" of this machine's measured float32 matmul rate ({s['matmul_gflops']:.0f} "
-                                         "GFLOP/s)")
+                     + ", ".join(util) + f" of this machine's measured {arithmetic} matmul rate "
+                                         f"({s['matmul_gflops']:.0f} GFLOP/s)")
+    if util and s.get("gpu_peak_tflops"):
+        mfu = [f"{what} {g / 1e3 / s['gpu_peak_tflops']:.1%}" for what, g in achieved]
+        lines.append(f"MFU against the {s['gpu']}'s published {s['precision']} peak ({s['gpu_peak_tflops']:.0f} "
+                     "TFLOP/s): " + ", ".join(mfu))
     m = result["ppo_memory"]
     lines.append(f"{chr(10) if markdown else ''}PPO parameter memory: policy + reference + value "
                  f"{m['policy_reference_value_mb']:.1f} MiB = "
