@@ -71,6 +71,14 @@ def lm_loss(model, data: torch.Tensor, batch_size: int = 32) -> float:
     return sum(losses) / len(losses)
 
 
+def corpus_split(cfg: PretrainConfig) -> tuple[list[tuple[str, bool]], list[tuple[str, bool]]]:
+    """The corpus ``cfg`` describes, split once for every user: (train documents, held-out documents), the last
+    ``heldout_frac`` of them held out."""
+    docs = build_world(cfg.seed).corpus(cfg.n_docs)
+    n_held = max(1, int(len(docs) * cfg.heldout_frac))
+    return docs[:-n_held], docs[-n_held:]
+
+
 def corpus_blocks(tokenizer, split: str = "heldout", cfg: PretrainConfig | None = None, max_docs: int | None = None,
                   block: int | None = None) -> torch.Tensor:
     """The pretraining corpus as packed rows [N, block], split exactly as ``pretrain`` split it: "train"
@@ -79,10 +87,8 @@ def corpus_blocks(tokenizer, split: str = "heldout", cfg: PretrainConfig | None 
     cfg = cfg or PretrainConfig()
     if split not in ("train", "heldout"):
         raise ValueError(f"split must be 'train' or 'heldout', got {split!r}")
-    docs = build_world(cfg.seed).corpus(cfg.n_docs)
-    n_held = max(1, int(len(docs) * cfg.heldout_frac))
-    docs = docs[:-n_held] if split == "train" else docs[-n_held:]
-    return _blocks(docs[:max_docs], tokenizer, block or cfg.n_positions)
+    train, held = corpus_split(cfg)
+    return _blocks((train if split == "train" else held)[:max_docs], tokenizer, block or cfg.n_positions)
 
 
 def train_lm(model, train: torch.Tensor, held: torch.Tensor, cfg: PretrainConfig, progress: bool = True,
@@ -140,10 +146,7 @@ def pretrain(cfg: PretrainConfig, out_dir: str | os.PathLike, progress: bool = T
     t0 = time.time()
     random.seed(cfg.seed)
     torch.manual_seed(cfg.seed)
-    world = build_world(cfg.seed)
-    docs = world.corpus(cfg.n_docs)
-    n_held = max(1, int(len(docs) * cfg.heldout_frac))
-    train_docs, held_docs = docs[:-n_held], docs[-n_held:]
+    train_docs, held_docs = corpus_split(cfg)
     tokenizer = train_tokenizer([t for t, _ in train_docs], cfg.vocab_size, cfg.n_positions)
     train, held = _blocks(train_docs, tokenizer, cfg.n_positions), _blocks(held_docs, tokenizer, cfg.n_positions)
 
@@ -161,7 +164,7 @@ def pretrain(cfg: PretrainConfig, out_dir: str | os.PathLike, progress: bool = T
             "epochs": round(cfg.steps * cfg.batch_size / len(train), 2),
             "final_train_loss": history[-1]["train_loss"], "final_heldout_loss": history[-1]["heldout_loss"],
             "wall_time_s": round(elapsed, 1), "threads": torch.get_num_threads(), "torch": torch.__version__,
-            "corpus_digest": corpus_digest(docs), "history": history}
+            "corpus_digest": corpus_digest(train_docs + held_docs), "history": history}
     # write everything to a temporary folder first: an interrupted run leaves nothing half-written
     with atomic_dir(out_dir, "pretrain") as tmp:
         model.generation_config = GenerationConfig(bos_token_id=tokenizer.eos_token_id,
@@ -191,7 +194,8 @@ def continue_pretraining(base: str, cfg: PretrainConfig, out_dir: str | os.PathL
     if context and cfg.n_positions > context:
         raise ValueError(f"PretrainConfig.n_positions = {cfg.n_positions} is longer than {base!r}'s context of "
                          f"{context} tokens; use at most {context}")
-    train, held = corpus_blocks(tokenizer, "train", cfg), corpus_blocks(tokenizer, "heldout", cfg)
+    train_docs, held_docs = corpus_split(cfg)  # as pretrain split it
+    train, held = _blocks(train_docs, tokenizer, cfg.n_positions), _blocks(held_docs, tokenizer, cfg.n_positions)
     before = lm_loss(model, held, cfg.batch_size)
     history = train_lm(model, train, held, cfg, progress, desc="continued pretraining")
     model.eval()
