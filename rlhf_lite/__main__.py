@@ -392,7 +392,9 @@ def cmd_grade(args) -> int:
 def _device_option(s) -> None:
     """``--device`` and ``--base-model`` on a command that trains or samples (``--base-model`` also works before the
     command, as ``--profile`` does)."""
-    s.add_argument("--device", default=None, choices=["auto", "cpu", "cuda"],
+    from .runtime import DEVICES
+
+    s.add_argument("--device", default=None, choices=DEVICES,
                    help="where to run: auto (the GPU when torch sees one; the default, or $RLHF_LITE_DEVICE), cpu "
                    "or cuda")
     s.add_argument("--base-model", default=argparse.SUPPRESS, metavar="PATH",

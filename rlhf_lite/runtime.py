@@ -35,7 +35,7 @@ def seed_everything(seed: int = 0) -> None:
 
 DEVICE_ENV = "RLHF_LITE_DEVICE"
 PRECISION_ENV = "RLHF_LITE_PRECISION"
-DEVICES = ("auto", "cpu", "cuda")
+DEVICES = ("auto", "cpu", "cuda")  # the choices of --device ("cuda:N" is accepted too)
 PRECISIONS = ("auto", "fp32", "bf16")
 
 
@@ -52,7 +52,7 @@ def pick_device(prefer: str | None = None) -> str:
         raise ValueError(f"unknown device {choice!r} (from {source}); use auto, cpu, cuda or cuda:N")
     if choice.startswith("cuda") and not torch.cuda.is_available():
         raise ValueError(f"device {choice!r} was asked for (from {source}) but torch sees no CUDA GPU; use 'cpu' or "
-                           "'auto' (in Colab: Runtime > Change runtime type > GPU)")
+                         "'auto' (in Colab: Runtime > Change runtime type > GPU)")
     return choice
 
 
