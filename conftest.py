@@ -22,6 +22,12 @@ os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("TQDM_DISABLE", "1")              # progress bars are for people, not logs
 os.environ.setdefault("MPLBACKEND", "Agg")
+# pytest-xdist (`-n` in pyproject.toml): each worker process imports this file, so each has its own cache above, and
+# the cores are shared out between the workers (and the kernels and subprocesses they start) rather than
+# oversubscribed; a torch with 2 threads per worker on 2 cores runs slower than 1
+if os.environ.get("PYTEST_XDIST_WORKER_COUNT"):
+    os.environ.setdefault("OMP_NUM_THREADS",
+                          str(max(1, (os.cpu_count() or 1) // int(os.environ["PYTEST_XDIST_WORKER_COUNT"]))))
 
 
 def pytest_collection_modifyitems(config, items):

@@ -1,4 +1,5 @@
 import json
+import os
 import subprocess
 import sys
 import warnings
@@ -178,33 +179,47 @@ def test_agreement_matrix_diagonal_and_symmetry(world):
     assert expected_agreement(world, items, gold, labs[0]) > m[0][1]  # the panel's mean beats a second noisy labeler
 
 
-@pytest.mark.slow
+def _ranking_writer(path: str, tag: str, ack_fd: int) -> None:
+    """A forked writer for the SIGKILL test: appends records forever and, after each ``append`` returns, writes
+    the record's id as a line to ``ack_fd`` (what it reported saved)."""
+    store = RankingStore(path)
+    os.write(ack_fd, b"ready\n")
+    for i in range(100000):
+        store.append({"prompt_id": f"{tag}-{i}", "prompt": "Q" * (i % 300 + 1), "responses": ["a" * i, "b"],
+                      "ranking": [0, 1]})
+        os.write(ack_fd, f"{tag}-{i}\n".encode())
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="forks its writers")
 def test_store_loses_no_acknowledged_record_under_sigkill(tmp_path):
     """Two writers on one file, killed with SIGKILL at random moments, many times: every record a writer reported
-    saved (printed after ``append`` returned) is in the file, and the file always loads."""
+    saved is in the file, and the file always loads. The writers are forked from this process (which has imported
+    the package already), so a trial costs a fraction of a second instead of two interpreter start-ups."""
+    import multiprocessing
     import random
-    import signal
     import time
 
-    path = tmp_path / "c.jsonl"
-    writer = ("import sys\nfrom rlhf_lite.feedback import RankingStore\n"
-              "s = RankingStore(sys.argv[1]); tag = sys.argv[2]; print('ready', flush=True)\n"
-              "for i in range(100000):\n"
-              "    s.append({'prompt_id': f'{tag}-{i}', 'prompt': 'Q' * (i % 300 + 1), 'responses': ['a' * i, 'b'],"
-              " 'ranking': [0, 1]})\n"
-              "    print(f'{tag}-{i}', flush=True)\n")
+    path, fork = tmp_path / "c.jsonl", multiprocessing.get_context("fork")
     rng, acked = random.Random(0), set()
     for trial in range(8):
-        procs = [subprocess.Popen([sys.executable, "-c", writer, str(path), f"w{trial}{k}"], stdout=subprocess.PIPE,
-                                  text=True) for k in range(2)]
+        pipes = [os.pipe() for _ in range(2)]
+        procs = [fork.Process(target=_ranking_writer, args=(str(path), f"w{trial}{k}", w)) for k, (_, w) in
+                 enumerate(pipes)]
         for p in procs:
-            assert p.stdout.readline().strip() == "ready"
+            p.start()
+        readers = []
+        for r, w in pipes:
+            os.close(w)  # the writer holds the only write end: its death closes the pipe
+            readers.append(os.fdopen(r, encoding="utf-8"))
+            assert readers[-1].readline().strip() == "ready"
         time.sleep(rng.uniform(0.05, 0.4))
         for p in procs:
-            p.send_signal(signal.SIGKILL)
-        for p in procs:
-            acked |= {line.strip() for line in p.stdout.read().splitlines() if line.strip()}
-            p.wait()
+            p.kill()  # SIGKILL, possibly in the middle of a write
+        for p, f in zip(procs, readers):
+            lines = f.read().split("\n")
+            f.close()
+            acked |= {line for line in lines[:-1] if line}  # the last piece may be an id cut off mid-write
+            p.join()
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # a torn tail is expected; it is cut off when the store opens
             saved = {r["prompt_id"] for r in RankingStore(path).load()}
