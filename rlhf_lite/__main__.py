@@ -1,6 +1,6 @@
 """Command line: ``python -m rlhf_lite
 {pretrain,world,sft,reward,ppo,pipeline,bench,gpt2-shape,repo-url,notebook-times,save-stages,student-notebooks,grade,
-browser-check,evaluate} …``
+browser-check,evaluate,diagnose} …``
 (see ``--help``)."""
 from __future__ import annotations
 
@@ -132,6 +132,41 @@ def cmd_evaluate(args) -> int:
     for t, g, s in r["samples"][: args.examples]:
         print(textwrap.indent(f"--- {t.category}: {t.instruction[:100]!r}\n    -> {g.text[:160]!r} (gold {s:.2f})",
                               "  "))
+    return 0
+
+
+def cmd_diagnose(args) -> int:
+    from .config import get_profile
+    from .course.diagnose import agreement_by_criterion, fact_recall
+    from .models import load_base
+    from .reward import load_reward_model, record_scores
+    from .runtime import pick_device, quiet
+    from .stages import base_checkpoint, comparison_data, reward_checkpoint, sft_checkpoint
+    from .world import world_from_config
+
+    quiet()
+    prof = get_profile(args.profile, args.base_model)
+    if prof.data != "tinyworld":
+        raise ValueError(f"profile {prof.name!r} has no gold panel to diagnose against (data {prof.data!r}); "
+                         "use a TinyWorld profile: tiny, smoke or gpt2")
+    device = pick_device(args.device)
+    world = world_from_config(prof.world)
+    print(f"profile {prof.name}: does each model know the world's facts? (the true value ranked first among every "
+          f"value its relation takes, {args.facts} facts)")
+    for name, path in (("base", base_checkpoint(prof, device=device)), ("SFT", sft_checkpoint(prof, device=device))):
+        model, tok = load_base(str(path), device=device)
+        r = fact_recall(model, tok, world, n_facts=args.facts)
+        rows = ", ".join(f"{k} {v['recall']:.2f}" for k, v in r.items() if k != "all")
+        print(f"  {name:5s} {r['all']:.3f}   by relation: {rows}")
+    rm, tok = load_reward_model(reward_checkpoint(prof, device=device), device=device)
+    val = comparison_data(prof, device=device)["validation"]
+    a = agreement_by_criterion(world, val, record_scores(rm, tok, prof.reward.max_length), args.min_gap)
+    print(f"\nwhich criteria does the reward model read? {a['pairs']} validation pairs whose gold scores differ by "
+          f">= {args.min_gap}, each credited to the criterion that decides it; the reward model orders "
+          f"{a['agreement']:.1%} of them as the gold panel does")
+    print(f"  {'criterion':15s} {'pairs':>6s} {'share':>6s} {'RM agrees':>9s} {'mean gap':>8s}")
+    for c, v in a["by_criterion"].items():
+        print(f"  {c:15s} {v['pairs']:6d} {v['share']:6.1%} {v['agreement']:9.1%} {v['mean_gap']:8.3f}")
     return 0
 
 
@@ -518,6 +553,13 @@ def main(argv: list[str] | None = None) -> int:
     s.add_argument("--seed", type=_at_least(0), default=0, help="sampling seed (default 0)")
     _device_option(s)
     s.set_defaults(fn=cmd_evaluate)
+    s = sub.add_parser("diagnose", help="where the signal gets lost: the models' recall of the world's facts, and the "
+                       "reward model's agreement with the gold panel per criterion (cached stages)")
+    s.add_argument("--facts", type=_at_least(1), default=400, help="knowledge-base facts to probe (default 400)")
+    s.add_argument("--min-gap", type=_non_negative_float, default=0.1,
+                   help="smallest gold difference of a pair that counts (default 0.1)")
+    _device_option(s)
+    s.set_defaults(fn=cmd_diagnose)
     args = p.parse_args(argv)
     try:
         from .config import get_profile

@@ -160,6 +160,19 @@ def test_pipeline_smoke_writes_every_key_and_is_reproducible(tmp_path):
     assert m == m2  # same seed, same numbers (wall times aside)
 
 
+
+@pytest.mark.slow
+def test_diagnose_command_reads_the_cached_stages(capsys):
+    """`diagnose` on smoke (placed after the pipeline test, whose stages it then finds cached in this process's
+    runs folder; alone, it trains them first)."""
+    from rlhf_lite.__main__ import main
+
+    assert main(["--profile", "smoke", "diagnose", "--facts", "20"]) == 0
+    out = capsys.readouterr().out
+    assert "base " in out and "SFT " in out and "RM agrees" in out and "validation pairs" in out
+    assert main(["--profile", "gpt2-hub", "diagnose"]) == 2
+    assert "no gold panel" in capsys.readouterr().err
+
 def test_writers_vs_sft_is_one_half_against_itself(world):
     tasks = world.splits["test"][:8]
     same = writers_vs_sft(tasks, [t.response for t in tasks], world.panel.held_out)

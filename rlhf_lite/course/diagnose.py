@@ -1,0 +1,138 @@
+"""Where a lesson's signal gets lost: does the model know the world's facts, and which of the panel's criteria does
+the reward model read? (``python -m rlhf_lite diagnose``)
+
+TinyWorld's gold panel scores seven criteria (``world.labelers``). A reward model is trained on the labelers'
+rankings and scores whole answers, so its accuracy alone does not say *what* it learned. Here every validation pair
+whose gold scores differ clearly is credited to the criterion that decides it, and the reward model's agreement with
+the gold panel is counted per criterion: a criterion on which it agrees no better than a coin is one that PPO cannot
+be taught to improve. :func:`fact_recall` asks the other half of the question: is the knowledge such a criterion
+needs in the model at all?
+"""
+from __future__ import annotations
+
+import itertools
+import random
+from collections import defaultdict
+from typing import Callable, Sequence
+
+import torch
+
+from ..models import pad_batch
+from ..world import CRITERIA, World
+from ..world.kb import state
+from ..world.labelers import GATE
+from ..world.tasks import Task
+
+LENGTH = "length"
+"""The part of a gold difference that comes from the labelers' taste for long answers (not a criterion)."""
+
+
+def _score_parts(world: World, task: Task, text: str, finished: bool | None) -> list[tuple]:
+    """Per labeler: (criteria, weighted mean of the non-gate criteria, length bonus, the weights)."""
+    out = []
+    for lab in world.panel.labelers:
+        s = lab.score(task.instruction, task.context, text, finished, task=task)
+        mean = sum(lab.weights[c] * s.criteria[c] for c in lab.weights) / sum(lab.weights.values())
+        out.append((s.criteria, mean, s.length_bonus, lab.weights))
+    return out
+
+
+def _difference(pa: list[tuple], pb: list[tuple]) -> dict[str, float]:
+    parts = dict.fromkeys(CRITERIA + [LENGTH], 0.0)
+    n = len(pa)
+    for (ca, ma, ba, w), (cb, mb, bb, _) in zip(pa, pb):
+        g_mean, total_w = (ca[GATE] + cb[GATE]) / 2, sum(w.values())
+        for c in w:
+            parts[c] += g_mean * w[c] / total_w * (ca[c] - cb[c]) / n
+        parts[GATE] += (ma + mb) / 2 * (ca[GATE] - cb[GATE]) / n
+        parts[LENGTH] += (ba - bb) / n
+    return parts
+
+
+def gold_difference_parts(world: World, task: Task, a: str, b: str, finished_a: bool | None = None,
+                          finished_b: bool | None = None) -> dict[str, float]:
+    """Split the gold difference gold(a) − gold(b) into one part per criterion, exactly.
+
+    A labeler scores ``g · m + bonus`` with ``g`` the fluency gate and ``m = Σ_c w_c v_c / Σ_c w_c`` the weighted
+    mean of the other criteria. Since ``g_a m_a − g_b m_b = ḡ (m_a − m_b) + m̄ (g_a − g_b)`` (ḡ, m̄: the means of the
+    two answers' values), criterion c's part is ``ḡ · w_c/Σw · (v_c,a − v_c,b)``, fluency's is ``m̄ · (g_a − g_b)``,
+    and :data:`LENGTH` holds the length bonus's difference; averaged over the panel like the gold score, the parts
+    sum to gold(a) − gold(b)."""
+    return _difference(_score_parts(world, task, a, finished_a), _score_parts(world, task, b, finished_b))
+
+
+def deciding_criterion(parts: dict[str, float]) -> str:
+    """The part that pushes hardest in the direction of the total difference (the criterion a pair is "about")."""
+    sign = 1.0 if sum(parts.values()) >= 0 else -1.0
+    return max(parts, key=lambda c: sign * parts[c])
+
+
+def agreement_by_criterion(world: World, records: Sequence[dict], judge: Callable[[dict], Sequence[float]],
+                           min_gap: float = 0.1) -> dict:
+    """How often ``judge`` (e.g. :func:`rlhf_lite.reward.record_scores` of a reward model) orders a pair of answers
+    as the gold panel does, per deciding criterion.
+
+    ``records``: comparison records (``prompt_id``, ``responses``, ``finished``); every pair of different answers
+    whose gold scores differ by at least ``min_gap`` counts. Returns ``{"pairs", "agreement", "by_criterion":
+    {criterion: {"pairs", "share", "agreement", "mean_gap"}}}``, criteria ordered by how many pairs they decide;
+    a tie in the judge's scores counts half."""
+    hits: dict[str, list[float]] = defaultdict(list)
+    gaps: dict[str, list[float]] = defaultdict(list)
+    for rec in records:
+        task = world.tasks_by_id[rec["prompt_id"]]
+        fin = rec.get("finished") or [True] * len(rec["responses"])
+        scores = judge(rec)
+        each = [_score_parts(world, task, r, f) for r, f in zip(rec["responses"], fin)]  # once per answer
+        for i, j in itertools.combinations(range(len(rec["responses"])), 2):
+            if rec["responses"][i] == rec["responses"][j]:
+                continue
+            parts = _difference(each[i], each[j])
+            gap = sum(parts.values())
+            if abs(gap) < min_gap:
+                continue
+            d = scores[i] - scores[j]
+            key = deciding_criterion(parts)
+            hits[key].append(0.5 if d == 0 else float((d > 0) == (gap > 0)))
+            gaps[key].append(abs(gap))
+    n = sum(len(v) for v in hits.values())
+    by = {c: {"pairs": len(hits[c]), "share": len(hits[c]) / n, "agreement": sum(hits[c]) / len(hits[c]),
+              "mean_gap": sum(gaps[c]) / len(gaps[c])} for c in sorted(hits, key=lambda c: -len(hits[c]))}
+    return {"pairs": n, "agreement": sum(sum(v) for v in hits.values()) / n if n else float("nan"),
+            "by_criterion": by}
+
+
+@torch.no_grad()
+def fact_recall(model, tokenizer, world: World, n_facts: int = 400, seed: int = 0, batch_size: int = 32) -> dict:
+    """Does a language model know the knowledge base? Each fact is written as its plain sentence (``kb.state``),
+    "<subject ...> <value>.", once with every value its relation takes in the world; the model knows the fact
+    when the true sentence has the highest log-probability. ``n_facts`` facts are drawn at random (friendships,
+    whose values are people, are left out). Returns ``{relation: {"facts", "recall", "chance"}}`` and ``"all"``:
+    the share of all drawn facts recalled."""
+    values: dict[str, set[str]] = defaultdict(set)
+    for f in world.kb.facts:
+        values[f.relation].add(f.value)
+    facts = [f for f in world.kb.facts if f.relation != "friend" and len(values[f.relation]) > 1
+             and state(f).rstrip(".").endswith(f.value)]
+    facts = random.Random(seed).sample(facts, min(n_facts, len(facts)))
+    was = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    recalled: dict[str, list[bool]] = defaultdict(list)
+    chance: dict[str, float] = {}
+    for f in facts:
+        stem = state(f).rstrip(".")[: -len(f.value)]
+        options = sorted(values[f.relation])
+        seqs = [[tokenizer.eos_token_id] + tokenizer.encode(stem + v + ".") for v in options]
+        logps = []
+        for k in range(0, len(seqs), batch_size):
+            b = pad_batch(seqs[k:k + batch_size], tokenizer.pad_token_id or tokenizer.eos_token_id)
+            ids, attn = b["input_ids"].to(device), b["attention_mask"].to(device)
+            lp = model(input_ids=ids, attention_mask=attn).logits[:, :-1].float().log_softmax(-1)
+            tok_lp = lp.gather(-1, ids[:, 1:, None])[..., 0] * attn[:, 1:]  # (B, T-1): log p of each next token
+            logps += tok_lp.sum(1).tolist()
+        recalled[f.relation].append(options[max(range(len(options)), key=logps.__getitem__)] == f.value)
+        chance[f.relation] = 1 / len(options)
+    model.train(was)
+    out = {r: {"facts": len(v), "recall": sum(v) / len(v), "chance": chance[r]} for r, v in sorted(recalled.items())}
+    out["all"] = sum(sum(v) for v in recalled.values()) / max(1, sum(len(v) for v in recalled.values()))
+    return out
