@@ -17,6 +17,7 @@ from typing import Callable, Sequence
 
 import torch
 
+from ..dpo import sequence_logps
 from ..models import pad_batch
 from ..world import CRITERIA, World
 from ..world.kb import state
@@ -125,11 +126,11 @@ def fact_recall(model, tokenizer, world: World, n_facts: int = 400, seed: int = 
         seqs = [[tokenizer.eos_token_id] + tokenizer.encode(stem + v + ".") for v in options]
         logps = []
         for k in range(0, len(seqs), batch_size):
-            b = pad_batch(seqs[k:k + batch_size], tokenizer.pad_token_id or tokenizer.eos_token_id)
+            b = pad_batch(seqs[k:k + batch_size], tokenizer.eos_token_id)
             ids, attn = b["input_ids"].to(device), b["attention_mask"].to(device)
-            lp = model(input_ids=ids, attention_mask=attn).logits[:, :-1].float().log_softmax(-1)
-            tok_lp = lp.gather(-1, ids[:, 1:, None])[..., 0] * attn[:, 1:]  # (B, T-1): log p of each next token
-            logps += tok_lp.sum(1).tolist()
+            sentence = attn.clone()
+            sentence[:, 0] = 0  # every token after the leading end-of-text
+            logps += sequence_logps(model, ids, attn, sentence).tolist()  # [B]: log p(sentence)
         recalled[f.relation].append(options[max(range(len(options)), key=logps.__getitem__)] == f.value)
         chance[f.relation] = 1 / len(options)
     model.train(was)
