@@ -350,6 +350,12 @@ class Profile:
     schema. With real data, comparisons come from ``reward.source`` (HH-RLHF or a local file) and there is no gold
     judge: models are compared by reward-model score and KL."""
 
+    @property
+    def smoke(self) -> bool:
+        """A CI profile (``smoke``, ``gpt2-smoke``): every stage in seconds, so a result there promises nothing and
+        the notebooks skip their checks of what a lesson shows."""
+        return self.name.endswith("smoke")
+
 
 # Which settings must be > 0, or lie in [0, 1]; every other number must be finite and ≥ 0 (``no_eos_penalty``: any
 # finite number or None). A count of 0 means "all" where the field's docstring says so (n_train, max_steps, n_prompts).

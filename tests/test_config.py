@@ -36,3 +36,8 @@ def test_every_config_field_has_a_docstring():
             if isinstance(node, ast.AnnAssign):
                 nxt = body[i + 1] if i + 1 < len(body) else None
                 assert isinstance(nxt, ast.Expr) and isinstance(nxt.value, ast.Constant), f"{cls.name}.{node.target.id}"
+
+
+def test_smoke_profiles_are_the_ci_sizes():
+    assert [n for n in ("smoke", "tiny", "gpt2", "gpt2-smoke", "gpt2-hub") if get_profile(n).smoke] == \
+        ["smoke", "gpt2-smoke"]
