@@ -29,20 +29,21 @@ LENGTH = "length"
 
 
 def _score_parts(world: World, task: Task, text: str, finished: bool | None) -> list[tuple]:
-    """Per labeler: (criteria, weighted mean of the non-gate criteria, length bonus, the weights)."""
+    """Per labeler: (criteria, weighted mean of the non-gate criteria, length bonus, the weights, their sum)."""
     out = []
     for lab in world.panel.labelers:
         s = lab.score(task.instruction, task.context, text, finished, task=task)
-        mean = sum(lab.weights[c] * s.criteria[c] for c in lab.weights) / sum(lab.weights.values())
-        out.append((s.criteria, mean, s.length_bonus, lab.weights))
+        total_w = sum(lab.weights.values())
+        mean = sum(lab.weights[c] * s.criteria[c] for c in lab.weights) / total_w
+        out.append((s.criteria, mean, s.length_bonus, lab.weights, total_w))
     return out
 
 
 def _difference(pa: list[tuple], pb: list[tuple]) -> dict[str, float]:
     parts = dict.fromkeys(CRITERIA + [LENGTH], 0.0)
     n = len(pa)
-    for (ca, ma, ba, w), (cb, mb, bb, _) in zip(pa, pb):
-        g_mean, total_w = (ca[GATE] + cb[GATE]) / 2, sum(w.values())
+    for (ca, ma, ba, w, total_w), (cb, mb, bb, _, _) in zip(pa, pb):
+        g_mean = (ca[GATE] + cb[GATE]) / 2
         for c in w:
             parts[c] += g_mean * w[c] / total_w * (ca[c] - cb[c]) / n
         parts[GATE] += (ma + mb) / 2 * (ca[GATE] - cb[GATE]) / n
