@@ -7,6 +7,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import random
 import sys
 import textwrap
@@ -35,6 +36,14 @@ def _non_negative_float(text: str) -> float:
         raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
     if not math.isfinite(v) or v < 0:
         raise argparse.ArgumentTypeError(f"must be a finite number ≥ 0, got {text}")
+    return v
+
+
+def _positive_float(text: str) -> float:
+    """argparse type: a finite number > 0."""
+    v = _non_negative_float(text)
+    if v == 0:
+        raise argparse.ArgumentTypeError(f"must be greater than 0, got {text}")
     return v
 
 
@@ -137,7 +146,8 @@ def cmd_evaluate(args) -> int:
 
 def cmd_diagnose(args) -> int:
     from .config import get_profile
-    from .course.diagnose import agreement_by_criterion, fact_recall
+    from .course.diagnose import accuracy_difference, agreement_by_criterion, fact_recall, mean_judge
+    from .feedback import expected_agreement
     from .models import load_base
     from .reward import load_reward_model, record_scores
     from .runtime import pick_device, quiet
@@ -158,15 +168,40 @@ def cmd_diagnose(args) -> int:
         r = fact_recall(model, tok, world, n_facts=args.facts)
         rows = ", ".join(f"{k} {v['recall']:.2f}" for k, v in r.items() if k != "all")
         print(f"  {name:5s} {r['all']:.3f}   by relation: {rows}")
-    rm, tok = load_reward_model(reward_checkpoint(prof, device=device), device=device)
     val = comparison_data(prof, device=device)["validation"]
-    a = agreement_by_criterion(world, val, record_scores(rm, tok, prof.reward.max_length), args.min_gap)
-    print(f"\nwhich criteria does the reward model read? {a['pairs']} validation pairs whose gold scores differ by "
-          f">= {args.min_gap}, each credited to the criterion that decides it; the reward model orders "
+
+    def judge_of(paths):  # the saved reward models' mean reward, each answer of ``val`` scored once
+        judges = [record_scores(*load_reward_model(path, device=device), prof.reward.max_length) for path in paths]
+        scores = {id(rec): mean_judge(judges)(rec) for rec in val}
+        return lambda rec: scores[id(rec)]
+
+    paths = args.reward_model or [reward_checkpoint(prof, device=device)]
+    judge = judge_of(paths)
+    name = "the reward model" if len(paths) == 1 else f"the ensemble of {len(paths)} reward models (mean reward)"
+    held = world.panel.held_out
+    acc = sum(expected_agreement(world, val, judge, lab) for lab in held) / len(held)
+    print(f"\n{name}: {', '.join(str(p) for p in paths)}\nagrees with the held-out labelers on {acc:.3f} of the "
+          f"validation pairs of SFT samples")
+    if args.against:
+        d = accuracy_difference(world, val, judge, judge_of(args.against), held)
+        lo, hi = d["difference_ci"]
+        verdict = "noise" if lo <= 0 <= hi else "better" if lo > 0 else "worse"
+        print(f"against {', '.join(args.against)} ({d['b']:.3f} on the same {d['pairs']:,} pairs of {d['prompts']} "
+              f"prompts): {d['difference']:+.3f} [{lo:+.3f}, {hi:+.3f}] (95 % paired bootstrap): {verdict}")
+    a = agreement_by_criterion(world, val, judge, args.min_gap)
+    print(f"which criteria does it read? {a['pairs']} validation pairs whose gold scores differ by "
+          f">= {args.min_gap}, each credited to the criterion that decides it; it orders "
           f"{a['agreement']:.1%} of them as the gold panel does")
     print(f"  {'criterion':15s} {'pairs':>6s} {'share':>6s} {'RM agrees':>9s} {'mean gap':>8s}")
     for c, v in a["by_criterion"].items():
         print(f"  {c:15s} {v['pairs']:6d} {v['share']:6.1%} {v['agreement']:9.1%} {v['mean_gap']:8.3f}")
+    for c, v in a["by_criterion"].items():
+        for m in v["misses"][: args.examples]:
+            if m is v["misses"][0]:
+                print(f"\n{c}: pairs it orders against the gold panel (largest gold gap first)")
+            task = world.tasks_by_id[m["prompt_id"]]
+            print(f"  {task.instruction[:90]!r} (gold gap {m['gap']:.2f})\n    better: {m['better'][:110]!r}\n"
+                  f"    worse:  {m['worse'][:110]!r}")
     return 0
 
 
@@ -253,7 +288,8 @@ def cmd_reward(args) -> int:
     device = pick_device(args.device)
     cfg = replace(prof.reward,
                   **{k: v for k, v in {"n_prompts": args.n_prompts, "grouped": False if args.shuffled else None,
-                                                   "lora": False if args.full else None}.items() if v is not None})
+                                       "lora": False if args.full else None, "epochs": args.epochs,
+                                       "lr": args.lr}.items() if v is not None})
     prof = replace(prof, reward=cfg)
     seed_everything(cfg.seed)
     print(f"reward model for profile {prof.name}: comparisons from {cfg.source}, "
@@ -312,8 +348,11 @@ def cmd_ppo(args) -> int:
 
 
 def cmd_pipeline(args) -> int:
+    from .config import SET_ENV
     from .pipeline import run_pipeline
 
+    if os.environ.get(SET_ENV):
+        print(f"settings changed from the profile's: {os.environ[SET_ENV]}")
     run_pipeline(args.profile, args.out, args.seed, device=args.device, base_model=args.base_model)
     return 0
 
@@ -444,6 +483,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--base-model", default=None, metavar="PATH",
                    help="the GPT-2 profiles' base model: a folder with its weights and tokenizer, or a hub name "
                    "(default: $RLHF_LITE_BASE_MODEL, else the profile's, gpt2)")
+    p.add_argument("--set", action="append", default=[], metavar="SECTION.FIELD=VALUE",
+                   help="override one of the profile's settings, e.g. --set reward.epochs=2 (repeat it for more; "
+                   "sections: world, "
+                   "pretrain, sft, reward, ppo, dpo, grpo, lora; added to $RLHF_LITE_SET); the cached stages are "
+                   "keyed on every setting, so changed ones train again")
     sub = p.add_subparsers(dest="cmd", required=True)
     s = sub.add_parser("pretrain", help="build the tokenizer and pretrain the tiny GPT-2 from scratch")
     s.add_argument("--out", required=True, help="folder to write (replaced atomically when training finishes)")
@@ -476,6 +520,8 @@ def main(argv: list[str] | None = None) -> int:
     s.add_argument("--n-prompts", type=_at_least(1), help="override the number of ranked training prompts")
     s.add_argument("--shuffled", action="store_true", help="the ablation: pairs shuffled as independent examples")
     s.add_argument("--full", action="store_true", help="full fine-tuning instead of LoRA")
+    s.add_argument("--epochs", type=_at_least(1), help="override the profile's passes over the comparisons")
+    s.add_argument("--lr", type=_positive_float, help="override the profile's peak learning rate")
     _device_option(s)
     s.set_defaults(fn=cmd_reward)
     s = sub.add_parser("ppo", help="PPO (or PPO-ptx) against the cached reward model, from the cached SFT model")
@@ -558,9 +604,22 @@ def main(argv: list[str] | None = None) -> int:
     s.add_argument("--facts", type=_at_least(1), default=400, help="knowledge-base facts to probe (default 400)")
     s.add_argument("--min-gap", type=_non_negative_float, default=0.1,
                    help="smallest gold difference of a pair that counts (default 0.1)")
+    s.add_argument("--reward-model", nargs="+", metavar="PATH",
+                   help="diagnose these saved reward models (`reward --out PATH`) instead of the cached one; "
+                   "several are judged as an ensemble (their mean reward)")
+    s.add_argument("--against", nargs="+", metavar="PATH",
+                   help="also compare the held-out labelers' agreement with these saved reward models' (an ensemble "
+                   "if several): the difference on the same pairs with its 95 %% paired-bootstrap interval")
+    s.add_argument("--examples", type=_at_least(0), default=0, metavar="N",
+                   help="print N pairs per criterion that the reward model orders against the gold panel (default 0)")
     _device_option(s)
     s.set_defaults(fn=cmd_diagnose)
     args = p.parse_args(argv)
+    from .config import SET_ENV
+
+    before = os.environ.get(SET_ENV)
+    if args.set:  # for every get_profile of this command, the pipeline's stages included
+        os.environ[SET_ENV] = " ".join([before or "", *args.set]).strip()
     try:
         from .config import get_profile
 
@@ -575,6 +634,11 @@ def main(argv: list[str] | None = None) -> int:
             raise  # a bug, ours or a library's: the traceback says where
         print(f"error: {e}", file=sys.stderr)  # a message we wrote for the user: one line, no traceback
         return 2
+    finally:
+        if before is None:
+            os.environ.pop(SET_ENV, None)
+        else:
+            os.environ[SET_ENV] = before
 
 
 def _raised_by_us(e: BaseException) -> bool:

@@ -278,6 +278,7 @@ def test_missing_tokenizer_vocabulary(model_copy):
     (["ppo", "--steps", "0"], "--steps"), (["ppo", "--steps", "-1"], "--steps"), (["ppo", "--beta", "nan"], "--beta"),
     (["ppo", "--ptx", "-1"], "--ptx"), (["evaluate", "--n", "-30"], "--n"), (["evaluate", "--n", "0"], "--n"),
     (["world", "--show", "-1"], "--show"), (["sft", "--epochs", "0"], "--epochs"),
+    (["reward", "--epochs", "0"], "--epochs"), (["reward", "--lr", "0"], "--lr"), (["reward", "--lr", "inf"], "--lr"),
                                           (["pretrain", "--out", "x", "--steps", "0"],
                                                                                    "--steps"),
 ])

@@ -61,6 +61,12 @@ def test_reward_command_trains_measures_and_saves(tmp_path):
 
     rm, _ = load_reward_model(tmp_path / "rm")
     assert rm.head.out_features == 1
+    steps = len(json.loads((tmp_path / "rm" / "reward_model.json").read_text())["history"]["train"])
+    r = run("reward", "--epochs", "2", "--lr", "1e-3", "--full", "--out", str(tmp_path / "rm2"))  # the overrides
+    assert r.returncode == 0, r.stderr
+    assert "full fine-tuning" in r.stdout
+    saved = json.loads((tmp_path / "rm2" / "reward_model.json").read_text())
+    assert len(saved["history"]["train"]) == 2 * steps and saved["lora"] is False
 
 
 def test_ppo_command_checkpoints_and_resumes(tmp_path):

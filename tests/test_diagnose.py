@@ -8,11 +8,14 @@ from transformers import GPT2LMHeadModel
 
 from rlhf_lite.course.diagnose import (
     LENGTH,
+    accuracy_difference,
     agreement_by_criterion,
     deciding_criterion,
     fact_recall,
     gold_difference_parts,
+    mean_judge,
 )
+from rlhf_lite.feedback import expected_agreement
 from rlhf_lite.models import load_base
 from rlhf_lite.world.fluency import garble
 from rlhf_lite.world.tasks import RUDE_PHRASES, corrupt
@@ -52,19 +55,27 @@ def test_deciding_criterion_by_hand():
     assert deciding_criterion({"correct": 0.1, "fluent": -0.4, "polite": 0.05}) == "fluent"  # total is negative
 
 
-def test_agreement_by_criterion_counts_a_judge_against_the_gold_panel(world):
+def _records(world, n=20):
+    """Each answerable validation task's reference and three broken versions of it, as comparison records."""
     rng = random.Random(1)
     records = []
-    for t in _answerable(world, 20):
+    for t in _answerable(world, n):
         responses = [t.response, garble(t.response), "Nobody asked. " + t.response,
                      corrupt(world.kb, t, "wrong_fact", rng)]
         records.append({"prompt_id": t.prompt_id, "prompt": t.instruction, "responses": responses,
                         "finished": [True] * len(responses)})
+    return records
 
+
+def _gold(world):
     def gold(rec):
         t = world.tasks_by_id[rec["prompt_id"]]
         return [world.panel.gold_score(t.instruction, t.context, r, True, task=t) for r in rec["responses"]]
+    return gold
 
+
+def test_agreement_by_criterion_counts_a_judge_against_the_gold_panel(world):
+    records, gold = _records(world), _gold(world)
     right = agreement_by_criterion(world, records, gold)
     assert right["agreement"] == 1.0 and right["pairs"] > 20
     assert sum(v["pairs"] for v in right["by_criterion"].values()) == right["pairs"]
@@ -79,6 +90,11 @@ def test_agreement_by_criterion_counts_a_judge_against_the_gold_panel(world):
     fluency = agreement_by_criterion(world, records, lambda rec: [0.0, -1.0, 0.0, 0.0])
     assert fluency["by_criterion"]["fluent"]["agreement"] == 1.0
     assert fluency["by_criterion"]["polite"]["agreement"] == 0.5
+    assert not right["by_criterion"]["polite"]["misses"] and not fluency["by_criterion"]["polite"]["misses"]  # ties
+    miss = wrong["by_criterion"]["polite"]["misses"]  # the negated judge misses every pair, better answer first
+    assert len(miss) == wrong["by_criterion"]["polite"]["pairs"]
+    assert all(m["worse"].startswith("Nobody asked.") for m in miss)
+    assert [m["gap"] for m in miss] == sorted((m["gap"] for m in miss), reverse=True)
     assert agreement_by_criterion(world, records, gold, min_gap=10.0)["pairs"] == 0
 
 
@@ -92,3 +108,26 @@ def test_fact_recall_separates_a_model_that_learned_the_world_from_one_that_did_
     torch.manual_seed(0)
     blank = fact_recall(GPT2LMHeadModel(lm.config).eval(), tok, world, n_facts=40)
     assert blank["all"] < 0.5  # random weights: about chance (one in 3 to 15 values)
+
+
+def test_mean_judge_averages_each_answer():
+    rec = {"responses": ["a", "b", "c"]}
+    judge = mean_judge([lambda r: [1.0, 2.0, 3.0], lambda r: [3.0, 0.0, -1.0]])
+    assert judge(rec) == [2.0, 1.0, 1.0]
+    assert mean_judge([lambda r: [0.5, -0.5, 0.0]])(rec) == [0.5, -0.5, 0.0]  # one judge: itself
+    with pytest.raises(ValueError, match="at least one judge"):
+        mean_judge([])
+
+
+def test_accuracy_difference_is_paired_and_zero_against_itself(world):
+    records, gold = _records(world), _gold(world)
+    held = world.panel.held_out
+    same = accuracy_difference(world, records, gold, gold, held)
+    assert same["difference"] == 0.0 and same["difference_ci"] == [0.0, 0.0]
+    assert same["a"] == pytest.approx(sum(expected_agreement(world, records, gold, lab) for lab in held) / len(held))
+    assert same["prompts"] == 20 and same["pairs"] == 20 * 6  # four different answers: C(4,2) pairs each
+    worse = accuracy_difference(world, records, gold, lambda rec: [-s for s in gold(rec)], held)
+    assert worse["a"] + worse["b"] == pytest.approx(1.0)  # the negated judge picks the other answer of every pair
+    assert worse["difference"] == pytest.approx(worse["a"] - worse["b"]) and worse["difference_ci"][0] > 0
+    lo, hi = accuracy_difference(world, records, gold, lambda rec: [0.0, 0.0, 0.0, 0.0], held)["difference_ci"]
+    assert 0 < lo <= hi  # the gold panel's judgement beats a coin on these pairs, outside noise

@@ -170,6 +170,17 @@ def test_diagnose_command_reads_the_cached_stages(capsys):
     assert main(["--profile", "smoke", "diagnose", "--facts", "20"]) == 0
     out = capsys.readouterr().out
     assert "base " in out and "SFT " in out and "RM agrees" in out and "validation pairs" in out
+    from rlhf_lite.config import get_profile
+    from rlhf_lite.stages import reward_checkpoint
+
+    path = str(reward_checkpoint(get_profile("smoke")))
+    assert main(["--profile", "smoke", "diagnose", "--facts", "20", "--reward-model", path, path,
+                 "--examples", "1"]) == 0
+    both = capsys.readouterr().out
+    assert "the ensemble of 2 reward models" in both and "    better: " in both  # one missed pair per criterion
+    # a model averaged with itself is the same judge: the same agreements, line for line (examples left out)
+    table = both.split("agrees with the held-out")[1].split("\n\n")[0]
+    assert out.split("agrees with the held-out")[1].strip() == table.strip()
     assert main(["--profile", "gpt2-hub", "diagnose"]) == 2
     assert "no gold panel" in capsys.readouterr().err
 

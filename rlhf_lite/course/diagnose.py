@@ -18,6 +18,8 @@ from typing import Callable, Sequence
 import torch
 
 from ..dpo import sequence_logps
+from ..evaluate import bootstrap_ci
+from ..feedback import agreement, pref_probs
 from ..models import pad_batch
 from ..world import CRITERIA, World
 from ..world.kb import state
@@ -76,10 +78,12 @@ def agreement_by_criterion(world: World, records: Sequence[dict], judge: Callabl
 
     ``records``: comparison records (``prompt_id``, ``responses``, ``finished``); every pair of different answers
     whose gold scores differ by at least ``min_gap`` counts. Returns ``{"pairs", "agreement", "by_criterion":
-    {criterion: {"pairs", "share", "agreement", "mean_gap"}}}``, criteria ordered by how many pairs they decide;
-    a tie in the judge's scores counts half."""
+    {criterion: {"pairs", "share", "agreement", "mean_gap", "misses"}}}``, criteria ordered by how many pairs they
+    decide; a tie in the judge's scores counts half. ``misses``: the pairs the judge orders against the gold panel,
+    each ``{"prompt_id", "better", "worse", "gap"}`` (the gold panel's better answer first), largest gap first."""
     hits: dict[str, list[float]] = defaultdict(list)
     gaps: dict[str, list[float]] = defaultdict(list)
+    misses: dict[str, list[dict]] = defaultdict(list)
     for rec in records:
         task = world.tasks_by_id[rec["prompt_id"]]
         fin = rec.get("finished") or [True] * len(rec["responses"])
@@ -96,11 +100,48 @@ def agreement_by_criterion(world: World, records: Sequence[dict], judge: Callabl
             key = deciding_criterion(parts)
             hits[key].append(0.5 if d == 0 else float((d > 0) == (gap > 0)))
             gaps[key].append(abs(gap))
+            if hits[key][-1] == 0.0:
+                better, worse = (i, j) if gap > 0 else (j, i)
+                misses[key].append({"prompt_id": rec["prompt_id"], "better": rec["responses"][better],
+                                    "worse": rec["responses"][worse], "gap": abs(gap)})
     n = sum(len(v) for v in hits.values())
     by = {c: {"pairs": len(hits[c]), "share": len(hits[c]) / n, "agreement": sum(hits[c]) / len(hits[c]),
-              "mean_gap": sum(gaps[c]) / len(gaps[c])} for c in sorted(hits, key=lambda c: -len(hits[c]))}
+              "mean_gap": sum(gaps[c]) / len(gaps[c]), "misses": sorted(misses[c], key=lambda m: -m["gap"])}
+          for c in sorted(hits, key=lambda c: -len(hits[c]))}
     return {"pairs": n, "agreement": sum(sum(v) for v in hits.values()) / n if n else float("nan"),
             "by_criterion": by}
+
+
+def mean_judge(judges: Sequence[Callable[[dict], Sequence[float]]]) -> Callable[[dict], list[float]]:
+    """An ensemble of judges (e.g. several reward models' :func:`rlhf_lite.reward.record_scores`): the mean of their
+    scores for each answer of a record, the way Coste et al. (2023) average an ensemble of reward models."""
+    if not judges:
+        raise ValueError("mean_judge needs at least one judge")
+
+    def judge(rec: dict) -> list[float]:
+        return [sum(v) / len(v) for v in zip(*(list(j(rec)) for j in judges))]
+    return judge
+
+
+def accuracy_difference(world: World, records: Sequence[dict], judge_a: Callable[[dict], Sequence[float]],
+                        judge_b: Callable[[dict], Sequence[float]], labelers, seed: int = 0) -> dict:
+    """Two judges' accuracy against ``labelers`` (expected agreement over every distinct-answer pair of ``records``,
+    as :func:`rlhf_lite.reward.rm_accuracy` counts it) and the difference a − b with its 95 % paired-bootstrap
+    interval: the prompts are resampled, each carrying its pairs, so both judges are compared on the same pairs.
+    Returns ``{"a", "b", "difference", "difference_ci", "pairs", "prompts"}``; an interval that contains 0 is noise."""
+    per_prompt, n = [], 0
+    for rec in records:
+        pa, pb = pref_probs(world, rec, judge_a), pref_probs(world, rec, judge_b)
+        labs = [pref_probs(world, rec, lab) for lab in labelers]
+        agree = [sum(agreement([p], [q]) for q in labs) / len(labelers) for p in (pa, pb)]
+        per_prompt.append((agree[0] * len(pa), agree[1] * len(pa)))
+        n += len(pa)
+    k = len(per_prompt)
+    a, b = sum(x for x, _ in per_prompt) / n, sum(y for _, y in per_prompt) / n
+    # each prompt's share of the pair-weighted difference, scaled so that their plain mean is a − b
+    diffs = [(x - y) * k / n for x, y in per_prompt]
+    return {"a": a, "b": b, "difference": a - b, "difference_ci": bootstrap_ci(diffs, seed=seed), "pairs": n,
+            "prompts": k}
 
 
 @torch.no_grad()
