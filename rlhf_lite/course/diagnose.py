@@ -136,6 +136,8 @@ def accuracy_difference(world: World, records: Sequence[dict], judge_a: Callable
         agree = [sum(agreement([p], [q]) for q in labs) / len(labelers) for p in (pa, pb)]
         per_prompt.append((agree[0] * len(pa), agree[1] * len(pa)))
         n += len(pa)
+    if not n:
+        raise ValueError("accuracy_difference: the records hold no pair of different answers to compare on")
     k = len(per_prompt)
     a, b = sum(x for x, _ in per_prompt) / n, sum(y for _, y in per_prompt) / n
     # each prompt's share of the pair-weighted difference, scaled so that their plain mean is a − b
