@@ -147,7 +147,6 @@ def cmd_evaluate(args) -> int:
 def cmd_diagnose(args) -> int:
     from .config import get_profile
     from .course.diagnose import accuracy_difference, agreement_by_criterion, fact_recall, mean_judge
-    from .feedback import expected_agreement
     from .models import load_base
     from .reward import load_reward_model, record_scores
     from .runtime import pick_device, quiet
@@ -178,12 +177,12 @@ def cmd_diagnose(args) -> int:
     paths = args.reward_model or [reward_checkpoint(prof, device=device)]
     judge = judge_of(paths)
     name = "the reward model" if len(paths) == 1 else f"the ensemble of {len(paths)} reward models (mean reward)"
-    held = world.panel.held_out
-    acc = sum(expected_agreement(world, val, judge, lab) for lab in held) / len(held)
-    print(f"\n{name}: {', '.join(str(p) for p in paths)}\nagrees with the held-out labelers on {acc:.3f} of the "
+    # against itself, the difference is 0: the held-out labelers are scored once either way
+    d = accuracy_difference(world, val, judge, judge_of(args.against) if args.against else judge,
+                            world.panel.held_out)
+    print(f"\n{name}: {', '.join(str(p) for p in paths)}\nagrees with the held-out labelers on {d['a']:.3f} of the "
           f"validation pairs of SFT samples")
     if args.against:
-        d = accuracy_difference(world, val, judge, judge_of(args.against), held)
         lo, hi = d["difference_ci"]
         verdict = "noise" if lo <= 0 <= hi else "better" if lo > 0 else "worse"
         print(f"against {', '.join(args.against)} ({d['b']:.3f} on the same {d['pairs']:,} pairs of {d['prompts']} "
