@@ -170,8 +170,9 @@ def cmd_diagnose(args) -> int:
     val = comparison_data(prof, device=device)["validation"]
 
     def judge_of(paths):  # the saved reward models' mean reward, each answer of ``val`` scored once
-        judges = [record_scores(*load_reward_model(path, device=device), prof.reward.max_length) for path in paths]
-        scores = {id(rec): mean_judge(judges)(rec) for rec in val}
+        ensemble = mean_judge([record_scores(*load_reward_model(path, device=device), prof.reward.max_length)
+                               for path in paths])
+        scores = {id(rec): ensemble(rec) for rec in val}
         return lambda rec: scores[id(rec)]
 
     paths = args.reward_model or [reward_checkpoint(prof, device=device)]
@@ -484,9 +485,8 @@ def main(argv: list[str] | None = None) -> int:
                    "(default: $RLHF_LITE_BASE_MODEL, else the profile's, gpt2)")
     p.add_argument("--set", action="append", default=[], metavar="SECTION.FIELD=VALUE",
                    help="override one of the profile's settings, e.g. --set reward.epochs=2 (repeat it for more; "
-                   "sections: world, "
-                   "pretrain, sft, reward, ppo, dpo, grpo, lora; added to $RLHF_LITE_SET); the cached stages are "
-                   "keyed on every setting, so changed ones train again")
+                   "sections: world, pretrain, sft, reward, ppo, dpo, grpo, lora; added to $RLHF_LITE_SET); the "
+                   "cached stages are keyed on every setting, so changed ones train again")
     sub = p.add_subparsers(dest="cmd", required=True)
     s = sub.add_parser("pretrain", help="build the tokenizer and pretrain the tiny GPT-2 from scratch")
     s.add_argument("--out", required=True, help="folder to write (replaced atomically when training finishes)")
