@@ -148,6 +148,7 @@ def cmd_diagnose(args) -> int:
     from .config import get_profile
     from .course.diagnose import accuracy_difference, agreement_by_criterion, fact_recall, mean_judge
     from .models import load_base
+    from .pipeline import shown_path
     from .reward import load_reward_model, record_scores
     from .runtime import pick_device, quiet
     from .stages import base_checkpoint, comparison_data, reward_checkpoint, sft_checkpoint
@@ -181,8 +182,9 @@ def cmd_diagnose(args) -> int:
     # against itself, the difference is 0: the held-out labelers are scored once either way
     d = accuracy_difference(world, val, judge, judge_of(args.against) if args.against else judge,
                             world.panel.held_out)
-    print(f"\n{name}: {', '.join(str(p) for p in paths)}\nagrees with the held-out labelers on {d['a']:.3f} of the "
-          f"validation pairs of SFT samples")
+    shown = ", ".join(shown_path(p) for p in paths)
+    print(f"\n{name}: {shown}\nagrees with the held-out labelers on {d['a']:.3f} of the validation pairs of SFT "
+          "samples")
     if args.against:
         lo, hi = d["difference_ci"]
         verdict = "noise" if lo <= 0 <= hi else "better" if lo > 0 else "worse"
@@ -202,7 +204,56 @@ def cmd_diagnose(args) -> int:
             task = world.tasks_by_id[m["prompt_id"]]
             print(f"  {task.instruction[:90]!r} (gold gap {m['gap']:.2f})\n    better: {m['better'][:110]!r}\n"
                   f"    worse:  {m['worse'][:110]!r}")
+    if args.policy:
+        _policy_frontier(args, prof, world, paths[0] if len(paths) == 1 else reward_checkpoint(prof, device=device),
+                         device)
     return 0
+
+
+def _policy_frontier(args, prof, world, rm_path, device) -> None:
+    """``diagnose --policy``: trained policies beside best-of-n of the SFT model, in reward and in gold."""
+    from peft import PeftModel
+
+    from .course.diagnose import reward_and_gold, reward_gold_frontier
+    from .evaluate import bootstrap_ci, prompt_win_rates
+    from .models import load_base
+    from .pipeline import shown_path
+    from .reward import load_reward_model
+    from .stages import sft_checkpoint
+
+    rm, rm_tok = load_reward_model(rm_path, device=device)
+    sft, tok = load_base(str(sft_checkpoint(prof, device=device)), device=device)
+    tasks = world.splits["test"][: args.n]
+    ns = (1, 2, 4, 8)
+    print(f"\ndoes a policy get the gold its reward promises? {len(tasks)} test prompts; best-of-n of SFT samples "
+          f"(the reward model {shown_path(rm_path)} picks) against the policies, one sample each")
+    run = lambda model, seed: reward_and_gold(model, tok, rm, rm_tok, world, tasks, prof.sft.prompt_format,  # noqa: E731
+                                              prof.max_new_tokens, prof.reward.max_length, seed)
+    samples = [run(sft, seed) for seed in range(max(ns))]
+    policies = {}
+    for path in args.policy:
+        adapter = Path(path) / "adapter" if (Path(path) / "adapter").is_dir() else Path(path)
+        if not (adapter / "adapter_config.json").is_file():
+            raise FileNotFoundError(f"--policy {path}: no adapter there (adapter_config.json); pass the --out folder "
+                                    "of `python -m rlhf_lite ppo`, or its adapter folder")
+        base, _ = load_base(str(sft_checkpoint(prof, device=device)), device=device)
+        policies[str(path)] = run(PeftModel.from_pretrained(base, str(adapter)).eval(), 0)
+    f = reward_gold_frontier(samples, policies, ns)
+    print(f"  {'':28s} {'reward':>7s} {'gold':>6s}")
+    for n, r in f["best_of"].items():
+        label = f"SFT best-of-{n} (KL ≤ {r['kl_bound']:.2f})"
+        print(f"  {label:28s} {r['reward']:+7.3f} {r['gold']:6.3f}")
+    def diff(r, key):
+        lo, hi = r[f"{key}_ci"]
+        return f"{r[key]:+.3f} [{lo:+.3f}, {hi:+.3f}] {'noise' if lo <= 0 <= hi else 'above' if lo > 0 else 'below'}"
+    for name, r in f["policies"].items():
+        wins = prompt_win_rates(tasks, policies[name]["gens"], samples[0]["gens"], world.panel.held_out)
+        lo, hi = bootstrap_ci(wins)
+        print(f"  {Path(name).name[:28]:28s} {r['reward']:+7.3f} {r['gold']:6.3f}\n"
+              f"      held-out labelers prefer it to SFT {sum(wins) / len(wins):.1%} [{lo:.1%}, {hi:.1%}]; gold vs SFT "
+              f"{diff(r, 'gold_vs_sft')}; vs best-of-{r['nearest_n']} (nearest reward) {diff(r, 'gold_vs_nearest')}")
+    print("  (95 % paired bootstrap over the prompts; a policy below the best-of-n of equal reward has found the "
+          "reward model's errors)")
 
 
 def cmd_sft(args) -> int:
@@ -611,6 +662,11 @@ def main(argv: list[str] | None = None) -> int:
                    "if several): the difference on the same pairs with its 95 %% paired-bootstrap interval")
     s.add_argument("--examples", type=_at_least(0), default=0, metavar="N",
                    help="print N pairs per criterion that the reward model orders against the gold panel (default 0)")
+    s.add_argument("--policy", nargs="+", metavar="PATH",
+                   help="also set these PPO policies (`ppo --out PATH`) beside best-of-n of the SFT model: the reward "
+                   "each reaches and the gold it gets for it (the profile's reward model, or the one --reward-model "
+                   "names)")
+    s.add_argument("--n", type=_at_least(1), default=300, help="test prompts for --policy (default 300)")
     _device_option(s)
     s.set_defaults(fn=cmd_diagnose)
     args = p.parse_args(argv)

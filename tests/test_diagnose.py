@@ -1,5 +1,6 @@
 """`rlhf_lite.course.diagnose`: the gold difference split by criterion, the reward model's agreement per criterion,
 and the fact-recall probe."""
+import math
 import random
 
 import pytest
@@ -14,6 +15,8 @@ from rlhf_lite.course.diagnose import (
     fact_recall,
     gold_difference_parts,
     mean_judge,
+    reward_and_gold,
+    reward_gold_frontier,
 )
 from rlhf_lite.feedback import expected_agreement
 from rlhf_lite.models import load_base
@@ -131,3 +134,40 @@ def test_accuracy_difference_is_paired_and_zero_against_itself(world):
     assert worse["difference"] == pytest.approx(worse["a"] - worse["b"]) and worse["difference_ci"][0] > 0
     lo, hi = accuracy_difference(world, records, gold, lambda rec: [0.0, 0.0, 0.0, 0.0], held)["difference_ci"]
     assert 0 < lo <= hi  # the gold panel's judgement beats a coin on these pairs, outside noise
+
+
+def test_reward_gold_frontier_by_hand():
+    # two tasks, two SFT samples each: best-of-1 takes sample 0, best-of-2 the higher reward per task
+    samples = [{"reward": [0.0, 1.0], "gold": [0.5, 0.9]},
+               {"reward": [2.0, 0.0], "gold": [0.7, 0.1]}]
+    policies = {"honest": {"reward": [2.0, 1.0], "gold": [0.7, 0.9]},  # = best-of-2 in both
+                "hacker": {"reward": [3.0, 1.0], "gold": [0.1, 0.1]},  # more reward, less gold
+                "timid": {"reward": [0.0, 1.0], "gold": [0.5, 0.9]}}   # = best-of-1
+    f = reward_gold_frontier(samples, policies, ns=(1, 2))
+    assert f["best_of"][1] == {"reward": 0.5, "gold": pytest.approx(0.7), "kl_bound": 0.0}
+    assert f["best_of"][2]["reward"] == 1.5 and f["best_of"][2]["gold"] == pytest.approx(0.8)
+    assert f["best_of"][2]["kl_bound"] == pytest.approx(math.log(2) - 0.5)
+    honest, hacker, timid = (f["policies"][k] for k in ("honest", "hacker", "timid"))
+    assert honest["nearest_n"] == 2 and honest["gold_vs_nearest"] == pytest.approx(0.0)
+    assert honest["gold_vs_nearest_ci"] == pytest.approx([0.0, 0.0])
+    assert hacker["reward"] == 2.0 and hacker["nearest_n"] == 2
+    assert hacker["gold_vs_nearest"] == pytest.approx(-0.7)  # (0.1 − 0.7 + 0.1 − 0.9) / 2
+    assert hacker["gold_vs_nearest_ci"][1] < 0  # below the frontier, outside noise
+    assert timid["nearest_n"] == 1 and timid["gold_vs_nearest"] == pytest.approx(0.0)
+    assert honest["gold_vs_sft"] == pytest.approx(0.1) and hacker["gold_vs_sft"] == pytest.approx(-0.6)
+    with pytest.raises(ValueError, match="best-of-4 needs 4 samples"):
+        reward_gold_frontier(samples, policies, ns=(1, 4))
+
+
+def test_reward_and_gold_scores_each_sample(world):
+    from rlhf_lite.config import RewardConfig
+    from rlhf_lite.reward import build_reward_model
+
+    model, tok = load_base("tiny")
+    rm = build_reward_model(load_base("tiny")[0], RewardConfig())
+    tasks = world.splits["test"][:6]
+    a = reward_and_gold(model, tok, rm, tok, world, tasks, max_new_tokens=8, seed=3)
+    b = reward_and_gold(model, tok, rm, tok, world, tasks, max_new_tokens=8, seed=3)
+    assert len(a["reward"]) == len(a["gold"]) == len(a["gens"]) == 6
+    assert a == b  # seeded: the same samples, the same scores
+    assert all(isinstance(g, float) for g in a["gold"])

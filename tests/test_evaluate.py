@@ -184,6 +184,22 @@ def test_diagnose_command_reads_the_cached_stages(capsys):
     assert main(["--profile", "gpt2-hub", "diagnose"]) == 2
     assert "no gold panel" in capsys.readouterr().err
 
+
+@pytest.mark.slow
+def test_diagnose_sets_a_policy_beside_best_of_n(tmp_path, capsys):
+    """`diagnose --policy`: a PPO run's reward and gold beside best-of-n of the SFT model, on the same prompts."""
+    from rlhf_lite.__main__ import main
+
+    assert main(["--profile", "smoke", "ppo", "--steps", "1", "--out", str(tmp_path / "ppo")]) == 0
+    capsys.readouterr()
+    assert main(["--profile", "smoke", "diagnose", "--facts", "5", "--n", "12", "--policy",
+                 str(tmp_path / "ppo")]) == 0
+    out = capsys.readouterr().out.split("does a policy get the gold")[1]
+    assert all(f"SFT best-of-{n} (KL" in out for n in (1, 2, 4, 8)) and "12 test prompts" in out
+    assert "held-out labelers prefer it to SFT" in out and "vs best-of-" in out
+    assert main(["--profile", "smoke", "diagnose", "--facts", "5", "--policy", str(tmp_path)]) == 2
+    assert "no adapter there" in capsys.readouterr().err
+
 def test_writers_vs_sft_is_one_half_against_itself(world):
     tasks = world.splits["test"][:8]
     same = writers_vs_sft(tasks, [t.response for t in tasks], world.panel.held_out)

@@ -6,7 +6,8 @@ rankings and scores whole answers, so its accuracy alone does not say *what* it 
 whose gold scores differ clearly is credited to the criterion that decides it, and the reward model's agreement with
 the gold panel is counted per criterion: a criterion on which it agrees no better than a coin is one that PPO cannot
 be taught to improve. :func:`fact_recall` asks the other half of the question: is the knowledge such a criterion
-needs in the model at all?
+needs in the model at all? :func:`reward_gold_frontier` asks what happens downstream: does a trained policy get the
+gold score its reward promises, as best-of-n sampling of the SFT model does?
 """
 from __future__ import annotations
 
@@ -17,10 +18,12 @@ from typing import Callable, Sequence
 
 import torch
 
+from ..data import render_prompt
 from ..dpo import sequence_logps
-from ..evaluate import bootstrap_ci
+from ..evaluate import best_of_n, best_of_n_kl, bootstrap_ci
 from ..feedback import agreement, pref_probs
-from ..models import pad_batch
+from ..models import generate, pad_batch
+from ..reward import score_responses
 from ..world import CRITERIA, World
 from ..world.kb import state
 from ..world.labelers import GATE
@@ -144,6 +147,51 @@ def accuracy_difference(world: World, records: Sequence[dict], judge_a: Callable
     diffs = [(x - y) * k / n for x, y in per_prompt]
     return {"a": a, "b": b, "difference": a - b, "difference_ci": bootstrap_ci(diffs, seed=seed), "pairs": n,
             "prompts": k}
+
+
+@torch.no_grad()
+def reward_and_gold(model, tokenizer, rm, rm_tokenizer, world: World, tasks: Sequence[Task], fmt: str = "alpaca",
+                    max_new_tokens: int = 64, max_length: int = 256, seed: int = 0) -> dict:
+    """One sample per task from ``model`` (T = 1, as PPO samples), scored by the reward model and by the gold panel.
+    Returns ``{"reward": [N], "gold": [N], "gens": [N Generations]}`` (N = len(tasks)), in the order of ``tasks``."""
+    prompts = [render_prompt(tokenizer, t.instruction, t.context, fmt) for t in tasks]
+    gens = generate(model, tokenizer, prompts, max_new_tokens, seed=seed, batch_size=64)
+    reward = score_responses(rm, rm_tokenizer, prompts, [g.text for g in gens], [g.finished for g in gens], max_length)
+    return {"reward": reward, "gold": world.panel.gold_scores(tasks, gens), "gens": gens}
+
+
+def reward_gold_frontier(samples: Sequence[dict], policies: dict[str, dict], ns: Sequence[int] = (1, 2, 4, 8),
+                         seed: int = 0) -> dict:
+    """Does a policy get the gold score its reward promises? ``samples``: :func:`reward_and_gold` of the SFT model
+    with different seeds (at least ``max(ns)``); ``policies``: name → :func:`reward_and_gold` of a trained policy on
+    the same tasks. Best-of-n of the SFT samples traces the frontier: mean reward and mean gold for each n (its KL to
+    SFT is at most log n − (n − 1)/n nats). Each policy is then set beside the rung whose mean reward is nearest its
+    own, with the gold difference policy − rung and its 95 % paired bootstrap over tasks: a policy whose reward has
+    risen but whose gold lags the rung at that reward has found the reward model's errors (Gao et al. 2022 find that
+    RL spends more KL than best-of-n for the same gold). Returns ``{"best_of": {n: {"reward", "gold", "kl_bound"}},
+    "policies": {name: {"reward", "gold", "gold_vs_sft", "gold_vs_sft_ci", "nearest_n", "gold_vs_nearest",
+    "gold_vs_nearest_ci"}}}`` (``gold_vs_sft``: against the first SFT sample, best-of-1)."""
+    if len(samples) < max(ns):
+        raise ValueError(f"reward_gold_frontier: best-of-{max(ns)} needs {max(ns)} samples per task, got "
+                         f"{len(samples)}")
+    n_tasks = len(samples[0]["reward"])
+    rungs, picked = {}, {}
+    for n in ns:
+        pick = best_of_n([[s["reward"][i] for s in samples[:n]] for i in range(n_tasks)], n)
+        picked[n] = [samples[j]["gold"][i] for i, j in enumerate(pick)]
+        rungs[n] = {"reward": sum(samples[j]["reward"][i] for i, j in enumerate(pick)) / n_tasks,
+                    "gold": sum(picked[n]) / n_tasks, "kl_bound": best_of_n_kl(n)}
+    out = {}
+    for name, p in policies.items():
+        reward = sum(p["reward"]) / n_tasks
+        near = min(ns, key=lambda n: abs(rungs[n]["reward"] - reward))
+        diffs = [a - b for a, b in zip(p["gold"], picked[near])]
+        vs_sft = [a - b for a, b in zip(p["gold"], samples[0]["gold"])]
+        out[name] = {"reward": reward, "gold": sum(p["gold"]) / n_tasks,
+                     "gold_vs_sft": sum(vs_sft) / n_tasks, "gold_vs_sft_ci": bootstrap_ci(vs_sft, seed=seed),
+                     "nearest_n": near, "gold_vs_nearest": sum(diffs) / n_tasks,
+                     "gold_vs_nearest_ci": bootstrap_ci(diffs, seed=seed)}
+    return {"best_of": rungs, "policies": out}
 
 
 @torch.no_grad()
