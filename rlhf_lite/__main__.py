@@ -212,14 +212,12 @@ def cmd_diagnose(args) -> int:
 
 def _policy_frontier(args, prof, world, rm_path, device) -> None:
     """``diagnose --policy``: trained policies beside best-of-n of the SFT model, in reward and in gold."""
-    from peft import PeftModel
-
     from .course.diagnose import reward_and_gold, reward_gold_frontier
     from .evaluate import bootstrap_ci, prompt_win_rates
     from .models import load_base
     from .pipeline import shown_path
     from .reward import load_reward_model
-    from .stages import sft_checkpoint
+    from .stages import load_policy, sft_checkpoint
 
     rm, rm_tok = load_reward_model(rm_path, device=device)
     sft, tok = load_base(str(sft_checkpoint(prof, device=device)), device=device)
@@ -230,14 +228,7 @@ def _policy_frontier(args, prof, world, rm_path, device) -> None:
     run = lambda model, seed: reward_and_gold(model, tok, rm, rm_tok, world, tasks, prof.sft.prompt_format,  # noqa: E731
                                               prof.max_new_tokens, prof.reward.max_length, seed)
     samples = [run(sft, seed) for seed in range(max(ns))]
-    policies = {}
-    for path in args.policy:
-        adapter = Path(path) / "adapter" if (Path(path) / "adapter").is_dir() else Path(path)
-        if not (adapter / "adapter_config.json").is_file():
-            raise FileNotFoundError(f"--policy {path}: no adapter there (adapter_config.json); pass the --out folder "
-                                    "of `python -m rlhf_lite ppo`, or its adapter folder")
-        base, _ = load_base(str(sft_checkpoint(prof, device=device)), device=device)
-        policies[str(path)] = run(PeftModel.from_pretrained(base, str(adapter)).eval(), 0)
+    policies = {str(path): run(load_policy(prof, path, device)[0], 0) for path in args.policy}
     f = reward_gold_frontier(samples, policies, ns)
     print(f"  {'':28s} {'reward':>7s} {'gold':>6s}")
     for n, r in f["best_of"].items():
@@ -330,7 +321,7 @@ def cmd_reward(args) -> int:
     from .config import get_profile
     from .reward import save_reward_model
     from .runtime import check_output_dir, pick_device, quiet, seed_everything
-    from .stages import sft_checkpoint, train_reward_stage
+    from .stages import policy_comparisons, sft_checkpoint, train_reward_stage
 
     if args.out:
         check_output_dir(args.out, "reward")  # before training, not after it
@@ -343,10 +334,16 @@ def cmd_reward(args) -> int:
                                        "lr": args.lr}.items() if v is not None})
     prof = replace(prof, reward=cfg)
     seed_everything(cfg.seed)
-    print(f"reward model for profile {prof.name}: comparisons from {cfg.source}, "
+    more = None
+    if args.policy:
+        more = policy_comparisons(prof, args.policy, device=device)
+        print(f"second round: {len(more['train']):,} training and {len(more['validation'])} validation prompts, the "
+              f"answers sampled from {args.policy} and ranked by the training labelers")
+    print(f"reward model for profile {prof.name}: comparisons from {cfg.source}"
+          f"{' (both rounds)' if more else ''}, "
           f"{'K-choose-2 batches' if cfg.grouped else 'shuffled pairs (ablation)'}, "
           f"{'LoRA' if cfg.lora else 'full fine-tuning'}")
-    rm, tok, metrics, history = train_reward_stage(prof, device=device)
+    rm, tok, metrics, history = train_reward_stage(prof, device=device, more=more)
     print(f"trained on {metrics['comparisons']:,} comparisons from {metrics['prompts']:,} prompts in "
           f"{metrics['wall_time_s']:.0f} s; "
           f"validation loss {history['eval'][0]['loss']:.3f} -> {metrics['validation_loss']:.3f}")
@@ -358,6 +355,23 @@ def cmd_reward(args) -> int:
         v = metrics["variant_pairs"]
         print(f"on reference-vs-corruption answers: held-out labelers {v['accuracy_heldout_labelers']:.3f}, "
               f"labelers agree {v['panel_agreement']:.3f}")
+    if more:
+        from .course.diagnose import accuracy_difference
+        from .reward import load_reward_model, record_scores
+        from .stages import reward_checkpoint
+        from .world import world_from_config
+
+        world = world_from_config(prof.world)
+        # the first round's reward model: the profile's own settings (cached), whatever this command overrode
+        first = reward_checkpoint(get_profile(args.profile, args.base_model), device=device)
+        d = accuracy_difference(world, more["validation"], record_scores(rm, tok, cfg.max_length),
+                                record_scores(*load_reward_model(first, device=device), cfg.max_length),
+                                world.panel.held_out)
+        lo, hi = d["difference_ci"]
+        print(f"on {d['pairs']:,} pairs of the policy's own answers ({d['prompts']} held-out users' prompts): held-out "
+              f"labelers {d['a']:.3f}, the first round's reward model {d['b']:.3f}, difference {d['difference']:+.3f} "
+              f"[{lo:+.3f}, {hi:+.3f}] (95 % paired bootstrap); labelers agree "
+              f"{metrics['policy_pairs']['panel_agreement']:.3f}")
     if args.out:
         save_reward_model(rm, args.out, base=sft_checkpoint(prof, device=device),
                           extra={"metrics": metrics, "history": history})
@@ -385,7 +399,10 @@ def cmd_ppo(args) -> int:
     print(f"PPO{'-ptx (γ = ' + str(cfg.ptx_coef) + ')' if cfg.ptx_coef else ''} on profile {prof.name}: {cfg.steps} "
           "steps of "
           f"{cfg.batch_size} episodes, β = {cfg.init_kl_coef}" + (f", checkpoints in {args.out}" if args.out else ""))
-    policy, _, _, history = ppo_stage(prof, cfg, out_dir=args.out, resume=args.resume, device=args.device)
+    if args.reward_model:
+        print(f"against the reward model in {args.reward_model}")
+    policy, _, _, history = ppo_stage(prof, cfg, out_dir=args.out, resume=args.resume, device=args.device,
+                                      reward_model=args.reward_model)
     last = history[-1]
     print(json.dumps({k: round(last[k], 4) for k in ("step", "reward", "kl", "gold", "eos_rate", "response_length")
                       if k in last}))
@@ -572,9 +589,13 @@ def main(argv: list[str] | None = None) -> int:
     s.add_argument("--full", action="store_true", help="full fine-tuning instead of LoRA")
     s.add_argument("--epochs", type=_at_least(1), help="override the profile's passes over the comparisons")
     s.add_argument("--lr", type=_positive_float, help="override the profile's peak learning rate")
+    s.add_argument("--policy", metavar="PATH",
+                   help="a second round: rank this PPO policy's answers (`ppo --out PATH`) on the training prompts the "
+                   "first round left unranked, and train on both rounds")
     _device_option(s)
     s.set_defaults(fn=cmd_reward)
-    s = sub.add_parser("ppo", help="PPO (or PPO-ptx) against the cached reward model, from the cached SFT model")
+    s = sub.add_parser("ppo", help="PPO (or PPO-ptx) against the cached (or a saved) reward model, from the cached SFT "
+                       "model")
     s.add_argument("--out", help="folder for checkpoints and the final adapter")
     s.add_argument("--resume", action="store_true", help="continue the interrupted run whose checkpoints are in --out")
     s.add_argument("--steps", type=_at_least(1), help="override the number of PPO iterations")
@@ -582,6 +603,8 @@ def main(argv: list[str] | None = None) -> int:
                    help="γ of PPO-ptx (pretraining loss weight; default 0: plain PPO)")
     s.add_argument("--beta", type=_non_negative_float, help="override the KL coefficient β")
     s.add_argument("--seed", type=_at_least(0), help="override the PPO seed")
+    s.add_argument("--reward-model", metavar="PATH",
+                   help="train against this saved reward model (`reward --out PATH`) instead of the cached one")
     _device_option(s)
     s.set_defaults(fn=cmd_ppo)
     s = sub.add_parser("pipeline",

@@ -8,7 +8,9 @@ caches what later stages need under ``runs/cache`` (``$RLHF_LITE_RUNS`` moves it
 * :func:`sft_checkpoint`: the SFT model (step 1, adapters merged);
 * :func:`comparison_data`: K samples of the SFT model per prompt, ranked by the labeler panel;
 * :func:`reward_checkpoint`: the reward model trained on them (step 2), normalised and measured;
-* :func:`ppo_stage`: PPO or PPO-ptx against it (step 3; not cached, it writes checkpoints to ``out_dir``).
+* :func:`ppo_stage`: PPO or PPO-ptx against it (step 3; not cached, it writes checkpoints to ``out_dir``);
+* :func:`policy_comparisons`: a second round, the labelers ranking a trained policy's own answers (not cached; a
+  reward model trained on both rounds, ``train_reward_stage(more=…)``, is what ``ppo_stage(reward_model=…)`` takes).
 
 A cache folder's name is a hash of every setting the stage depends on *and of the source code of the modules
 that compute it* (:func:`rlhf_lite.runtime.code_digest`), so changing ``train_sft`` or the labelers retrains
@@ -28,6 +30,8 @@ import random
 import time
 from pathlib import Path
 from types import SimpleNamespace
+
+import torch
 
 from .checkpoint import trained_state
 from .config import PPOConfig, Profile, RewardConfig, SFTConfig, get_profile
@@ -266,28 +270,39 @@ def comparison_data(profile: Profile | None = None, progress: bool = True,
 
 
 def train_reward_stage(profile: Profile | None = None, cfg: RewardConfig | None = None, progress: bool = True,
-                       device: str | None = None):
+                       device: str | None = None, more: dict[str, list[dict]] | None = None):
     """Everything of step 2 for a profile: comparisons (cached), a reward model on the SFT model,
     trained for ``cfg.epochs``, normalised on the demonstrations, then measured. Returns
     (reward model, tokenizer, metrics, history). Metrics (TinyWorld): ``accuracy_train_labelers`` and
     ``accuracy_heldout_labelers`` (expected agreement with each group on held-out users' pairs),
     ``panel_agreement`` (two different labelers: the human-level ceiling), ``gold_ceiling`` (the gold
     score itself as a judge of the held-out labelers), ``validation_loss``, ``comparisons``, ``wall_time_s``,
-    and ``variant_pairs`` (held-out accuracy and panel agreement on reference-vs-corruption answers)."""
+    and ``variant_pairs`` (held-out accuracy and panel agreement on reference-vs-corruption answers).
+    ``more``: a second round's comparisons (:func:`policy_comparisons`), trained on together with the first's;
+    the metrics then add ``policy_pairs``: the held-out labelers' accuracy and the panel's agreement on its
+    validation pairs (the policy's own answers)."""
     profile = profile or get_profile()
     cfg = cfg or profile.reward
     device, precision = placement(device)
     data = comparison_data(profile, progress=progress, device=device)
+    train = data["train"] + (more["train"] if more else [])
     lm, tok = load_base(str(sft_checkpoint(profile, progress=progress, device=device)), device=device)
     rm = build_reward_model(lm, cfg, profile.lora).to(device)
     with autocast(device, precision):
-        history = train_reward_model(rm, tok, data["train"], cfg, data["validation"], progress=progress)
-    metrics = {"comparisons": history["pairs"], "prompts": len(data["train"]),
+        history = train_reward_model(rm, tok, train, cfg, data["validation"], progress=progress)
+    metrics = {"comparisons": history["pairs"], "prompts": len(train),
                "wall_time_s": round(history["wall_time_s"], 1), "validation_loss": history["eval"][-1]["loss"],
                "validation_accuracy": history["eval"][-1]["accuracy"]}
     with autocast(device, precision):
         if cfg.source == "tinyworld":
             metrics.update(_measure_reward_model(rm, tok, profile, cfg, data["validation"]))
+            if more:
+                world = world_from_config(profile.world)
+                metrics["policy_pairs"] = {
+                    "accuracy_heldout_labelers": rm_accuracy(rm, tok, world, more["validation"], world.panel.held_out,
+                                                             cfg.max_length),
+                    "panel_agreement": off_diagonal_mean(agreement_matrix(world, more["validation"],
+                                                                          world.panel.labelers))}
         else:
             normalize_rewards(rm, tok, [r["prompt"] for r in data["train"][:200]],
                               [r["responses"][0] for r in data["train"][:200]], cfg.max_length)  # chosen replies
@@ -345,13 +360,57 @@ def reward_checkpoint(profile: Profile | None = None, progress: bool = True, dev
     return out
 
 
+def load_policy(profile: Profile, path: str | Path, device: str | None = None):
+    """A saved PPO policy on the profile's SFT model: ``path`` is the ``--out`` folder of ``python -m rlhf_lite ppo``
+    (its ``adapter`` folder) or an adapter folder itself. Returns (model, tokenizer), in eval mode."""
+    from peft import PeftModel
+
+    adapter = Path(path) / "adapter" if (Path(path) / "adapter").is_dir() else Path(path)
+    if not (adapter / "adapter_config.json").is_file():
+        raise FileNotFoundError(f"{path}: no policy adapter there (adapter_config.json); pass the --out folder of "
+                                "`python -m rlhf_lite ppo`, or its adapter folder")
+    sft, tok = load_base(str(sft_checkpoint(profile, device=pick_device(device))), device=pick_device(device))
+    with hf_bars_off():
+        return PeftModel.from_pretrained(sft, str(adapter)).eval(), tok
+
+
+def policy_comparisons(profile: Profile, policy: str | Path, progress: bool = True,
+                       device: str | None = None) -> dict[str, list[dict]]:
+    """A second round of comparisons, on a trained policy's own answers (InstructGPT and Llama 2 collected their
+    later comparisons this way): K of its samples for each training prompt the first round left unranked (from
+    ``reward.n_prompts`` on) and for the first round's held-out users' validation prompts, ranked by the training
+    labelers exactly as :func:`comparisons_dir` ranks the SFT model's. ``policy``: a ``ppo --out`` folder
+    (:func:`load_policy`). Returns ``{"train": [...], "validation": [...]}``."""
+    cfg = profile.reward
+    if cfg.source != "tinyworld":
+        raise ValueError(f"a second round needs labelers to rank the policy's answers: profile {profile.name!r} "
+                         f"trains its reward model on fixed data ({cfg.source}); use a TinyWorld profile")
+    device, precision = placement(device)
+    world = world_from_config(profile.world)
+    unranked = world.splits["train"][cfg.n_prompts:]
+    if not unranked:
+        raise ValueError(f"every training prompt of profile {profile.name!r} was ranked in the first round "
+                         f"(reward.n_prompts = {cfg.n_prompts}); lower it to leave prompts for a second round")
+    model, tok = load_policy(profile, policy, device)
+    rounds = {}
+    with autocast(device, precision), torch.no_grad():
+        for split, tasks, seed in (("train", unranked, cfg.seed + 10),
+                                   ("validation", world.splits["validation"][: cfg.n_eval_prompts], cfg.seed + 11)):
+            rounds[split] = collect_comparisons(model, tok, world, tasks, world.panel.train, cfg.k_min, cfg.k_max,
+                                                cfg.max_new_tokens, cfg.temperature, profile.sft.prompt_format, seed,
+                                                progress=progress)
+    return rounds
+
+
 # ---------------------------------------------------------------------------------------------
 # Step 3: PPO against the reward model
 # ---------------------------------------------------------------------------------------------
 def ppo_stage(profile: Profile | None = None, cfg: PPOConfig | None = None, out_dir: str | Path | None = None,
-              resume: bool = False, progress: bool = True, callback=None, device: str | None = None):
+              resume: bool = False, progress: bool = True, callback=None, device: str | None = None,
+              reward_model: str | Path | None = None):
     """Step 3 for a profile: the cached SFT model and reward model, a LoRA policy, ``train_ppo`` on the
     training users' prompts (PPO-ptx when ``cfg.ptx_coef`` > 0, mixing in the pretraining corpus), on ``device``.
+    ``reward_model``: a saved reward model's folder (``reward --out``) to train against instead of the cached one.
     Returns (policy, tokenizer, reward model, history)."""
     profile = profile or get_profile()
     cfg = cfg or profile.ppo
@@ -359,7 +418,8 @@ def ppo_stage(profile: Profile | None = None, cfg: PPOConfig | None = None, out_
         raise ValueError("PPO-ptx mixes in the pretraining corpus, which the course has for TinyWorld only; set "
                          f"ptx_coef=0 for profile {profile.name!r}")
     device, precision = placement(device)
-    rm, _ = load_reward_model(reward_checkpoint(profile, progress=progress, device=device), device=device)
+    rm, _ = load_reward_model(reward_model or reward_checkpoint(profile, progress=progress, device=device),
+                              device=device)
     for p in rm.parameters():
         p.requires_grad_(False)
     sft, tok = load_base(str(sft_checkpoint(profile, progress=progress, device=device)), device=device)

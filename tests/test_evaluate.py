@@ -198,7 +198,33 @@ def test_diagnose_sets_a_policy_beside_best_of_n(tmp_path, capsys):
     assert all(f"SFT best-of-{n} (KL" in out for n in (1, 2, 4, 8)) and "12 test prompts" in out
     assert "held-out labelers prefer it to SFT" in out and "vs best-of-" in out
     assert main(["--profile", "smoke", "diagnose", "--facts", "5", "--policy", str(tmp_path)]) == 2
-    assert "no adapter there" in capsys.readouterr().err
+    assert "no policy adapter there" in capsys.readouterr().err
+
+    # a second round: comparisons of the policy's own answers, a reward model on both rounds, PPO against it
+    from rlhf_lite.config import get_profile
+    from rlhf_lite.stages import comparison_data, policy_comparisons
+    from rlhf_lite.world import world_from_config
+
+    prof = get_profile("smoke")
+    world = world_from_config(prof.world)
+    more = policy_comparisons(prof, tmp_path / "ppo", progress=False)
+    first = comparison_data(prof, progress=False)
+    unranked = world.splits["train"][prof.reward.n_prompts:]
+    assert [r["prompt_id"] for r in more["train"]] == [t.prompt_id for t in unranked]  # prompts round 1 left
+    assert [r["prompt_id"] for r in more["validation"]] == [r["prompt_id"] for r in first["validation"]]
+    assert {r["labeler"] for r in more["train"] + more["validation"]} <= {lab.name for lab in world.panel.train}
+    assert all(prof.reward.k_min <= len(r["responses"]) <= prof.reward.k_max for r in more["train"])
+    assert main(["--profile", "smoke", "reward", "--policy", str(tmp_path / "ppo"),
+                 "--out", str(tmp_path / "rm2")]) == 0
+    out = capsys.readouterr().out
+    assert "second round" in out and "pairs of the policy's own answers" in out
+    saved = json.loads((tmp_path / "rm2" / "reward_model.json").read_text())["metrics"]
+    assert saved["prompts"] == len(first["train"]) + len(unranked) and "policy_pairs" in saved
+    assert main(["--profile", "smoke", "ppo", "--steps", "1", "--reward-model", str(tmp_path / "rm2"), "--out",
+                 str(tmp_path / "ppo2")]) == 0
+    assert "against the reward model in" in capsys.readouterr().out
+    assert main(["--profile", "smoke", "ppo", "--steps", "1", "--reward-model", str(tmp_path / "ppo")]) == 2
+    assert "not a saved reward model" in capsys.readouterr().err
 
 def test_writers_vs_sft_is_one_half_against_itself(world):
     tasks = world.splits["test"][:8]
