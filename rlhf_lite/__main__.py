@@ -355,10 +355,12 @@ def cmd_reward(args) -> int:
         v = metrics["variant_pairs"]
         print(f"on reference-vs-corruption answers: held-out labelers {v['accuracy_heldout_labelers']:.3f}, "
               f"labelers agree {v['panel_agreement']:.3f}")
-    if more:
+    if more:  # the policy's own answers: this reward model and the first round's, on the same pairs
         from .course.diagnose import accuracy_difference
+        from .feedback import agreement_matrix
         from .reward import load_reward_model, record_scores
-        from .stages import reward_checkpoint
+        from .runtime import rounded
+        from .stages import off_diagonal_mean, reward_checkpoint
         from .world import world_from_config
 
         world = world_from_config(prof.world)
@@ -367,6 +369,9 @@ def cmd_reward(args) -> int:
         d = accuracy_difference(world, more["validation"], record_scores(rm, tok, cfg.max_length),
                                 record_scores(*load_reward_model(first, device=device), cfg.max_length),
                                 world.panel.held_out)
+        metrics["policy_pairs"] = rounded({
+            "accuracy_heldout_labelers": d["a"], "first_round_accuracy": d["b"], "difference_ci": d["difference_ci"],
+            "panel_agreement": off_diagonal_mean(agreement_matrix(world, more["validation"], world.panel.labelers))})
         lo, hi = d["difference_ci"]
         print(f"on {d['pairs']:,} pairs of the policy's own answers ({d['prompts']} held-out users' prompts): held-out "
               f"labelers {d['a']:.3f}, the first round's reward model {d['b']:.3f}, difference {d['difference']:+.3f} "

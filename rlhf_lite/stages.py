@@ -278,9 +278,8 @@ def train_reward_stage(profile: Profile | None = None, cfg: RewardConfig | None 
     ``panel_agreement`` (two different labelers: the human-level ceiling), ``gold_ceiling`` (the gold
     score itself as a judge of the held-out labelers), ``validation_loss``, ``comparisons``, ``wall_time_s``,
     and ``variant_pairs`` (held-out accuracy and panel agreement on reference-vs-corruption answers).
-    ``more``: a second round's comparisons (:func:`policy_comparisons`), trained on together with the first's;
-    the metrics then add ``policy_pairs``: the held-out labelers' accuracy and the panel's agreement on its
-    validation pairs (the policy's own answers)."""
+    ``more``: a second round's comparisons (:func:`policy_comparisons`), trained on together with the first's
+    (measured on the first round's validation pairs, as always; ``reward --policy`` adds the policy's own)."""
     profile = profile or get_profile()
     cfg = cfg or profile.reward
     device, precision = placement(device)
@@ -296,13 +295,6 @@ def train_reward_stage(profile: Profile | None = None, cfg: RewardConfig | None 
     with autocast(device, precision):
         if cfg.source == "tinyworld":
             metrics.update(_measure_reward_model(rm, tok, profile, cfg, data["validation"]))
-            if more:
-                world = world_from_config(profile.world)
-                metrics["policy_pairs"] = {
-                    "accuracy_heldout_labelers": rm_accuracy(rm, tok, world, more["validation"], world.panel.held_out,
-                                                             cfg.max_length),
-                    "panel_agreement": off_diagonal_mean(agreement_matrix(world, more["validation"],
-                                                                          world.panel.labelers))}
         else:
             normalize_rewards(rm, tok, [r["prompt"] for r in data["train"][:200]],
                               [r["responses"][0] for r in data["train"][:200]], cfg.max_length)  # chosen replies
@@ -369,7 +361,8 @@ def load_policy(profile: Profile, path: str | Path, device: str | None = None):
     if not (adapter / "adapter_config.json").is_file():
         raise FileNotFoundError(f"{path}: no policy adapter there (adapter_config.json); pass the --out folder of "
                                 "`python -m rlhf_lite ppo`, or its adapter folder")
-    sft, tok = load_base(str(sft_checkpoint(profile, device=pick_device(device))), device=pick_device(device))
+    device = pick_device(device)
+    sft, tok = load_base(str(sft_checkpoint(profile, device=device)), device=device)
     with hf_bars_off():
         return PeftModel.from_pretrained(sft, str(adapter)).eval(), tok
 

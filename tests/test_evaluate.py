@@ -219,7 +219,9 @@ def test_diagnose_sets_a_policy_beside_best_of_n(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "second round" in out and "pairs of the policy's own answers" in out
     saved = json.loads((tmp_path / "rm2" / "reward_model.json").read_text())["metrics"]
-    assert saved["prompts"] == len(first["train"]) + len(unranked) and "policy_pairs" in saved
+    assert saved["prompts"] == len(first["train"]) + len(unranked)
+    assert set(saved["policy_pairs"]) == {"accuracy_heldout_labelers", "first_round_accuracy", "difference_ci",
+                                          "panel_agreement"}
     assert main(["--profile", "smoke", "ppo", "--steps", "1", "--reward-model", str(tmp_path / "rm2"), "--out",
                  str(tmp_path / "ppo2")]) == 0
     assert "against the reward model in" in capsys.readouterr().out
