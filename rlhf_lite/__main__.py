@@ -187,7 +187,7 @@ def cmd_diagnose(args) -> int:
           "samples")
     if args.against:
         lo, hi = d["difference_ci"]
-        verdict = "noise" if lo <= 0 <= hi else "better" if lo > 0 else "worse"
+        verdict = _verdict(lo, hi)
         print(f"against {', '.join(args.against)} ({d['b']:.3f} on the same {d['pairs']:,} pairs of {d['prompts']} "
               f"prompts): {d['difference']:+.3f} [{lo:+.3f}, {hi:+.3f}] (95 % paired bootstrap): {verdict}")
     a = agreement_by_criterion(world, val, judge, args.min_gap)
@@ -208,6 +208,11 @@ def cmd_diagnose(args) -> int:
         _policy_frontier(args, prof, world, paths[0] if len(paths) == 1 else reward_checkpoint(prof, device=device),
                          device)
     return 0
+
+
+def _verdict(lo: float, hi: float, up: str = "better", down: str = "worse") -> str:
+    """What a difference's 95 % interval [lo, hi] says: noise when it contains 0, else ``up`` or ``down``."""
+    return "noise" if lo <= 0 <= hi else up if lo > 0 else down
 
 
 def _policy_frontier(args, prof, world, rm_path, device) -> None:
@@ -234,9 +239,10 @@ def _policy_frontier(args, prof, world, rm_path, device) -> None:
     for n, r in f["best_of"].items():
         label = f"SFT best-of-{n} (KL ≤ {r['kl_bound']:.2f})"
         print(f"  {label:28s} {r['reward']:+7.3f} {r['gold']:6.3f}")
+
     def diff(r, key):
         lo, hi = r[f"{key}_ci"]
-        return f"{r[key]:+.3f} [{lo:+.3f}, {hi:+.3f}] {'noise' if lo <= 0 <= hi else 'above' if lo > 0 else 'below'}"
+        return f"{r[key]:+.3f} [{lo:+.3f}, {hi:+.3f}] {_verdict(lo, hi, 'above', 'below')}"
     for name, r in f["policies"].items():
         wins = prompt_win_rates(tasks, policies[name]["gens"], samples[0]["gens"], world.panel.held_out)
         lo, hi = bootstrap_ci(wins)

@@ -222,6 +222,14 @@ def write_sft_checkpoint(out: Path, model, tok, history: dict, lora: bool) -> No
 # ---------------------------------------------------------------------------------------------
 # Step 2: comparisons, then the reward model
 # ---------------------------------------------------------------------------------------------
+def _ranked(model, tok, world, profile: Profile, tasks, seed: int, store: RankingStore | None = None,
+            progress: bool = True) -> list[dict]:
+    """K samples of ``model`` per task, ranked by the training labelers, with the profile's comparison settings."""
+    cfg = profile.reward
+    return collect_comparisons(model, tok, world, tasks, world.panel.train, cfg.k_min, cfg.k_max, cfg.max_new_tokens,
+                               cfg.temperature, profile.sft.prompt_format, seed, store=store, progress=progress)
+
+
 def comparisons_dir(profile: Profile, progress: bool = True, device: str | None = None) -> Path:
     """The cache folder of a TinyWorld profile's comparisons (built if missing): train.jsonl, validation.jsonl."""
     cfg = profile.reward
@@ -237,9 +245,8 @@ def comparisons_dir(profile: Profile, progress: bool = True, device: str | None 
     model, tok = load_base(str(sft_dir), device=device)
     with atomic_dir(out, "comparisons") as tmp, autocast(device, precision):
         for split, n, seed in (("train", cfg.n_prompts, cfg.seed), ("validation", cfg.n_eval_prompts, cfg.seed + 1)):
-            collect_comparisons(model, tok, world, world.splits[split][:n], world.panel.train, cfg.k_min, cfg.k_max,
-                                cfg.max_new_tokens, cfg.temperature, profile.sft.prompt_format, seed,
-                                store=RankingStore(tmp / f"{split}.jsonl"), progress=progress)
+            _ranked(model, tok, world, profile, world.splits[split][:n], seed, RankingStore(tmp / f"{split}.jsonl"),
+                    progress)
         (tmp / "info.json").write_text(json.dumps({"seconds": round(time.time() - t0, 1), "sft": sft_dir.name}))
     print(f"sampled and ranked the comparisons in {time.time() - t0:.0f} s (cached in runs/cache/{out.name})")
     return out
@@ -389,9 +396,7 @@ def policy_comparisons(profile: Profile, policy: str | Path, progress: bool = Tr
     with autocast(device, precision), torch.no_grad():
         for split, tasks, seed in (("train", unranked, cfg.seed + 10),
                                    ("validation", world.splits["validation"][: cfg.n_eval_prompts], cfg.seed + 11)):
-            rounds[split] = collect_comparisons(model, tok, world, tasks, world.panel.train, cfg.k_min, cfg.k_max,
-                                                cfg.max_new_tokens, cfg.temperature, profile.sft.prompt_format, seed,
-                                                progress=progress)
+            rounds[split] = _ranked(model, tok, world, profile, tasks, seed, progress=progress)
     return rounds
 
 
