@@ -233,24 +233,38 @@ def _policy_frontier(args, prof, world, rm_path, device) -> None:
     run = lambda model, seed: reward_and_gold(model, tok, rm, rm_tok, world, tasks, prof.sft.prompt_format,  # noqa: E731
                                               prof.max_new_tokens, prof.reward.max_length, seed)
     samples = [run(sft, seed) for seed in range(max(ns))]
+    sft_answers = run(sft, max(ns))["gens"]  # one more SFT answer, none of the candidates: what all are judged against
     policies = {str(path): run(load_policy(prof, path, device)[0], 0) for path in args.policy}
     f = reward_gold_frontier(samples, policies, ns)
-    print(f"  {'':28s} {'reward':>7s} {'gold':>6s}")
+
+    def preferred(gens) -> str:
+        wins = prompt_win_rates(tasks, gens, sft_answers, world.panel.held_out)
+        lo, hi = bootstrap_ci(wins)
+        return f"{sum(wins) / len(wins):6.1%} [{lo:.1%}, {hi:.1%}]"
+
+    def chosen(r) -> list:
+        return [samples[j]["gens"][i] for i, j in enumerate(r["pick"])]
+
+    print(f"  {'':30s} {'reward':>7s} {'gold':>6s}  held-out labelers prefer it to another SFT answer [95 %]")
     for n, r in f["best_of"].items():
         label = f"SFT best-of-{n} (KL ≤ {r['kl_bound']:.2f})"
-        print(f"  {label:28s} {r['reward']:+7.3f} {r['gold']:6.3f}")
+        print(f"  {label:30s} {r['reward']:+7.3f} {r['gold']:6.3f}  {preferred(chosen(r))}")
+    for n, r in f["gold_best_of"].items():
+        if n > 1:
+            label = f"  gold panel's best-of-{n}"
+            print(f"  {label:30s} {r['reward']:+7.3f} {r['gold']:6.3f}  {preferred(chosen(r))}")
 
     def diff(r, key):
         lo, hi = r[f"{key}_ci"]
         return f"{r[key]:+.3f} [{lo:+.3f}, {hi:+.3f}] {_verdict(lo, hi, 'above', 'below')}"
     for name, r in f["policies"].items():
-        wins = prompt_win_rates(tasks, policies[name]["gens"], samples[0]["gens"], world.panel.held_out)
-        lo, hi = bootstrap_ci(wins)
-        print(f"  {Path(name).name[:28]:28s} {r['reward']:+7.3f} {r['gold']:6.3f}\n"
-              f"      held-out labelers prefer it to SFT {sum(wins) / len(wins):.1%} [{lo:.1%}, {hi:.1%}]; gold vs SFT "
-              f"{diff(r, 'gold_vs_sft')}; vs best-of-{r['nearest_n']} (nearest reward) {diff(r, 'gold_vs_nearest')}")
+        print(f"  {Path(name).name[:30]:30s} {r['reward']:+7.3f} {r['gold']:6.3f}  "
+              f"{preferred(policies[name]['gens'])}\n"
+              f"      gold vs SFT best-of-1 {diff(r, 'gold_vs_sft')}; vs best-of-{r['nearest_n']} (nearest reward) "
+              f"{diff(r, 'gold_vs_nearest')}")
     print("  (95 % paired bootstrap over the prompts; a policy below the best-of-n of equal reward has found the "
-          "reward model's errors)")
+          "reward model's errors; in the gold panel's best-of-n the panel's mean score picks, a perfect reward model: "
+          "the most any reward model could buy at that KL)")
 
 
 def cmd_sft(args) -> int:
@@ -342,7 +356,7 @@ def cmd_reward(args) -> int:
     seed_everything(cfg.seed)
     more = None
     if args.policy:
-        more = policy_comparisons(prof, args.policy, device=device)
+        more = policy_comparisons(prof, args.policy, device=device, prompts=args.policy_prompts)
         print(f"second round: {len(more['train']):,} training and {len(more['validation'])} validation prompts, the "
               f"answers sampled from {args.policy} and ranked by the training labelers")
     print(f"reward model for profile {prof.name}: comparisons from {cfg.source}"
@@ -603,6 +617,9 @@ def main(argv: list[str] | None = None) -> int:
     s.add_argument("--policy", metavar="PATH",
                    help="a second round: rank this PPO policy's answers (`ppo --out PATH`) on the training prompts the "
                    "first round left unranked, and train on both rounds")
+    s.add_argument("--policy-prompts", choices=("unranked", "all"), default="unranked",
+                   help="with --policy: rank the policy's answers on the training prompts the first round left "
+                   "(default) or on every training prompt, the first round's included")
     _device_option(s)
     s.set_defaults(fn=cmd_reward)
     s = sub.add_parser("ppo", help="PPO (or PPO-ptx) against the cached (or a saved) reward model, from the cached SFT "

@@ -374,27 +374,38 @@ def load_policy(profile: Profile, path: str | Path, device: str | None = None):
         return PeftModel.from_pretrained(sft, str(adapter)).eval(), tok
 
 
+def second_round_prompts(profile: Profile, world, prompts: str = "unranked") -> list:
+    """The training tasks a second round ranks: those the first round left unranked (``reward.n_prompts`` on;
+    ``prompts="unranked"``) or every training task, the first round's included (``prompts="all"``)."""
+    if prompts not in ("unranked", "all"):
+        raise ValueError(f"prompts={prompts!r}: choose 'unranked' (the training prompts the first round left) or "
+                         "'all' (every training prompt)")
+    tasks = world.splits["train"][profile.reward.n_prompts if prompts == "unranked" else 0:]
+    if not tasks:
+        raise ValueError(f"every training prompt of profile {profile.name!r} was ranked in the first round "
+                         f"(reward.n_prompts = {profile.reward.n_prompts}); lower it to leave prompts for a second "
+                         "round, or rank them all again (prompts='all')")
+    return tasks
+
+
 def policy_comparisons(profile: Profile, policy: str | Path, progress: bool = True,
-                       device: str | None = None) -> dict[str, list[dict]]:
+                       device: str | None = None, prompts: str = "unranked") -> dict[str, list[dict]]:
     """A second round of comparisons, on a trained policy's own answers (InstructGPT and Llama 2 collected their
-    later comparisons this way): K of its samples for each training prompt the first round left unranked (from
-    ``reward.n_prompts`` on) and for the first round's held-out users' validation prompts, ranked by the training
-    labelers exactly as :func:`comparisons_dir` ranks the SFT model's. ``policy``: a ``ppo --out`` folder
-    (:func:`load_policy`). Returns ``{"train": [...], "validation": [...]}``."""
+    later comparisons this way): K of its samples for each training prompt of :func:`second_round_prompts` and for
+    the first round's held-out users' validation prompts, ranked by the training labelers exactly as
+    :func:`comparisons_dir` ranks the SFT model's. ``policy``: a ``ppo --out`` folder (:func:`load_policy`).
+    Returns ``{"train": [...], "validation": [...]}``."""
     cfg = profile.reward
     if cfg.source != "tinyworld":
         raise ValueError(f"a second round needs labelers to rank the policy's answers: profile {profile.name!r} "
                          f"trains its reward model on fixed data ({cfg.source}); use a TinyWorld profile")
     device, precision = placement(device)
     world = world_from_config(profile.world)
-    unranked = world.splits["train"][cfg.n_prompts:]
-    if not unranked:
-        raise ValueError(f"every training prompt of profile {profile.name!r} was ranked in the first round "
-                         f"(reward.n_prompts = {cfg.n_prompts}); lower it to leave prompts for a second round")
+    train_tasks = second_round_prompts(profile, world, prompts)
     model, tok = load_policy(profile, policy, device)
     rounds = {}
     with autocast(device, precision), torch.no_grad():
-        for split, tasks, seed in (("train", unranked, cfg.seed + 10),
+        for split, tasks, seed in (("train", train_tasks, cfg.seed + 10),
                                    ("validation", world.splits["validation"][: cfg.n_eval_prompts], cfg.seed + 11)):
             rounds[split] = _ranked(model, tok, world, profile, tasks, seed, progress=progress)
     return rounds

@@ -144,7 +144,13 @@ def test_reward_gold_frontier_by_hand():
                 "hacker": {"reward": [3.0, 1.0], "gold": [0.1, 0.1]},  # more reward, less gold
                 "timid": {"reward": [0.0, 1.0], "gold": [0.5, 0.9]}}   # = best-of-1
     f = reward_gold_frontier(samples, policies, ns=(1, 2))
-    assert f["best_of"][1] == {"reward": 0.5, "gold": pytest.approx(0.7), "kl_bound": 0.0}
+    assert f["best_of"][1] == {"reward": 0.5, "gold": pytest.approx(0.7), "kl_bound": 0.0, "pick": [0, 0]}
+    assert f["best_of"][2]["pick"] == [1, 0]
+    # the gold panel picking: task 0 sample 1 (0.7 > 0.5), task 1 sample 0 (0.9 > 0.1), whatever the reward says
+    assert f["gold_best_of"][2] == {"reward": 1.5, "gold": pytest.approx(0.8), "pick": [1, 0]}
+    assert f["gold_best_of"][1]["pick"] == [0, 0]
+    wrong = reward_gold_frontier([{"reward": [1.0], "gold": [0.2]}, {"reward": [0.0], "gold": [0.9]}], {}, ns=(2,))
+    assert wrong["best_of"][2]["pick"] == [0] and wrong["gold_best_of"][2] == {"reward": 0.0, "gold": 0.9, "pick": [1]}
     assert f["best_of"][2]["reward"] == 1.5 and f["best_of"][2]["gold"] == pytest.approx(0.8)
     assert f["best_of"][2]["kl_bound"] == pytest.approx(math.log(2) - 0.5)
     honest, hacker, timid = (f["policies"][k] for k in ("honest", "hacker", "timid"))

@@ -196,7 +196,8 @@ def test_diagnose_sets_a_policy_beside_best_of_n(tmp_path, capsys):
                  str(tmp_path / "ppo")]) == 0
     out = capsys.readouterr().out.split("does a policy get the gold")[1]
     assert all(f"SFT best-of-{n} (KL" in out for n in (1, 2, 4, 8)) and "12 test prompts" in out
-    assert "held-out labelers prefer it to SFT" in out and "vs best-of-" in out
+    assert "prefer it to another SFT answer" in out and "vs best-of-" in out
+    assert all(f"gold panel's best-of-{n}" in out for n in (2, 4, 8))
     assert main(["--profile", "smoke", "diagnose", "--facts", "5", "--policy", str(tmp_path)]) == 2
     assert "no policy adapter there" in capsys.readouterr().err
 

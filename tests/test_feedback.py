@@ -225,3 +225,22 @@ def test_store_loses_no_acknowledged_record_under_sigkill(tmp_path):
             saved = {r["prompt_id"] for r in RankingStore(path).load()}
         assert acked <= saved, sorted(acked - saved)[:5]
     assert len(acked) > 100
+
+
+def test_second_round_prompts_are_the_unranked_or_all(world):
+    from dataclasses import replace
+
+    from rlhf_lite.config import get_profile
+    from rlhf_lite.stages import second_round_prompts
+
+    prof = get_profile("smoke")
+    train = world.splits["train"]
+    assert 0 < prof.reward.n_prompts < len(train)
+    assert second_round_prompts(prof, world) == train[prof.reward.n_prompts:]  # what round 1 left
+    assert second_round_prompts(prof, world, "all") == train  # round 1's prompts again too
+    every = replace(prof, reward=replace(prof.reward, n_prompts=len(train)))
+    with pytest.raises(ValueError, match="every training prompt.*prompts='all'"):
+        second_round_prompts(every, world)
+    assert second_round_prompts(every, world, "all") == train
+    with pytest.raises(ValueError, match="'unranked'.*'all'"):
+        second_round_prompts(prof, world, "first")

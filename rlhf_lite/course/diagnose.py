@@ -168,19 +168,24 @@ def reward_gold_frontier(samples: Sequence[dict], policies: dict[str, dict], ns:
     SFT is at most log n − (n − 1)/n nats). Each policy is then set beside the rung whose mean reward is nearest its
     own, with the gold difference policy − rung and its 95 % paired bootstrap over tasks: a policy whose reward has
     risen but whose gold lags the rung at that reward has found the reward model's errors (Gao et al. 2022 find that
-    RL spends more KL than best-of-n for the same gold). Returns ``{"best_of": {n: {"reward", "gold", "kl_bound"}},
-    "policies": {name: {"reward", "gold", "gold_vs_sft", "gold_vs_sft_ci", "nearest_n", "gold_vs_nearest",
-    "gold_vs_nearest_ci"}}}`` (``gold_vs_sft``: against the first SFT sample, best-of-1)."""
+    RL spends more KL than best-of-n for the same gold). ``gold_best_of`` is best-of-n with the gold score itself
+    picking, a perfect reward model of the panel's mean: the most any reward model could buy at that KL.
+    Returns ``{"best_of": {n: {"reward", "gold", "kl_bound", "pick"}}, "gold_best_of": {n: {"reward", "gold",
+    "pick"}}, "policies": {name: {"reward", "gold", "gold_vs_sft", "gold_vs_sft_ci", "nearest_n",
+    "gold_vs_nearest", "gold_vs_nearest_ci"}}}`` (``pick``: the chosen sample's index per task; ``gold_vs_sft``:
+    against the first SFT sample, best-of-1)."""
     if len(samples) < max(ns):
         raise ValueError(f"reward_gold_frontier: best-of-{max(ns)} needs {max(ns)} samples per task, got "
                          f"{len(samples)}")
     n_tasks = len(samples[0]["reward"])
-    rungs, picked = {}, {}
-    for n in ns:
-        pick = best_of_n([[s["reward"][i] for s in samples[:n]] for i in range(n_tasks)], n)
-        picked[n] = [samples[j]["gold"][i] for i, j in enumerate(pick)]
-        rungs[n] = {"reward": sum(samples[j]["reward"][i] for i, j in enumerate(pick)) / n_tasks,
-                    "gold": sum(picked[n]) / n_tasks, "kl_bound": best_of_n_kl(n)}
+
+    def rung(n: int, by: str) -> dict:
+        pick = best_of_n([[s[by][i] for s in samples[:n]] for i in range(n_tasks)], n)
+        return {"reward": sum(samples[j]["reward"][i] for i, j in enumerate(pick)) / n_tasks,
+                "gold": sum(samples[j]["gold"][i] for i, j in enumerate(pick)) / n_tasks, "pick": pick}
+
+    rungs = {n: {**rung(n, "reward"), "kl_bound": best_of_n_kl(n)} for n in ns}
+    picked = {n: [samples[j]["gold"][i] for i, j in enumerate(r["pick"])] for n, r in rungs.items()}
     out = {}
     for name, p in policies.items():
         reward = sum(p["reward"]) / n_tasks
@@ -191,7 +196,7 @@ def reward_gold_frontier(samples: Sequence[dict], policies: dict[str, dict], ns:
                      "gold_vs_sft": sum(vs_sft) / n_tasks, "gold_vs_sft_ci": bootstrap_ci(vs_sft, seed=seed),
                      "nearest_n": near, "gold_vs_nearest": sum(diffs) / n_tasks,
                      "gold_vs_nearest_ci": bootstrap_ci(diffs, seed=seed)}
-    return {"best_of": rungs, "policies": out}
+    return {"best_of": rungs, "gold_best_of": {n: rung(n, "gold") for n in ns}, "policies": out}
 
 
 @torch.no_grad()
