@@ -237,10 +237,12 @@ def _policy_frontier(args, prof, world, rm_path, device) -> None:
     policies = {str(path): run(load_policy(prof, path, device)[0], 0) for path in args.policy}
     f = reward_gold_frontier(samples, policies, ns)
 
-    def preferred(gens) -> str:
-        wins = prompt_win_rates(tasks, gens, sft_answers, world.panel.held_out)
-        lo, hi = bootstrap_ci(wins)
-        return f"{sum(wins) / len(wins):6.1%} [{lo:.1%}, {hi:.1%}]"
+    wins = {}  # label -> per-prompt P(preferred to the SFT answer), for the paired comparisons below
+
+    def preferred(gens, label: str) -> str:
+        wins[label] = prompt_win_rates(tasks, gens, sft_answers, world.panel.held_out)
+        lo, hi = bootstrap_ci(wins[label])
+        return f"{sum(wins[label]) / len(tasks):6.1%} [{lo:.1%}, {hi:.1%}]"
 
     def chosen(r) -> list:
         return [samples[j]["gens"][i] for i, j in enumerate(r["pick"])]
@@ -248,20 +250,25 @@ def _policy_frontier(args, prof, world, rm_path, device) -> None:
     print(f"  {'':30s} {'reward':>7s} {'gold':>6s}  held-out labelers prefer it to another SFT answer [95 %]")
     for n, r in f["best_of"].items():
         label = f"SFT best-of-{n} (KL ≤ {r['kl_bound']:.2f})"
-        print(f"  {label:30s} {r['reward']:+7.3f} {r['gold']:6.3f}  {preferred(chosen(r))}")
+        print(f"  {label:30s} {r['reward']:+7.3f} {r['gold']:6.3f}  {preferred(chosen(r), f'best-of-{n}')}")
     for n, r in f["gold_best_of"].items():
         if n > 1:
             label = f"  gold panel's best-of-{n}"
-            print(f"  {label:30s} {r['reward']:+7.3f} {r['gold']:6.3f}  {preferred(chosen(r))}")
+            print(f"  {label:30s} {r['reward']:+7.3f} {r['gold']:6.3f}  {preferred(chosen(r), label)}")
 
     def diff(r, key):
         lo, hi = r[f"{key}_ci"]
         return f"{r[key]:+.3f} [{lo:+.3f}, {hi:+.3f}] {_verdict(lo, hi, 'above', 'below')}"
+    top = f"best-of-{max(ns)}"
     for name, r in f["policies"].items():
         print(f"  {Path(name).name[:30]:30s} {r['reward']:+7.3f} {r['gold']:6.3f}  "
-              f"{preferred(policies[name]['gens'])}\n"
+              f"{preferred(policies[name]['gens'], name)}\n"
               f"      gold vs SFT best-of-1 {diff(r, 'gold_vs_sft')}; vs best-of-{r['nearest_n']} (nearest reward) "
               f"{diff(r, 'gold_vs_nearest')}")
+        gap = [a - b for a, b in zip(wins[name], wins[top])]
+        lo, hi = bootstrap_ci(gap)
+        print(f"      its win rate minus {top}'s: {100 * sum(gap) / len(gap):+.1f} points [{100 * lo:+.1f}, "
+              f"{100 * hi:+.1f}] {_verdict(lo, hi, 'above', 'below')}")
     print("  (95 % paired bootstrap over the prompts; a policy below the best-of-n of equal reward has found the "
           "reward model's errors; in the gold panel's best-of-n the panel's mean score picks, a perfect reward model: "
           "the most any reward model could buy at that KL)")

@@ -198,6 +198,7 @@ def test_diagnose_sets_a_policy_beside_best_of_n(tmp_path, capsys):
     assert all(f"SFT best-of-{n} (KL" in out for n in (1, 2, 4, 8)) and "12 test prompts" in out
     assert "prefer it to another SFT answer" in out and "vs best-of-" in out
     assert all(f"gold panel's best-of-{n}" in out for n in (2, 4, 8))
+    assert "its win rate minus best-of-8's" in out
     assert main(["--profile", "smoke", "diagnose", "--facts", "5", "--policy", str(tmp_path)]) == 2
     assert "no policy adapter there" in capsys.readouterr().err
 
