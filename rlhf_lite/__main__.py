@@ -447,6 +447,31 @@ def cmd_ppo(args) -> int:
     return 0
 
 
+def cmd_rejection_sampling(args) -> int:
+    from .config import get_profile
+    from .runtime import atomic_dir, check_output_dir, hf_bars_off, quiet
+    from .stages import rejection_sampling_stage
+
+    check_output_dir(args.out, "rejection-sampling")  # before any model is loaded or trained
+    quiet()
+    prof = get_profile(args.profile, args.base_model)
+    print(f"rejection sampling on profile {prof.name}: best of {args.n} SFT samples (the reward model picks) for "
+          f"{'every' if not args.n_prompts else f'the first {args.n_prompts:,}'} training prompt"
+          f"{'' if args.n_prompts == 1 else 's'}, then {args.epochs} epoch{'s' if args.epochs > 1 else ''} of "
+          "LoRA fine-tuning on them")
+    model, _, records, history = rejection_sampling_stage(prof, args.n, args.n_prompts, args.epochs,
+                                                          device=args.device)
+    mean = sum(r["reward"] for r in records) / max(1, len(records))
+    print(f"kept {len(records):,} answers (mean reward {mean:+.3f}); trained {len(history['train'])} steps in "
+          f"{history['wall_time_s']:.0f} s, final loss {history['train'][-1]['loss']:.3f}")
+    with atomic_dir(args.out, "rejection-sampling") as tmp, hf_bars_off():  # nothing half-written if saving fails
+        model.save_pretrained(tmp / "adapter")
+        (tmp / "records.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    print(f"adapter saved to {args.out}/adapter, the kept answers to {args.out}/records.jsonl "
+          f"(compare it with `diagnose --policy {args.out}`)")
+    return 0
+
+
 def cmd_pipeline(args) -> int:
     from .config import SET_ENV
     from .pipeline import run_pipeline
@@ -642,6 +667,16 @@ def main(argv: list[str] | None = None) -> int:
                    help="train against this saved reward model (`reward --out PATH`) instead of the cached one")
     _device_option(s)
     s.set_defaults(fn=cmd_ppo)
+    s = sub.add_parser("rejection-sampling",
+                       help="Llama 2's rejection-sampling fine-tuning: LoRA on the SFT model, trained on its best-of-n "
+                       "answers as the cached reward model picks them")
+    s.add_argument("--out", required=True, help="folder for the adapter and the kept answers")
+    s.add_argument("--n", type=_at_least(1), default=8, help="samples per prompt (default 8)")
+    s.add_argument("--n-prompts", type=_at_least(0), default=0,
+                   help="the first N training prompts (default 0: all of them)")
+    s.add_argument("--epochs", type=_at_least(1), default=2, help="passes over the kept answers (default 2)")
+    _device_option(s)
+    s.set_defaults(fn=cmd_rejection_sampling)
     s = sub.add_parser("pipeline",
                        help="the main job: SFT → comparisons → RM → PPO and PPO-ptx → evaluation, on TinyWorld")
     s.add_argument("--profile", default=argparse.SUPPRESS,

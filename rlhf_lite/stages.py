@@ -28,6 +28,7 @@ import hashlib
 import json
 import random
 import time
+from dataclasses import replace
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -48,6 +49,7 @@ from .feedback import (
 from .models import TINY_BASE, load_base
 from .ppo import build_policy, train_ppo
 from .pretrain import continue_pretraining, corpus_blocks
+from .rejection import best_of_n_records
 from .reward import (
     RewardModel,
     build_reward_model,
@@ -439,6 +441,30 @@ def ppo_stage(profile: Profile | None = None, cfg: PPOConfig | None = None, out_
         history = train_ppo(policy, rm, tok, prompts, cfg, profile.sft.prompt_format, world, ptx, out_dir, resume,
                             progress, callback)
     return policy, tok, rm, history
+
+
+def rejection_sampling_stage(profile: Profile | None = None, n: int = 8, n_prompts: int = 0, epochs: int = 2,
+                             progress: bool = True, device: str | None = None):
+    """Rejection-sampling fine-tuning (:mod:`rlhf_lite.rejection`) for a TinyWorld profile: the cached SFT model
+    samples ``n`` answers to each of the first ``n_prompts`` training prompts (0: all), the cached reward model keeps
+    the best of each, and LoRA adapters on the SFT model learn them for ``epochs`` with the profile's SFT settings.
+    Returns (model, tokenizer, records, history); ``load_policy`` reads the adapter it saves."""
+    profile = profile or get_profile()
+    if profile.data != "tinyworld":
+        raise ValueError(f"rejection sampling here draws TinyWorld's training prompts; profile {profile.name!r} uses "
+                         f"{profile.data}: use tiny, smoke or gpt2")
+    device, precision = placement(device)
+    rm, _ = load_reward_model(reward_checkpoint(profile, progress=progress, device=device), device=device)
+    sft, tok = load_base(str(sft_checkpoint(profile, progress=progress, device=device)), device=device)
+    tasks = world_from_config(profile.world).splits["train"][: n_prompts or None]
+    cfg = replace(profile.sft, epochs=epochs)
+    with autocast(device, precision):
+        records = best_of_n_records(sft, tok, rm, tasks, n, cfg.prompt_format, profile.max_new_tokens,
+                                    profile.reward.max_length, seed=cfg.seed + 100, progress=progress)
+        seed_everything(cfg.seed)
+        model = add_lora(sft, cfg, profile.lora)
+        history = train_sft(model, tok, {"train": records}, cfg, progress=progress)
+    return model, tok, records, history
 
 
 def rl_prompts(profile: Profile) -> tuple[object | None, list]:
