@@ -259,17 +259,19 @@ def _policy_frontier(args, prof, world, rm_path, device) -> None:
     def diff(r, key):
         lo, hi = r[f"{key}_ci"]
         return f"{r[key]:+.3f} [{lo:+.3f}, {hi:+.3f}] {_verdict(lo, hi, 'above', 'below')}"
-    top = f"best-of-{max(ns)}"
+    top, first = f"best-of-{max(ns)}", next(iter(f["policies"]))
     for name, r in f["policies"].items():
         print(f"  {Path(name).name[:30]:30s} {r['reward']:+7.3f} {r['gold']:6.3f}  "
               f"{preferred(policies[name]['gens'], name)}\n"
               f"      gold vs SFT best-of-1 {diff(r, 'gold_vs_sft')}; vs best-of-{r['nearest_n']} (nearest reward) "
               f"{diff(r, 'gold_vs_nearest')}")
-        gap = [a - b for a, b in zip(wins[name], wins[top])]
-        lo, hi = bootstrap_ci(gap)
-        print(f"      its win rate minus {top}'s: {100 * sum(gap) / len(gap):+.1f} points [{100 * lo:+.1f}, "
-              f"{100 * hi:+.1f}] {_verdict(lo, hi, 'above', 'below')}")
-    print("  (95 % paired bootstrap over the prompts; a policy below the best-of-n of equal reward has found the "
+        for other in (top,) if name == first else (top, first):
+            gap = [a - b for a, b in zip(wins[name], wins[other])]
+            lo, hi = bootstrap_ci(gap)
+            print(f"      its win rate minus {Path(other).name}'s: {100 * sum(gap) / len(gap):+.1f} points "
+                  f"[{100 * lo:+.1f}, {100 * hi:+.1f}] {_verdict(lo, hi, 'above', 'below')}")
+    print("  (95 % paired bootstrap over the prompts; every policy after the first is also compared with the first; "
+          "a policy below the best-of-n of equal reward has found the "
           "reward model's errors; in the gold panel's best-of-n the panel's mean score picks, a perfect reward model: "
           "the most any reward model could buy at that KL)")
 
@@ -424,6 +426,7 @@ def cmd_ppo(args) -> int:
             raise ValueError(f"--out {args.out} holds the checkpoint of an earlier PPO run; add --resume to continue "
                              "it, "
                              "or pick a new folder")
+    init = _ppo_start(args)
     quiet()
     prof = get_profile(args.profile, args.base_model)
     cfg = replace(prof.ppo, **{k: v for k, v in {"steps": args.steps, "ptx_coef": args.ptx, "init_kl_coef": args.beta,
@@ -433,8 +436,10 @@ def cmd_ppo(args) -> int:
           f"{cfg.batch_size} episodes, β = {cfg.init_kl_coef}" + (f", checkpoints in {args.out}" if args.out else ""))
     if args.reward_model:
         print(f"against the reward model in {args.reward_model}")
+    if init:
+        print(f"starting from the policy in {init} (also the KL reference)")
     policy, _, _, history = ppo_stage(prof, cfg, out_dir=args.out, resume=args.resume, device=args.device,
-                                      reward_model=args.reward_model)
+                                      reward_model=args.reward_model, init=init)
     last = history[-1]
     print(json.dumps({k: round(last[k], 4) for k in ("step", "reward", "kl", "gold", "eos_rate", "response_length")
                       if k in last}))
@@ -443,8 +448,36 @@ def cmd_ppo(args) -> int:
 
         with hf_bars_off():
             policy.lm.save_pretrained(f"{args.out}/adapter")
-        print(f"adapter saved to {args.out}/adapter (load it on the SFT model with peft.PeftModel.from_pretrained)")
+        print(f"adapter saved to {args.out}/adapter (load it with rlhf_lite.stages.load_policy; compare it with "
+              f"`diagnose --policy {args.out}`)")
     return 0
+
+
+def _ppo_start(args) -> str | None:
+    """``ppo --init``: the saved policy to start from, checked before anything trains and recorded in
+    ``--out``/start.json, which ``load_policy`` and ``--resume`` read."""
+    from .stages import START
+
+    recorded = Path(args.out) / START if args.out else None
+    before = json.loads(recorded.read_text())["init"] if recorded and recorded.is_file() else None
+    if not args.init:
+        if before and not args.resume:
+            raise ValueError(f"--out {args.out} holds an earlier run that started from {before}; pick a new folder")
+        return before
+    init = str(Path(args.init).resolve())
+    adapter = Path(init) / "adapter" if (Path(init) / "adapter").is_dir() else Path(init)
+    if not (adapter / "adapter_config.json").is_file():
+        raise FileNotFoundError(f"--init {args.init}: no policy adapter there (adapter_config.json); pass the --out "
+                                "folder of `python -m rlhf_lite rejection-sampling` or `ppo`")
+    if before and before != init:
+        raise ValueError(f"--out {args.out} holds a run that started from {before}, not from {init}; pick a new "
+                         "folder")
+    if recorded and recorded.parent.resolve() == Path(init):
+        raise ValueError(f"--init and --out both name {args.out}: PPO would write its adapter over the policy it "
+                         "starts from; pick a new folder for --out")
+    if recorded:
+        recorded.write_text(json.dumps({"init": init}) + "\n")
+    return init
 
 
 def cmd_rejection_sampling(args) -> int:
@@ -457,7 +490,7 @@ def cmd_rejection_sampling(args) -> int:
     prof = get_profile(args.profile, args.base_model)
     print(f"rejection sampling on profile {prof.name}: best of {args.n} SFT samples (the reward model picks) for "
           f"{'every' if not args.n_prompts else f'the first {args.n_prompts:,}'} training prompt"
-          f"{'' if args.n_prompts == 1 else 's'}, then {args.epochs} epoch{'s' if args.epochs > 1 else ''} of "
+          f"{'s' if args.n_prompts > 1 else ''}, then {args.epochs} epoch{'s' if args.epochs > 1 else ''} of "
           "LoRA fine-tuning on them")
     model, _, records, history = rejection_sampling_stage(prof, args.n, args.n_prompts, args.epochs,
                                                           device=args.device)
@@ -665,6 +698,9 @@ def main(argv: list[str] | None = None) -> int:
     s.add_argument("--seed", type=_at_least(0), help="override the PPO seed")
     s.add_argument("--reward-model", metavar="PATH",
                    help="train against this saved reward model (`reward --out PATH`) instead of the cached one")
+    s.add_argument("--init", metavar="PATH",
+                   help="start from this saved policy (`rejection-sampling --out PATH`, as Llama 2 did, or `ppo --out "
+                   "PATH`) instead of the SFT model; it is also the KL reference")
     _device_option(s)
     s.set_defaults(fn=cmd_ppo)
     s = sub.add_parser("rejection-sampling",

@@ -361,19 +361,33 @@ def reward_checkpoint(profile: Profile | None = None, progress: bool = True, dev
     return out
 
 
+START = "start.json"  # in a ``ppo --init`` run's folder: the saved policy it started from
+
+
 def load_policy(profile: Profile, path: str | Path, device: str | None = None):
-    """A saved PPO policy on the profile's SFT model: ``path`` is the ``--out`` folder of ``python -m rlhf_lite ppo``
-    (its ``adapter`` folder) or an adapter folder itself. Returns (model, tokenizer), in eval mode."""
+    """A saved policy on the profile's SFT model: ``path`` is the ``--out`` folder of ``python -m rlhf_lite ppo`` or
+    ``rejection-sampling`` (its ``adapter`` folder) or an adapter folder itself. A PPO run that started from another
+    saved policy (``ppo --init``) names it in ``start.json``; that policy is loaded first and merged into the weights
+    under the adapter. Returns (model, tokenizer), in eval mode."""
     from peft import PeftModel
 
     adapter = Path(path) / "adapter" if (Path(path) / "adapter").is_dir() else Path(path)
     if not (adapter / "adapter_config.json").is_file():
         raise FileNotFoundError(f"{path}: no policy adapter there (adapter_config.json); pass the --out folder of "
-                                "`python -m rlhf_lite ppo`, or its adapter folder")
+                                "`python -m rlhf_lite ppo` or `rejection-sampling`, or its adapter folder")
     device = pick_device(device)
-    sft, tok = load_base(str(sft_checkpoint(profile, device=device)), device=device)
+    start = next((f / START for f in (Path(path), adapter.parent) if (f / START).is_file()), None)
+    base, tok = (policy_weights(profile, json.loads(start.read_text())["init"], device) if start else
+                 load_base(str(sft_checkpoint(profile, device=device)), device=device))
     with hf_bars_off():
-        return PeftModel.from_pretrained(sft, str(adapter)).eval(), tok
+        return PeftModel.from_pretrained(base, str(adapter)).eval(), tok
+
+
+def policy_weights(profile: Profile, path: str | Path, device: str | None = None):
+    """A saved policy (:func:`load_policy`) as a plain model: its adapters merged into the weights, so that new
+    adapters can start from it and, switched off, give it back as the KL reference. Returns (model, tokenizer)."""
+    model, tok = load_policy(profile, path, device)
+    return model.merge_and_unload(), tok
 
 
 def second_round_prompts(profile: Profile, world, prompts: str = "unranked") -> list:
@@ -418,10 +432,12 @@ def policy_comparisons(profile: Profile, policy: str | Path, progress: bool = Tr
 # ---------------------------------------------------------------------------------------------
 def ppo_stage(profile: Profile | None = None, cfg: PPOConfig | None = None, out_dir: str | Path | None = None,
               resume: bool = False, progress: bool = True, callback=None, device: str | None = None,
-              reward_model: str | Path | None = None):
+              reward_model: str | Path | None = None, init: str | Path | None = None):
     """Step 3 for a profile: the cached SFT model and reward model, a LoRA policy, ``train_ppo`` on the
     training users' prompts (PPO-ptx when ``cfg.ptx_coef`` > 0, mixing in the pretraining corpus), on ``device``.
     ``reward_model``: a saved reward model's folder (``reward --out``) to train against instead of the cached one.
+    ``init``: a saved policy (:func:`load_policy`) to start from instead of the SFT model, e.g. a rejection-sampling
+    one as in Llama 2 (§3.2.3); it is also the KL reference (Llama 2's π₀, the policy PPO starts from).
     Returns (policy, tokenizer, reward model, history)."""
     profile = profile or get_profile()
     cfg = cfg or profile.ppo
@@ -433,7 +449,8 @@ def ppo_stage(profile: Profile | None = None, cfg: PPOConfig | None = None, out_
                               device=device)
     for p in rm.parameters():
         p.requires_grad_(False)
-    sft, tok = load_base(str(sft_checkpoint(profile, progress=progress, device=device)), device=device)
+    sft, tok = (policy_weights(profile, init, device) if init else
+                load_base(str(sft_checkpoint(profile, progress=progress, device=device)), device=device))
     policy = build_policy(sft, rm, cfg, profile.lora)
     world, prompts = rl_prompts(profile)
     ptx = corpus_blocks(tok, "train", profile.pretrain, max_docs=4000) if cfg.ptx_coef > 0 else None

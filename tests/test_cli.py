@@ -80,3 +80,13 @@ def test_ppo_command_checkpoints_and_resumes(tmp_path):
     assert json.loads(r.stdout.strip().splitlines()[-2])["step"] == 3
     r = run("ppo", "--out", str(tmp_path / "fresh"), "--resume")
     assert r.returncode == 2 and "no checkpoint" in r.stderr
+    # --init: start from a saved policy, recorded in --out for --resume and for loading the result
+    r = run("ppo", "--init", str(tmp_path / "nothing"), "--out", str(tmp_path / "next"))
+    assert r.returncode == 2 and "--init" in r.stderr and "no policy adapter there" in r.stderr
+    r = run("ppo", "--init", str(tmp_path / "ppo"), "--out", str(tmp_path / "next"), "--steps", "1")
+    assert r.returncode == 0, r.stderr
+    assert json.loads((tmp_path / "next" / "start.json").read_text())["init"] == str((tmp_path / "ppo").resolve())
+    r = run("ppo", "--init", str(tmp_path / "next"), "--out", str(tmp_path / "next"), "--resume")  # another start
+    assert r.returncode == 2 and "started from" in r.stderr
+    r = run("ppo", "--init", str(tmp_path / "ppo"), "--out", str(tmp_path / "ppo"), "--resume")  # over itself
+    assert r.returncode == 2 and "both name" in r.stderr

@@ -2,6 +2,7 @@
 import json
 
 import pytest
+import torch
 
 from rlhf_lite.data import render_prompt
 from rlhf_lite.models import generate, load_base
@@ -69,6 +70,18 @@ def test_rejection_sampling_command_learns_its_kept_answers(tmp_path, capsys):
         gens = generate(model, tok, prompts, prof.max_new_tokens, seed=0, batch_size=64)
         return sum(score_responses(rm, rm_tok, prompts, [g.text for g in gens], [g.finished for g in gens])) / len(gens)
     assert mean_reward(policy) > mean_reward(sft)
+
+    # Llama 2's order: PPO from the rejection-sampling policy, which is also its KL reference
+    assert main(["--profile", "smoke", "ppo", "--steps", "1", "--init", str(out), "--out", str(tmp_path / "ppo")]) == 0
+    assert "starting from the policy in" in capsys.readouterr().out
+    ppo, _ = load_policy(prof, tmp_path / "ppo")  # reads start.json: the RS adapter merged, PPO's adapter on top
+    ids = tok(prompts[:4], return_tensors="pt", padding=True)
+    with torch.no_grad():
+        with ppo.disable_adapter():
+            reference = ppo(**ids).logits
+        assert torch.allclose(reference, policy(**ids).logits, atol=1e-4)  # the RS policy
+        assert not torch.allclose(reference, sft(**ids).logits, atol=1e-2)  # not the SFT model
+        assert not torch.allclose(ppo(**ids).logits, reference, atol=1e-4)  # one PPO step moved it
     (tmp_path / "mine").mkdir()
     (tmp_path / "mine" / "notes.txt").write_text("keep me")
     assert main(["--profile", "smoke", "rejection-sampling", "--n", "1", "--out", str(tmp_path / "mine")]) == 2
