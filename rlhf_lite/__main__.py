@@ -464,11 +464,7 @@ def _ppo_start(args) -> str | None:
         if before and not args.resume:
             raise ValueError(f"--out {args.out} holds an earlier run that started from {before}; pick a new folder")
         return before
-    init = str(Path(args.init).resolve())
-    adapter = Path(init) / "adapter" if (Path(init) / "adapter").is_dir() else Path(init)
-    if not (adapter / "adapter_config.json").is_file():
-        raise FileNotFoundError(f"--init {args.init}: no policy adapter there (adapter_config.json); pass the --out "
-                                "folder of `python -m rlhf_lite rejection-sampling` or `ppo`")
+    init = _saved_policy(args.init)
     if before and before != init:
         raise ValueError(f"--out {args.out} holds a run that started from {before}, not from {init}; pick a new "
                          "folder")
@@ -480,26 +476,42 @@ def _ppo_start(args) -> str | None:
     return init
 
 
+def _saved_policy(path: str) -> str:
+    """``--init PATH``, checked before anything trains: the absolute path of a saved policy's folder."""
+    init = Path(path).resolve()
+    adapter = init / "adapter" if (init / "adapter").is_dir() else init
+    if not (adapter / "adapter_config.json").is_file():
+        raise FileNotFoundError(f"--init {path}: no policy adapter there (adapter_config.json); pass the --out "
+                                "folder of `python -m rlhf_lite rejection-sampling` or `ppo`")
+    return str(init)
+
+
 def cmd_rejection_sampling(args) -> int:
     from .config import get_profile
     from .runtime import atomic_dir, check_output_dir, hf_bars_off, quiet
-    from .stages import rejection_sampling_stage
+    from .stages import START, rejection_sampling_stage
 
     check_output_dir(args.out, "rejection-sampling")  # before any model is loaded or trained
+    init = _saved_policy(args.init) if args.init else None
+    if init and Path(args.out).resolve() == Path(init):
+        raise ValueError(f"--init and --out both name {args.out}; pick a new folder for --out")
     quiet()
     prof = get_profile(args.profile, args.base_model)
-    print(f"rejection sampling on profile {prof.name}: best of {args.n} SFT samples (the reward model picks) for "
+    print(f"rejection sampling on profile {prof.name}: best of {args.n} "
+          f"{'samples of the policy in ' + init if init else 'SFT samples'} (the reward model picks) for "
           f"{'every' if not args.n_prompts else f'the first {args.n_prompts:,}'} training prompt"
           f"{'s' if args.n_prompts > 1 else ''}, then {args.epochs} epoch{'s' if args.epochs > 1 else ''} of "
           "LoRA fine-tuning on them")
     model, _, records, history = rejection_sampling_stage(prof, args.n, args.n_prompts, args.epochs,
-                                                          device=args.device)
+                                                          device=args.device, init=init)
     mean = sum(r["reward"] for r in records) / max(1, len(records))
     print(f"kept {len(records):,} answers (mean reward {mean:+.3f}); trained {len(history['train'])} steps in "
           f"{history['wall_time_s']:.0f} s, final loss {history['train'][-1]['loss']:.3f}")
     with atomic_dir(args.out, "rejection-sampling") as tmp, hf_bars_off():  # nothing half-written if saving fails
         model.save_pretrained(tmp / "adapter")
         (tmp / "records.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+        if init:  # what load_policy merges under this adapter
+            (tmp / START).write_text(json.dumps({"init": init}) + "\n")
     print(f"adapter saved to {args.out}/adapter, the kept answers to {args.out}/records.jsonl "
           f"(compare it with `diagnose --policy {args.out}`)")
     return 0
@@ -711,6 +723,9 @@ def main(argv: list[str] | None = None) -> int:
     s.add_argument("--n-prompts", type=_at_least(0), default=0,
                    help="the first N training prompts (default 0: all of them)")
     s.add_argument("--epochs", type=_at_least(1), default=2, help="passes over the kept answers (default 2)")
+    s.add_argument("--init", metavar="PATH",
+                   help="sample from this saved policy (an earlier `rejection-sampling --out PATH`: Llama 2's next "
+                   "round) and train new adapters on it, instead of the SFT model")
     _device_option(s)
     s.set_defaults(fn=cmd_rejection_sampling)
     s = sub.add_parser("pipeline",

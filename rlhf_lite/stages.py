@@ -461,18 +461,20 @@ def ppo_stage(profile: Profile | None = None, cfg: PPOConfig | None = None, out_
 
 
 def rejection_sampling_stage(profile: Profile | None = None, n: int = 8, n_prompts: int = 0, epochs: int = 2,
-                             progress: bool = True, device: str | None = None):
+                             progress: bool = True, device: str | None = None, init: str | Path | None = None):
     """Rejection-sampling fine-tuning (:mod:`rlhf_lite.rejection`) for a TinyWorld profile: the cached SFT model
     samples ``n`` answers to each of the first ``n_prompts`` training prompts (0: all), the cached reward model keeps
     the best of each, and LoRA adapters on the SFT model learn them for ``epochs`` with the profile's SFT settings.
-    Returns (model, tokenizer, records, history); ``load_policy`` reads the adapter it saves."""
+    ``init``: a saved policy (:func:`load_policy`) to sample from and put the adapters on instead, Llama 2's next
+    round. Returns (model, tokenizer, records, history); ``load_policy`` reads the adapter it saves."""
     profile = profile or get_profile()
     if profile.data != "tinyworld":
         raise ValueError(f"rejection sampling here draws TinyWorld's training prompts; profile {profile.name!r} uses "
                          f"{profile.data}: use tiny, smoke or gpt2")
     device, precision = placement(device)
     rm, _ = load_reward_model(reward_checkpoint(profile, progress=progress, device=device), device=device)
-    sft, tok = load_base(str(sft_checkpoint(profile, progress=progress, device=device)), device=device)
+    sft, tok = (policy_weights(profile, init, device) if init else
+                load_base(str(sft_checkpoint(profile, progress=progress, device=device)), device=device))
     tasks = world_from_config(profile.world).splits["train"][: n_prompts or None]
     cfg = replace(profile.sft, epochs=epochs)
     with autocast(device, precision):

@@ -82,6 +82,16 @@ def test_rejection_sampling_command_learns_its_kept_answers(tmp_path, capsys):
         assert torch.allclose(reference, policy(**ids).logits, atol=1e-4)  # the RS policy
         assert not torch.allclose(reference, sft(**ids).logits, atol=1e-2)  # not the SFT model
         assert not torch.allclose(ppo(**ids).logits, reference, atol=1e-4)  # one PPO step moved it
+
+    # Llama 2's next round: sample from the rejection-sampling policy, new adapters on top of it
+    assert main(["--profile", "smoke", "rejection-sampling", "--n", "2", "--n-prompts", "8", "--epochs", "1",
+                 "--init", str(out), "--out", str(tmp_path / "rs2")]) == 0
+    assert f"samples of the policy in {out.resolve()}" in capsys.readouterr().out
+    again, _ = load_policy(prof, tmp_path / "rs2")
+    with torch.no_grad(), again.disable_adapter():
+        assert torch.allclose(again(**ids).logits, policy(**ids).logits, atol=1e-4)
+    assert main(["--profile", "smoke", "rejection-sampling", "--n", "1", "--init", str(out), "--out", str(out)]) == 2
+    assert "both name" in capsys.readouterr().err  # it would replace the policy it samples from
     (tmp_path / "mine").mkdir()
     (tmp_path / "mine" / "notes.txt").write_text("keep me")
     assert main(["--profile", "smoke", "rejection-sampling", "--n", "1", "--out", str(tmp_path / "mine")]) == 2
