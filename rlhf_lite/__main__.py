@@ -464,25 +464,26 @@ def _ppo_start(args) -> str | None:
         if before and not args.resume:
             raise ValueError(f"--out {args.out} holds an earlier run that started from {before}; pick a new folder")
         return before
-    init = _saved_policy(args.init)
+    init = _saved_policy(args.init, args.out)
     if before and before != init:
         raise ValueError(f"--out {args.out} holds a run that started from {before}, not from {init}; pick a new "
                          "folder")
-    if recorded and recorded.parent.resolve() == Path(init):
-        raise ValueError(f"--init and --out both name {args.out}: PPO would write its adapter over the policy it "
-                         "starts from; pick a new folder for --out")
     if recorded:
         recorded.write_text(json.dumps({"init": init}) + "\n")
     return init
 
 
-def _saved_policy(path: str) -> str:
-    """``--init PATH``, checked before anything trains: the absolute path of a saved policy's folder."""
+def _saved_policy(path: str, out: str | None) -> str:
+    """``--init PATH``, checked before anything trains: the absolute path of a saved policy's folder, which must
+    not be ``--out`` (the new adapter would be written over the policy it starts from)."""
     init = Path(path).resolve()
     adapter = init / "adapter" if (init / "adapter").is_dir() else init
     if not (adapter / "adapter_config.json").is_file():
         raise FileNotFoundError(f"--init {path}: no policy adapter there (adapter_config.json); pass the --out "
                                 "folder of `python -m rlhf_lite rejection-sampling` or `ppo`")
+    if out and Path(out).resolve() == init:
+        raise ValueError(f"--init and --out both name {out}: the new adapter would be written over the policy it "
+                         "starts from; pick a new folder for --out")
     return str(init)
 
 
@@ -492,9 +493,7 @@ def cmd_rejection_sampling(args) -> int:
     from .stages import START, rejection_sampling_stage
 
     check_output_dir(args.out, "rejection-sampling")  # before any model is loaded or trained
-    init = _saved_policy(args.init) if args.init else None
-    if init and Path(args.out).resolve() == Path(init):
-        raise ValueError(f"--init and --out both name {args.out}; pick a new folder for --out")
+    init = _saved_policy(args.init, args.out) if args.init else None
     quiet()
     prof = get_profile(args.profile, args.base_model)
     print(f"rejection sampling on profile {prof.name}: best of {args.n} "

@@ -376,8 +376,8 @@ def load_policy(profile: Profile, path: str | Path, device: str | None = None):
         raise FileNotFoundError(f"{path}: no policy adapter there (adapter_config.json); pass the --out folder of "
                                 "`python -m rlhf_lite ppo` or `rejection-sampling`, or its adapter folder")
     device = pick_device(device)
-    start = next((f / START for f in (Path(path), adapter.parent) if (f / START).is_file()), None)
-    base, tok = (policy_weights(profile, json.loads(start.read_text())["init"], device) if start else
+    start = adapter.parent / START  # beside the adapter folder, in the run's --out folder
+    base, tok = (policy_weights(profile, json.loads(start.read_text())["init"], device) if start.is_file() else
                  load_base(str(sft_checkpoint(profile, device=device)), device=device))
     with hf_bars_off():
         return PeftModel.from_pretrained(base, str(adapter)).eval(), tok

@@ -86,7 +86,9 @@ def test_ppo_command_checkpoints_and_resumes(tmp_path):
     r = run("ppo", "--init", str(tmp_path / "ppo"), "--out", str(tmp_path / "next"), "--steps", "1")
     assert r.returncode == 0, r.stderr
     assert json.loads((tmp_path / "next" / "start.json").read_text())["init"] == str((tmp_path / "ppo").resolve())
-    r = run("ppo", "--init", str(tmp_path / "next"), "--out", str(tmp_path / "next"), "--resume")  # another start
-    assert r.returncode == 2 and "started from" in r.stderr
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other" / "start.json").write_text(json.dumps({"init": "/elsewhere"}))  # a run from another start
+    r = run("ppo", "--init", str(tmp_path / "ppo"), "--out", str(tmp_path / "other"), "--resume")
+    assert r.returncode == 2 and "started from /elsewhere" in r.stderr
     r = run("ppo", "--init", str(tmp_path / "ppo"), "--out", str(tmp_path / "ppo"), "--resume")  # over itself
     assert r.returncode == 2 and "both name" in r.stderr
