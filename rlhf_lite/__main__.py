@@ -456,10 +456,9 @@ def cmd_ppo(args) -> int:
 def _ppo_start(args) -> str | None:
     """``ppo --init``: the saved policy to start from, checked before anything trains and recorded in
     ``--out``/start.json, which ``load_policy`` and ``--resume`` read."""
-    from .stages import START
+    from .stages import record_start, recorded_start
 
-    recorded = Path(args.out) / START if args.out else None
-    before = json.loads(recorded.read_text())["init"] if recorded and recorded.is_file() else None
+    before = recorded_start(args.out) if args.out else None
     if not args.init:
         if before and not args.resume:
             raise ValueError(f"--out {args.out} holds an earlier run that started from {before}; pick a new folder")
@@ -468,19 +467,18 @@ def _ppo_start(args) -> str | None:
     if before and before != init:
         raise ValueError(f"--out {args.out} holds a run that started from {before}, not from {init}; pick a new "
                          "folder")
-    if recorded:
-        recorded.write_text(json.dumps({"init": init}) + "\n")
+    if args.out:
+        record_start(args.out, init)
     return init
 
 
 def _saved_policy(path: str, out: str | None) -> str:
     """``--init PATH``, checked before anything trains: the absolute path of a saved policy's folder, which must
     not be ``--out`` (the new adapter would be written over the policy it starts from)."""
+    from .stages import policy_adapter
+
+    policy_adapter(path, "--init ")
     init = Path(path).resolve()
-    adapter = init / "adapter" if (init / "adapter").is_dir() else init
-    if not (adapter / "adapter_config.json").is_file():
-        raise FileNotFoundError(f"--init {path}: no policy adapter there (adapter_config.json); pass the --out "
-                                "folder of `python -m rlhf_lite rejection-sampling` or `ppo`")
     if out and Path(out).resolve() == init:
         raise ValueError(f"--init and --out both name {out}: the new adapter would be written over the policy it "
                          "starts from; pick a new folder for --out")
@@ -490,7 +488,7 @@ def _saved_policy(path: str, out: str | None) -> str:
 def cmd_rejection_sampling(args) -> int:
     from .config import get_profile
     from .runtime import atomic_dir, check_output_dir, hf_bars_off, quiet
-    from .stages import START, rejection_sampling_stage
+    from .stages import record_start, rejection_sampling_stage
 
     check_output_dir(args.out, "rejection-sampling")  # before any model is loaded or trained
     init = _saved_policy(args.init, args.out) if args.init else None
@@ -510,7 +508,7 @@ def cmd_rejection_sampling(args) -> int:
         model.save_pretrained(tmp / "adapter")
         (tmp / "records.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
         if init:  # what load_policy merges under this adapter
-            (tmp / START).write_text(json.dumps({"init": init}) + "\n")
+            record_start(tmp, init)
     print(f"adapter saved to {args.out}/adapter, the kept answers to {args.out}/records.jsonl "
           f"(compare it with `diagnose --policy {args.out}`)")
     return 0

@@ -361,33 +361,53 @@ def reward_checkpoint(profile: Profile | None = None, progress: bool = True, dev
     return out
 
 
-START = "start.json"  # in a ``ppo --init`` run's folder: the saved policy it started from
+START = "start.json"  # in the --out folder of a run that started from a saved policy (``--init``)
+
+
+def policy_adapter(path: str | Path, what: str = "") -> Path:
+    """The adapter folder of a saved policy: ``path`` is the ``--out`` folder of ``python -m rlhf_lite ppo`` or
+    ``rejection-sampling`` (its ``adapter`` folder) or an adapter folder itself; a clear error (prefixed with
+    ``what``, e.g. "--init ") when there is none."""
+    adapter = Path(path) / "adapter" if (Path(path) / "adapter").is_dir() else Path(path)
+    if not (adapter / "adapter_config.json").is_file():
+        raise FileNotFoundError(f"{what}{path}: no policy adapter there (adapter_config.json); pass the --out folder "
+                                "of `python -m rlhf_lite ppo` or `rejection-sampling`, or its adapter folder")
+    return adapter
+
+
+def recorded_start(folder: str | Path) -> str | None:
+    """The saved policy a run in ``folder`` started from (its ``start.json``), or None: it started from SFT."""
+    start = Path(folder) / START
+    return json.loads(start.read_text())["init"] if start.is_file() else None
+
+
+def record_start(folder: str | Path, init: str) -> None:
+    """Write ``start.json`` into a run's ``folder``: the saved policy it starts from, for :func:`load_policy`."""
+    (Path(folder) / START).write_text(json.dumps({"init": init}) + "\n")
+
+
+def starting_model(profile: Profile, init: str | Path | None = None, progress: bool = True,
+                   device: str | None = None):
+    """The model a stage starts from: the cached SFT model, or with ``init`` a saved policy with its adapters merged
+    into the weights, so that new adapters can start from it and, switched off, give it back as the KL reference.
+    Returns (model, tokenizer)."""
+    if init is None:
+        return load_base(str(sft_checkpoint(profile, progress=progress, device=device)), device=device)
+    model, tok = load_policy(profile, init, device)
+    return model.merge_and_unload(), tok
 
 
 def load_policy(profile: Profile, path: str | Path, device: str | None = None):
-    """A saved policy on the profile's SFT model: ``path`` is the ``--out`` folder of ``python -m rlhf_lite ppo`` or
-    ``rejection-sampling`` (its ``adapter`` folder) or an adapter folder itself. A PPO run that started from another
-    saved policy (``ppo --init``) names it in ``start.json``; that policy is loaded first and merged into the weights
-    under the adapter. Returns (model, tokenizer), in eval mode."""
+    """A saved policy (:func:`policy_adapter`) on the model it was trained from: the profile's SFT model, or, for a
+    run that started from another saved policy (``start.json`` beside the adapter folder), that policy merged into
+    the weights (:func:`starting_model`). Returns (model, tokenizer), in eval mode."""
     from peft import PeftModel
 
-    adapter = Path(path) / "adapter" if (Path(path) / "adapter").is_dir() else Path(path)
-    if not (adapter / "adapter_config.json").is_file():
-        raise FileNotFoundError(f"{path}: no policy adapter there (adapter_config.json); pass the --out folder of "
-                                "`python -m rlhf_lite ppo` or `rejection-sampling`, or its adapter folder")
+    adapter = policy_adapter(path)
     device = pick_device(device)
-    start = adapter.parent / START  # beside the adapter folder, in the run's --out folder
-    base, tok = (policy_weights(profile, json.loads(start.read_text())["init"], device) if start.is_file() else
-                 load_base(str(sft_checkpoint(profile, device=device)), device=device))
+    base, tok = starting_model(profile, recorded_start(adapter.parent), device=device)
     with hf_bars_off():
         return PeftModel.from_pretrained(base, str(adapter)).eval(), tok
-
-
-def policy_weights(profile: Profile, path: str | Path, device: str | None = None):
-    """A saved policy (:func:`load_policy`) as a plain model: its adapters merged into the weights, so that new
-    adapters can start from it and, switched off, give it back as the KL reference. Returns (model, tokenizer)."""
-    model, tok = load_policy(profile, path, device)
-    return model.merge_and_unload(), tok
 
 
 def second_round_prompts(profile: Profile, world, prompts: str = "unranked") -> list:
@@ -449,8 +469,7 @@ def ppo_stage(profile: Profile | None = None, cfg: PPOConfig | None = None, out_
                               device=device)
     for p in rm.parameters():
         p.requires_grad_(False)
-    sft, tok = (policy_weights(profile, init, device) if init else
-                load_base(str(sft_checkpoint(profile, progress=progress, device=device)), device=device))
+    sft, tok = starting_model(profile, init, progress, device)
     policy = build_policy(sft, rm, cfg, profile.lora)
     world, prompts = rl_prompts(profile)
     ptx = corpus_blocks(tok, "train", profile.pretrain, max_docs=4000) if cfg.ptx_coef > 0 else None
@@ -473,8 +492,7 @@ def rejection_sampling_stage(profile: Profile | None = None, n: int = 8, n_promp
                          f"{profile.data}: use tiny, smoke or gpt2")
     device, precision = placement(device)
     rm, _ = load_reward_model(reward_checkpoint(profile, progress=progress, device=device), device=device)
-    sft, tok = (policy_weights(profile, init, device) if init else
-                load_base(str(sft_checkpoint(profile, progress=progress, device=device)), device=device))
+    sft, tok = starting_model(profile, init, progress, device)
     tasks = world_from_config(profile.world).splits["train"][: n_prompts or None]
     cfg = replace(profile.sft, epochs=epochs)
     with autocast(device, precision):
