@@ -146,7 +146,7 @@ def cmd_evaluate(args) -> int:
 
 def cmd_diagnose(args) -> int:
     from .config import get_profile
-    from .course.diagnose import accuracy_difference, agreement_by_criterion, fact_recall, mean_judge
+    from .course.diagnose import accuracy_difference, agreement_by_criterion, context_recall, fact_recall, mean_judge
     from .models import load_base
     from .pipeline import shown_path
     from .reward import load_reward_model, record_scores
@@ -163,11 +163,20 @@ def cmd_diagnose(args) -> int:
     world = world_from_config(prof.world)
     print(f"profile {prof.name}: does each model know the world's facts? (the true value ranked first among every "
           f"value its relation takes, {args.facts} facts)")
-    for name, path in (("base", base_checkpoint(prof, device=device)), ("SFT", sft_checkpoint(prof, device=device))):
-        model, tok = load_base(str(path), device=device)
+    models = {name: load_base(str(path), device=device)
+              for name, path in (("base", base_checkpoint(prof, device=device)),
+                                 ("SFT", sft_checkpoint(prof, device=device)))}
+    for name, (model, tok) in models.items():
         r = fact_recall(model, tok, world, n_facts=args.facts)
         rows = ", ".join(f"{k} {v['recall']:.2f}" for k, v in r.items() if k != "all")
         print(f"  {name:5s} {r['all']:.3f}   by relation: {rows}")
+    print(f"can each model read a passage? ({args.facts} passages about new people, three facts each: the probability "
+          "of continuing a person's first name with the surname the passage gave; one fact written again with every "
+          "value of its relation)")
+    for name, (model, tok) in models.items():
+        r = context_recall(model, tok, world, n_people=args.facts)
+        print(f"  {name:5s} copies the new name {r['name_copy']:.1%} of the time; ranks the passage's value first "
+              f"{r['value_recall']:.3f} (chance {r['value_chance']:.3f})")
     val = comparison_data(prof, device=device)["validation"]
 
     def judge_of(paths):  # the saved reward models' mean reward, each answer of ``val`` scored once
@@ -790,9 +799,11 @@ def main(argv: list[str] | None = None) -> int:
     s.add_argument("--seed", type=_at_least(0), default=0, help="sampling seed (default 0)")
     _device_option(s)
     s.set_defaults(fn=cmd_evaluate)
-    s = sub.add_parser("diagnose", help="where the signal gets lost: the models' recall of the world's facts, and the "
-                       "reward model's agreement with the gold panel per criterion (cached stages)")
-    s.add_argument("--facts", type=_at_least(1), default=400, help="knowledge-base facts to probe (default 400)")
+    s = sub.add_parser("diagnose", help="where the signal gets lost: the models' recall of the world's facts and "
+                       "of a passage's, and the reward model's agreement with the gold panel per criterion "
+                       "(cached stages)")
+    s.add_argument("--facts", type=_at_least(1), default=400,
+                   help="knowledge-base facts to probe, and as many passages (default 400)")
     s.add_argument("--min-gap", type=_non_negative_float, default=0.1,
                    help="smallest gold difference of a pair that counts (default 0.1)")
     s.add_argument("--reward-model", nargs="+", metavar="PATH",

@@ -1,5 +1,5 @@
 """`rlhf_lite.course.diagnose`: the gold difference split by criterion, the reward model's agreement per criterion,
-and the fact-recall probe."""
+and the fact-recall and context-recall probes."""
 import math
 import random
 
@@ -11,6 +11,7 @@ from rlhf_lite.course.diagnose import (
     LENGTH,
     accuracy_difference,
     agreement_by_criterion,
+    context_recall,
     deciding_criterion,
     fact_recall,
     gold_difference_parts,
@@ -111,6 +112,23 @@ def test_fact_recall_separates_a_model_that_learned_the_world_from_one_that_did_
     torch.manual_seed(0)
     blank = fact_recall(GPT2LMHeadModel(lm.config).eval(), tok, world, n_facts=40)
     assert blank["all"] < 0.5  # random weights: about chance (one in 3 to 15 values)
+
+
+def test_context_recall_measures_reading_not_knowledge(world):
+    lm, tok = load_base("tiny")
+    lm.train()
+    read = context_recall(lm, tok, world, n_people=30)
+    assert lm.training  # probed in eval mode, then put back as it was
+    assert set(read) == {"passages", "name_copy", "value_recall", "value_chance"} and read["passages"] == 30
+    assert 0.0 <= read["name_copy"] <= 1.0
+    assert 1 / 40 < read["value_chance"] < 1 / 4  # every value of the relation: 10 to 15, ages more
+    assert read["value_recall"] > read["value_chance"]  # the shipped model reads some values (200 passages: 0.22)
+    assert context_recall(lm, tok, world, n_people=30) == read  # the same passages for the same seed
+    torch.manual_seed(0)
+    blank = context_recall(GPT2LMHeadModel(lm.config).eval(), tok, world, n_people=30)
+    assert blank["value_chance"] == read["value_chance"]
+    assert blank["name_copy"] < 0.01  # random weights: a surname of 2-4 tokens out of 2,048 each
+    assert blank["value_recall"] < 0.3  # and about chance
 
 
 def test_mean_judge_averages_each_answer():

@@ -170,6 +170,7 @@ def test_diagnose_command_reads_the_cached_stages(capsys):
     assert main(["--profile", "smoke", "diagnose", "--facts", "20"]) == 0
     out = capsys.readouterr().out
     assert "base " in out and "SFT " in out and "RM agrees" in out and "validation pairs" in out
+    assert "read a passage" in out and out.count("copies the new name") == 2  # base and SFT
     from rlhf_lite.config import get_profile
     from rlhf_lite.stages import reward_checkpoint
 

@@ -11,7 +11,9 @@ gold score its reward promises, as best-of-n sampling of the SFT model does?
 """
 from __future__ import annotations
 
+import contextlib
 import itertools
+import math
 import random
 from collections import defaultdict
 from typing import Callable, Sequence
@@ -25,7 +27,7 @@ from ..feedback import agreement, pref_probs
 from ..models import generate, pad_batch
 from ..reward import score_responses
 from ..world import CRITERIA, World
-from ..world.kb import state
+from ..world.kb import Fact, make_names, person_facts, state
 from ..world.labelers import GATE
 from ..world.tasks import Task
 
@@ -199,6 +201,61 @@ def reward_gold_frontier(samples: Sequence[dict], policies: dict[str, dict], ns:
     return {"best_of": rungs, "gold_best_of": {n: rung(n, "gold") for n in ns}, "policies": out}
 
 
+@contextlib.contextmanager
+def _eval_mode(model):
+    """Run the block with ``model`` in eval mode (no dropout), then put it back in the mode it was in."""
+    was = model.training
+    model.eval()
+    try:
+        yield model
+    finally:
+        model.train(was)
+
+
+def _logps_after(model, tokenizer, pairs: Sequence[tuple[list[int], list[int]]], batch_size: int) -> list[float]:
+    """log p(continuation | prefix) for each (prefix ids, continuation ids) pair: the sum over the continuation's
+    tokens only."""
+    device = next(model.parameters()).device
+    out: list[float] = []
+    for k in range(0, len(pairs), batch_size):
+        chunk = pairs[k:k + batch_size]
+        b = pad_batch([p + c for p, c in chunk], tokenizer.eos_token_id)
+        ids, attn = b["input_ids"].to(device), b["attention_mask"].to(device)
+        scored = torch.zeros_like(attn)  # [B, T]: 1 on the continuation's tokens
+        for row, (p, c) in enumerate(chunk):
+            scored[row, len(p):len(p) + len(c)] = 1
+        out += sequence_logps(model, ids, attn, scored).tolist()
+    return out
+
+
+def _recall(model, tokenizer, probes: Sequence[tuple[str, list[int], list[str]]], batch_size: int) -> dict:
+    """Probes (kind, prefix ids, sentences with the true one first): ``{kind: {"facts", "recall", "chance"}}``, with
+    recall the share of probes whose true sentence is the most likely after the prefix, and ``"all"``."""
+    recalled: dict[str, list[bool]] = defaultdict(list)
+    chance: dict[str, list[float]] = defaultdict(list)
+    for kind, prefix, sentences in probes:
+        logps = _logps_after(model, tokenizer, [(prefix, tokenizer.encode(x)) for x in sentences], batch_size)
+        recalled[kind].append(max(range(len(logps)), key=logps.__getitem__) == 0)
+        chance[kind].append(1 / len(sentences))
+    out = {k: {"facts": len(v), "recall": sum(v) / len(v), "chance": sum(chance[k]) / len(chance[k])}
+           for k, v in sorted(recalled.items())}
+    out["all"] = sum(sum(v) for v in recalled.values()) / max(1, sum(len(v) for v in recalled.values()))
+    return out
+
+
+def _values(world: World) -> dict[str, set[str]]:
+    """Every value each relation of the knowledge base takes."""
+    values: dict[str, set[str]] = defaultdict(set)
+    for f in world.kb.facts:
+        values[f.relation].add(f.value)
+    return values
+
+
+def _with_value(fact: Fact, values: Sequence[str]) -> list[str]:
+    """``fact``'s plain sentence, then the same sentence with each other value in ``values``."""
+    return [state(Fact(fact.subject, fact.relation, v)) for v in [fact.value] + sorted(set(values) - {fact.value})]
+
+
 @torch.no_grad()
 def fact_recall(model, tokenizer, world: World, n_facts: int = 400, seed: int = 0, batch_size: int = 32) -> dict:
     """Does a language model know the knowledge base? Each fact is written as its plain sentence (``kb.state``),
@@ -206,31 +263,44 @@ def fact_recall(model, tokenizer, world: World, n_facts: int = 400, seed: int = 
     when the true sentence has the highest log-probability. ``n_facts`` facts are drawn at random (friendships,
     whose values are people, are left out). Returns ``{relation: {"facts", "recall", "chance"}}`` and ``"all"``:
     the share of all drawn facts recalled."""
-    values: dict[str, set[str]] = defaultdict(set)
-    for f in world.kb.facts:
-        values[f.relation].add(f.value)
+    values = _values(world)
     facts = [f for f in world.kb.facts if f.relation != "friend" and len(values[f.relation]) > 1
              and state(f).rstrip(".").endswith(f.value)]
     facts = random.Random(seed).sample(facts, min(n_facts, len(facts)))
-    was = model.training
-    model.eval()
-    device = next(model.parameters()).device
-    recalled: dict[str, list[bool]] = defaultdict(list)
-    chance: dict[str, float] = {}
-    for f in facts:
-        stem = state(f).rstrip(".")[: -len(f.value)]
-        options = sorted(values[f.relation])
-        seqs = [[tokenizer.eos_token_id] + tokenizer.encode(stem + v + ".") for v in options]
-        logps = []
-        for k in range(0, len(seqs), batch_size):
-            b = pad_batch(seqs[k:k + batch_size], tokenizer.eos_token_id)
-            ids, attn = b["input_ids"].to(device), b["attention_mask"].to(device)
-            sentence = attn.clone()
-            sentence[:, 0] = 0  # every token after the leading end-of-text
-            logps += sequence_logps(model, ids, attn, sentence).tolist()  # [B]: log p(sentence)
-        recalled[f.relation].append(options[max(range(len(options)), key=logps.__getitem__)] == f.value)
-        chance[f.relation] = 1 / len(options)
-    model.train(was)
-    out = {r: {"facts": len(v), "recall": sum(v) / len(v), "chance": chance[r]} for r, v in sorted(recalled.items())}
-    out["all"] = sum(sum(v) for v in recalled.values()) / max(1, sum(len(v) for v in recalled.values()))
-    return out
+    probes = [(f.relation, [tokenizer.eos_token_id], _with_value(f, values[f.relation])) for f in facts]
+    with _eval_mode(model):
+        return _recall(model, tokenizer, probes, batch_size)
+
+
+@torch.no_grad()
+def context_recall(model, tokenizer, world: World, n_people: int = 200, seed: int = 0, batch_size: int = 32) -> dict:
+    """Can a language model read a passage? The closed-domain tasks' situation without their instructions: a
+    person who is not in the knowledge base (a new name with random facts, as in a closed task's context) is
+    described in three sentences, and one of those facts is written again after it. Knowledge cannot help (the
+    person is new), only the passage can. Two measurements over ``n_people`` passages:
+
+    - ``name_copy``: the mean probability that the model, given the passage and the person's first name, continues
+      with their surname, i.e. that a sample at temperature 1 copies the name (a closed task's answer starts so);
+    - ``value_recall``: the share of passages whose value wins when the fact's plain sentence is written once with
+      every value its relation takes (the passage's among them), as in :func:`fact_recall`; ``value_chance`` is
+      what a model that ignores the passage would score.
+
+    Returns ``{"passages", "name_copy", "value_recall", "value_chance"}``."""
+    rng = random.Random(f"context-recall-{seed}")
+    kb = world.kb
+    values = _values(world)
+    probes, copies = [], []
+    for _ in range(n_people):
+        name = make_names(rng, 1, "person", set(kb.people))[0]
+        facts = rng.sample(person_facts(rng, name, kb.towns, kb.foods), 3)
+        asked = rng.choice(facts)
+        prefix = [tokenizer.eos_token_id] + tokenizer.encode(" ".join(state(f, rng) for f in facts))
+        # " ": a new sentence after the passage
+        probes.append(("value", prefix, [" " + x for x in _with_value(asked, values[asked.relation])]))
+        first, surname = name.split(" ", 1)
+        copies.append((prefix + tokenizer.encode(" " + first), tokenizer.encode(" " + surname)))
+    with _eval_mode(model):
+        value = _recall(model, tokenizer, probes, batch_size)["value"]
+        copied = [math.exp(x) for x in _logps_after(model, tokenizer, copies, batch_size)]  # p(surname | …)
+    return {"passages": n_people, "name_copy": sum(copied) / len(copied), "value_recall": value["recall"],
+            "value_chance": value["chance"]}
