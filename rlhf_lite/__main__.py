@@ -146,7 +146,15 @@ def cmd_evaluate(args) -> int:
 
 def cmd_diagnose(args) -> int:
     from .config import get_profile
-    from .course.diagnose import accuracy_difference, agreement_by_criterion, context_recall, fact_recall, mean_judge
+    from .course.diagnose import (
+        accuracy_difference,
+        agreement_by_criterion,
+        context_recall,
+        fact_recall,
+        mean_judge,
+        off_task,
+    )
+    from .evaluate import gold_eval
     from .models import load_base
     from .pipeline import shown_path
     from .reward import load_reward_model, record_scores
@@ -177,6 +185,19 @@ def cmd_diagnose(args) -> int:
         r = context_recall(model, tok, world, n_people=args.facts)
         print(f"  {name:5s} copies the new name {r['name_copy']:.1%} of the time; ranks the passage's value first "
               f"{r['value_recall']:.3f} (chance {r['value_chance']:.3f})")
+    tasks = world.splits["test"]
+    print(f"does each model take up the task? ({len(tasks)} test prompts, one answer each; an answer with neither the "
+          "expected content, nor a valid list item, nor any word of the task's topic is off-task)")
+    answers = {name: [g for _, g, _ in gold_eval(model, tok, world, tasks, prof.max_new_tokens, seed=0,
+                                                  fmt=prof.sft.prompt_format)["samples"]]
+               for name, (model, tok) in models.items()}
+    for name, gens in answers.items():
+        r = off_task(world, tasks, gens)
+        print(f"  {name:5s} off-task {r['share']:.1%} of answers, gold {r['gold_off_task'] or 0:.3f} "
+              f"(on-task answers {r['gold_on_task'] or 0:.3f})")
+    r = off_task(world, tasks, answers["base"], against=answers["SFT"])
+    print(f"  the held-out labelers prefer base's answer to SFT's {r['wins']:.1%} of the time; off-task answers carry "
+          f"{r['wins_off_task']:.1%} of those wins")
     val = comparison_data(prof, device=device)["validation"]
 
     def judge_of(paths):  # the saved reward models' mean reward, each answer of ``val`` scored once
@@ -289,7 +310,7 @@ def cmd_sft(args) -> int:
     from dataclasses import asdict
 
     from .config import get_profile
-    from .evaluate import gold_eval, win_rate
+    from .evaluate import bootstrap_ci, gold_eval, prompt_win_rates
     from .models import load_base
     from .runtime import atomic_dir, check_output_dir, hf_bars_off, pick_device, quiet
     from .stages import base_checkpoint, train_sft_model
@@ -328,17 +349,28 @@ def cmd_sft(args) -> int:
             base = gold_eval(load_base(base_checkpoint(prof, device=device), device=device)[0], tok, world, tasks,
                              prof.max_new_tokens, seed=0,
                              fmt=cfg.prompt_format, progress=True)
-        wins = win_rate(tasks, [g for _, g, _ in sft["samples"]], [g for _, g, _ in base["samples"]],
-                        world.panel.held_out)
+        per_prompt = prompt_win_rates(tasks, [g for _, g, _ in sft["samples"]], [g for _, g, _ in base["samples"]],
+                                      world.panel.held_out)
+        wins, wins_ci = sum(per_prompt) / len(per_prompt), bootstrap_ci(per_prompt)
+        # for scale: the writers' own demonstrations against the same base answers, the most imitating them can win
+        demo = prompt_win_rates(tasks, [t.demonstration or t.response for t in tasks],
+                                [g for _, g, _ in base["samples"]], world.panel.held_out)
         metrics.update(n_test_prompts=len(tasks), gold_sft=round(sft["gold"], 4), gold_base=round(base["gold"], 4),
                        gold_reference=round(sft["reference_gold"], 4), win_rate_vs_base_held_out=round(wins, 4),
+                       win_rate_vs_base_ci=[round(x, 4) for x in wins_ci],
+                       demonstrations_win_rate_vs_base=round(sum(demo) / len(demo), 4),
+                       demonstrations_win_rate_vs_base_ci=[round(x, 4) for x in bootstrap_ci(demo)],
                        eos_rate_sft=round(sft["eos_rate"], 3), eos_rate_base=round(base["eos_rate"], 3),
                        criteria_sft={k: round(v, 3) for k, v in sft["criteria"].items()},
                        by_category_sft={k: round(v, 3) for k, v in sft["by_category"].items()})
         print(f"gold score on {len(tasks)} test-user prompts: SFT {sft['gold']:.3f} | base {base['gold']:.3f} | "
               f"reference {sft['reference_gold']:.3f}")
-        print(f"win rate SFT vs base, held-out labelers: {wins:.1%}   EOS rate SFT {sft['eos_rate']:.2f} "
+        print(f"win rate SFT vs base, held-out labelers: {wins:.1%} [95 %: {wins_ci[0]:.1%}, {wins_ci[1]:.1%}]   "
+              f"EOS rate SFT {sft['eos_rate']:.2f} "
               f"(base {base['eos_rate']:.2f})")
+        lo, hi = metrics["demonstrations_win_rate_vs_base_ci"]
+        print(f"for scale, the writers' demonstrations vs base: {metrics['demonstrations_win_rate_vs_base']:.1%} "
+              f"[95 %: {lo:.1%}, {hi:.1%}]")
     if args.out:
         with atomic_dir(args.out, "sft") as tmp:  # nothing half-written if saving fails
             with hf_bars_off():

@@ -43,6 +43,10 @@ def test_sft_command_trains_evaluates_and_saves(tmp_path):
     assert "win rate SFT vs base" in r.stdout
     metrics = json.loads((tmp_path / "sft" / "metrics.json").read_text())
     assert metrics["steps"] == 40 and 0 <= metrics["win_rate_vs_base_held_out"] <= 1
+    lo, hi = metrics["win_rate_vs_base_ci"]  # the paired bootstrap's 95 % interval brackets the win rate
+    assert 0 <= lo <= metrics["win_rate_vs_base_held_out"] <= hi <= 1
+    lo, hi = metrics["demonstrations_win_rate_vs_base_ci"]
+    assert 0 <= lo <= metrics["demonstrations_win_rate_vs_base"] <= hi <= 1 and "demonstrations vs base" in r.stdout
     from rlhf_lite.models import load_base
     model, tok = load_base(str(tmp_path / "sft" / "merged"))  # a plain model: the adapter is merged in
     assert not any("lora" in n for n, _ in model.named_parameters())

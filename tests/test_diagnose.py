@@ -10,17 +10,19 @@ from transformers import GPT2LMHeadModel
 from rlhf_lite.course.diagnose import (
     LENGTH,
     accuracy_difference,
+    addresses_task,
     agreement_by_criterion,
     context_recall,
     deciding_criterion,
     fact_recall,
     gold_difference_parts,
     mean_judge,
+    off_task,
     reward_and_gold,
     reward_gold_frontier,
 )
 from rlhf_lite.feedback import expected_agreement
-from rlhf_lite.models import load_base
+from rlhf_lite.models import Generation, load_base
 from rlhf_lite.world.fluency import garble
 from rlhf_lite.world.tasks import RUDE_PHRASES, corrupt
 
@@ -195,3 +197,37 @@ def test_reward_and_gold_scores_each_sample(world):
     assert len(a["reward"]) == len(a["gold"]) == len(a["gens"]) == 6
     assert a == b  # seeded: the same samples, the same scores
     assert all(isinstance(g, float) for g in a["gold"])
+
+
+def test_addresses_task_by_hand():
+    from rlhf_lite.world.tasks import Task
+
+    def task(**meta):
+        return Task("Which towns appear in the text?", "", "Larton, Zumton.", "information_extraction", meta=meta)
+
+    towns = task(expected=["Larton", "Zumton"], format="short_list", valid_items=["Larton", "Zumton"],
+                 topic=["Larton", "Zumton"])
+    assert addresses_task(towns, "Larton.")  # part of the expected content
+    assert not addresses_task(towns, "old_miller.") and not addresses_task(towns, "")
+    jobs = task(expected=[], format="n_items:2", valid_items=["baker", "miller"], topic=["baker", "miller"])
+    assert addresses_task(jobs, "- The baker\n- a singer")  # one valid item ("the" dropped, as the panel does)
+    assert not addresses_task(jobs, "My cousin says the best soup is the one you make yourself.")
+    story = task(expected=["Luhea"], topic=["Luhea Fuswell", "toad"])
+    assert addresses_task(story, "The toad sat by the river.")  # a word of the topic, not the expected name
+    assert not addresses_task(story, "The weather was strange last week.")
+    assert addresses_task(task(expected=[]), "Anything at all.")  # nothing to take up: every answer does
+
+
+def test_off_task_splits_the_gold_and_the_wins(world):
+    tasks = _answerable(world, 40)
+    refs = [Generation(t.response, [], True) for t in tasks]
+    aside = [Generation("By the way, the weather was strange last week.", [], True) for _ in tasks]
+    r = off_task(world, tasks, refs, against=aside)
+    assert r["share"] == 0 and r["gold_off_task"] is None and r["gold_on_task"] > 0.9
+    assert r["wins"] > 0.9 and r["wins_off_task"] == 0  # the references win, and never off-task
+    r = off_task(world, tasks, aside, against=refs)
+    assert r["share"] == 1 and r["gold_on_task"] is None and r["gold_off_task"] < 0.9
+    assert r["wins"] < 0.1 and r["wins_off_task"] == pytest.approx(1.0)  # what little it wins, it wins off-task
+    mixed = refs[:20] + aside[20:]
+    r = off_task(world, tasks, mixed)
+    assert r["share"] == pytest.approx(0.5) and r["gold_off_task"] < r["gold_on_task"]

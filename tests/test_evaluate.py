@@ -171,6 +171,7 @@ def test_diagnose_command_reads_the_cached_stages(capsys):
     out = capsys.readouterr().out
     assert "base " in out and "SFT " in out and "RM agrees" in out and "validation pairs" in out
     assert "read a passage" in out and out.count("copies the new name") == 2  # base and SFT
+    assert "take up the task" in out and out.count("off-task ") >= 2 and "of those wins" in out
     from rlhf_lite.config import get_profile
     from rlhf_lite.stages import reward_checkpoint
 

@@ -28,7 +28,7 @@ from ..models import generate, pad_batch
 from ..reward import score_responses
 from ..world import CRITERIA, World
 from ..world.kb import Fact, make_names, person_facts, state
-from ..world.labelers import GATE
+from ..world.labelers import GATE, _norm, list_items
 from ..world.tasks import Task
 
 LENGTH = "length"
@@ -199,6 +199,45 @@ def reward_gold_frontier(samples: Sequence[dict], policies: dict[str, dict], ns:
                      "nearest_n": near, "gold_vs_nearest": sum(diffs) / n_tasks,
                      "gold_vs_nearest_ci": bootstrap_ci(diffs, seed=seed)}
     return {"best_of": rungs, "gold_best_of": {n: rung(n, "gold") for n in ns}, "policies": out}
+
+
+def addresses_task(task: Task, text: str) -> bool:
+    """Does ``text`` take up ``task`` at all: does it contain the expected content, a valid item of a list task, or
+    any word of the task's topic (``task.meta``)? A lexical test, the one the panel's ``concise`` applies to each
+    sentence. An answer that fails it is off-task whatever its form ("old_miller replied: Ugh, fine." to a request
+    for a summary); a task without a topic is taken up by any answer."""
+    meta, low = task.meta, text.lower()
+    if any(e.lower() in low for e in meta.get("expected", [])):
+        return True
+    valid = {_norm(v) for v in meta.get("valid_items", [])}
+    if any(_norm(i) in valid for i in list_items(text)):
+        return True
+    topic = [t.lower() for t in meta.get("topic", []) if t]
+    return not topic or any(t in low for t in topic)
+
+
+def off_task(world: World, tasks: Sequence[Task], responses: Sequence, against: Sequence | None = None) -> dict:
+    """How often ``responses`` (Generations, one per task) do not take up their task (:func:`addresses_task`), and
+    what the gold panel gives them: ``{"share", "gold_off_task", "gold_on_task"}`` (a mean is None when no answer
+    is in its group). With ``against`` (another model's answers to the same tasks) also ``"wins"``, how often the
+    held-out labelers prefer ``responses`` (the mean of σ((s_a − s_b)/T), as ``evaluate.win_rate``), and
+    ``"wins_off_task"``, the part of those wins carried by an off-task answer."""
+    from ..evaluate import prompt_win_rates
+
+    gold = world.panel.gold_scores(tasks, responses)
+    off = [not addresses_task(t, r.text) for t, r in zip(tasks, responses)]
+
+    def mean(xs):
+        xs = list(xs)
+        return sum(xs) / len(xs) if xs else None
+
+    out = {"share": mean(off), "gold_off_task": mean(g for g, o in zip(gold, off) if o),
+           "gold_on_task": mean(g for g, o in zip(gold, off) if not o)}
+    if against is not None:
+        wins = prompt_win_rates(tasks, responses, against, world.panel.held_out)
+        out["wins"] = mean(wins)
+        out["wins_off_task"] = sum(w for w, o in zip(wins, off) if o) / max(sum(wins), 1e-12)
+    return out
 
 
 @contextlib.contextmanager
