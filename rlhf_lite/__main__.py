@@ -555,6 +555,31 @@ def cmd_rejection_sampling(args) -> int:
     return 0
 
 
+def cmd_dpo(args) -> int:
+    from .config import get_profile
+    from .runtime import atomic_dir, check_output_dir, hf_bars_off, quiet
+    from .stages import dpo_stage
+
+    check_output_dir(args.out, "dpo")  # before any model is loaded or trained
+    quiet()
+    prof = get_profile(args.profile, args.base_model)
+    cfg = replace(prof.dpo, **{k: v for k, v in {"beta": args.beta, "n_prompts": args.n_prompts}.items()
+                               if v is not None})
+    print(f"DPO on profile {prof.name}: β = {cfg.beta}, LoRA on the SFT model, "
+          f"{'all' if not cfg.n_prompts else f'the first {cfg.n_prompts:,}'} ranked training prompts")
+    model, _, history = dpo_stage(prof, cfg, device=args.device)
+    e0, e1 = history["eval"][0], history["eval"][-1]
+    print(f"{history['pairs']:,} pairs, {len(history['train'])} steps in {history['wall_time_s']:.0f} s; validation "
+          f"loss {e0['loss']:.3f} -> {e1['loss']:.3f}, implicit-reward accuracy {e0['accuracy']:.3f} -> "
+          f"{e1['accuracy']:.3f}; implicit reward of chosen {e1['chosen_reward']:+.3f}, of rejected "
+          f"{e1['rejected_reward']:+.3f}")
+    with atomic_dir(args.out, "dpo") as tmp, hf_bars_off():  # nothing half-written if saving fails
+        model.save_pretrained(tmp / "adapter")
+        (tmp / "history.json").write_text(json.dumps(history, indent=1))
+    print(f"adapter saved to {args.out}/adapter (compare it with `diagnose --policy {args.out}`)")
+    return 0
+
+
 def cmd_pipeline(args) -> int:
     from .config import SET_ENV
     from .pipeline import run_pipeline
@@ -753,6 +778,13 @@ def main(argv: list[str] | None = None) -> int:
                    "PATH`) instead of the SFT model; it is also the KL reference")
     _device_option(s)
     s.set_defaults(fn=cmd_ppo)
+    s = sub.add_parser("dpo", help="Direct Preference Optimization: LoRA on the SFT model, trained on the cached "
+                                   "comparisons (notebook 07's run)")
+    s.add_argument("--out", required=True, help="folder for the adapter and the training history")
+    s.add_argument("--beta", type=_positive_float, help="override the profile's β (the implicit KL leash)")
+    s.add_argument("--n-prompts", type=_at_least(1), help="train on the first N ranked prompts only (default: all)")
+    _device_option(s)
+    s.set_defaults(fn=cmd_dpo)
     s = sub.add_parser("rejection-sampling",
                        help="Llama 2's rejection-sampling fine-tuning: LoRA on the SFT model, trained on its best-of-n "
                        "answers as the cached reward model picks them")

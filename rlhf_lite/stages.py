@@ -35,8 +35,9 @@ from types import SimpleNamespace
 import torch
 
 from .checkpoint import trained_state
-from .config import PPOConfig, Profile, RewardConfig, SFTConfig, get_profile
+from .config import DPOConfig, PPOConfig, Profile, RewardConfig, SFTConfig, get_profile
 from .data import load_instruction_dataset, render_prompt
+from .dpo import build_dpo_policy, train_dpo
 from .feedback import (
     RankingStore,
     agreement_matrix,
@@ -365,13 +366,13 @@ START = "start.json"  # in the --out folder of a run that started from a saved p
 
 
 def policy_adapter(path: str | Path, what: str = "") -> Path:
-    """The adapter folder of a saved policy: ``path`` is the ``--out`` folder of ``python -m rlhf_lite ppo`` or
-    ``rejection-sampling`` (its ``adapter`` folder) or an adapter folder itself; a clear error (prefixed with
+    """The adapter folder of a saved policy: ``path`` is the ``--out`` folder of ``python -m rlhf_lite ppo``,
+    ``rejection-sampling`` or ``dpo`` (its ``adapter`` folder) or an adapter folder itself; a clear error (prefixed with
     ``what``, e.g. "--init ") when there is none."""
     adapter = Path(path) / "adapter" if (Path(path) / "adapter").is_dir() else Path(path)
     if not (adapter / "adapter_config.json").is_file():
         raise FileNotFoundError(f"{what}{path}: no policy adapter there (adapter_config.json); pass the --out folder "
-                                "of `python -m rlhf_lite ppo` or `rejection-sampling`, or its adapter folder")
+                                "of `python -m rlhf_lite ppo`, `rejection-sampling` or `dpo`, or its adapter folder")
     return adapter
 
 
@@ -502,6 +503,22 @@ def rejection_sampling_stage(profile: Profile | None = None, n: int = 8, n_promp
         model = add_lora(sft, cfg, profile.lora)
         history = train_sft(model, tok, {"train": records}, cfg, progress=progress)
     return model, tok, records, history
+
+
+def dpo_stage(profile: Profile | None = None, cfg: DPOConfig | None = None, progress: bool = True,
+              device: str | None = None):
+    """DPO (:mod:`rlhf_lite.dpo`) for a profile: LoRA adapters on the cached SFT model (adapters off: the reference)
+    trained on the cached comparisons' training rankings, validated on their validation rankings. The same run as
+    notebook 07's, as a command. Returns (model, tokenizer, history); ``load_policy`` reads the adapter it saves."""
+    profile = profile or get_profile()
+    cfg = cfg or profile.dpo
+    device, precision = placement(device)
+    data = comparison_data(profile, progress=progress, device=device)
+    sft, tok = load_base(str(sft_checkpoint(profile, progress=progress, device=device)), device=device)
+    model = build_dpo_policy(sft, cfg, profile.lora)
+    with autocast(device, precision):
+        history = train_dpo(model, tok, data["train"], cfg, data["validation"], progress=progress)
+    return model, tok, history
 
 
 def rl_prompts(profile: Profile) -> tuple[object | None, list]:

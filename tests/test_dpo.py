@@ -142,3 +142,32 @@ def test_smoke_grpo_shares_the_rollout_and_raises_the_reward_model_score(world, 
     after = mean_reward()
     assert after > before + 0.1, (before, after)
     assert history[-1]["kl"] > 0 and all(math.isfinite(h["gold"]) for h in history)
+
+
+@pytest.mark.slow
+def test_dpo_command_saves_a_policy_that_diagnose_can_load(tmp_path, capsys):
+    """`python -m rlhf_lite dpo`: notebook 07's DPO run as a command; its adapter is a policy like PPO's."""
+    import json
+
+    from rlhf_lite.__main__ import main
+    from rlhf_lite.stages import load_policy, sft_checkpoint
+
+    out = tmp_path / "dpo"
+    assert main(["--profile", "smoke", "dpo", "--beta", "0.5", "--n-prompts", "16", "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "β = 0.5" in printed and "the first 16 ranked training prompts" in printed and "adapter saved" in printed
+    history = json.loads((out / "history.json").read_text())
+    assert history["eval"][0]["accuracy"] == pytest.approx(0.5)  # step 0: the policy is the reference
+    assert len(history["train"]) == math.ceil(16 / get_profile("smoke").dpo.batch_size)
+    profile = get_profile("smoke")
+    policy, tok = load_policy(profile, out)
+    sft, _ = load_base(str(sft_checkpoint(profile)))
+    ids = tok(["### Instruction:\nName a town.\n\n### Response:\n"], return_tensors="pt")
+    with torch.no_grad():
+        with policy.disable_adapter():  # adapters off: the SFT model, DPO's reference
+            assert torch.allclose(policy(**ids).logits, sft(**ids).logits, atol=1e-4)
+        assert not torch.allclose(policy(**ids).logits, sft(**ids).logits, atol=1e-4)  # training moved it
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "notes.txt").write_text("keep me")
+    assert main(["--profile", "smoke", "dpo", "--out", str(tmp_path / "mine")]) == 2
+    assert "did not write" in capsys.readouterr().err and (tmp_path / "mine" / "notes.txt").is_file()

@@ -7,7 +7,8 @@ whose gold scores differ clearly is credited to the criterion that decides it, a
 the gold panel is counted per criterion: a criterion on which it agrees no better than a coin is one that PPO cannot
 be taught to improve. :func:`fact_recall` asks the other half of the question: is the knowledge such a criterion
 needs in the model at all? :func:`reward_gold_frontier` asks what happens downstream: does a trained policy get the
-gold score its reward promises, as best-of-n sampling of the SFT model does?
+gold score its reward promises, as best-of-n sampling of the SFT model does? :func:`off_task` looks at the judge:
+how often does an answer not take up its task at all, and what score does the panel still give it?
 """
 from __future__ import annotations
 
@@ -203,9 +204,9 @@ def reward_gold_frontier(samples: Sequence[dict], policies: dict[str, dict], ns:
 
 def addresses_task(task: Task, text: str) -> bool:
     """Does ``text`` take up ``task`` at all: does it contain the expected content, a valid item of a list task, or
-    any word of the task's topic (``task.meta``)? A lexical test, the one the panel's ``concise`` applies to each
-    sentence. An answer that fails it is off-task whatever its form ("old_miller replied: Ugh, fine." to a request
-    for a summary); a task without a topic is taken up by any answer."""
+    any word of the task's topic (``task.meta``)? A lexical test, close to the one the panel's ``concise`` applies
+    to each sentence. An answer that fails it is off-task whatever its form ("old_miller." asked which towns a text
+    names); a task without a topic is taken up by any answer."""
     meta, low = task.meta, text.lower()
     if any(e.lower() in low for e in meta.get("expected", [])):
         return True
