@@ -154,8 +154,8 @@ def cmd_diagnose(args) -> int:
         mean_judge,
         off_task,
     )
-    from .evaluate import gold_eval
-    from .models import load_base
+    from .data import render_prompt
+    from .models import generate, load_base
     from .pipeline import shown_path
     from .reward import load_reward_model, record_scores
     from .runtime import pick_device, quiet
@@ -188,13 +188,14 @@ def cmd_diagnose(args) -> int:
     tasks = world.splits["test"]
     print(f"does each model take up the task? ({len(tasks)} test prompts, one answer each; an answer with neither the "
           "expected content, nor a valid list item, nor any word of the task's topic is off-task)")
-    answers = {name: [g for _, g, _ in gold_eval(model, tok, world, tasks, prof.max_new_tokens, seed=0,
-                                                  fmt=prof.sft.prompt_format)["samples"]]
+    answers = {name: generate(model, tok, [render_prompt(tok, t.instruction, t.context, prof.sft.prompt_format)
+                                           for t in tasks], prof.max_new_tokens, seed=0)
                for name, (model, tok) in models.items()}
     for name, gens in answers.items():
         r = off_task(world, tasks, gens)
-        print(f"  {name:5s} off-task {r['share']:.1%} of answers, gold {r['gold_off_task'] or 0:.3f} "
-              f"(on-task answers {r['gold_on_task'] or 0:.3f})")
+        shown = {k: "—" if r[k] is None else f"{r[k]:.3f}" for k in ("gold_off_task", "gold_on_task")}
+        print(f"  {name:5s} off-task {r['share']:.1%} of answers, gold {shown['gold_off_task']} "
+              f"(on-task answers {shown['gold_on_task']})")
     r = off_task(world, tasks, answers["base"], against=answers["SFT"])
     print(f"  the held-out labelers prefer base's answer to SFT's {r['wins']:.1%} of the time; off-task answers carry "
           f"{r['wins_off_task']:.1%} of those wins")
@@ -349,12 +350,11 @@ def cmd_sft(args) -> int:
             base = gold_eval(load_base(base_checkpoint(prof, device=device), device=device)[0], tok, world, tasks,
                              prof.max_new_tokens, seed=0,
                              fmt=cfg.prompt_format, progress=True)
-        per_prompt = prompt_win_rates(tasks, [g for _, g, _ in sft["samples"]], [g for _, g, _ in base["samples"]],
-                                      world.panel.held_out)
+        base_gens = [g for _, g, _ in base["samples"]]
+        per_prompt = prompt_win_rates(tasks, [g for _, g, _ in sft["samples"]], base_gens, world.panel.held_out)
         wins, wins_ci = sum(per_prompt) / len(per_prompt), bootstrap_ci(per_prompt)
         # for scale: the writers' own demonstrations against the same base answers, the most imitating them can win
-        demo = prompt_win_rates(tasks, [t.demonstration or t.response for t in tasks],
-                                [g for _, g, _ in base["samples"]], world.panel.held_out)
+        demo = prompt_win_rates(tasks, [t.demonstration or t.response for t in tasks], base_gens, world.panel.held_out)
         metrics.update(n_test_prompts=len(tasks), gold_sft=round(sft["gold"], 4), gold_base=round(base["gold"], 4),
                        gold_reference=round(sft["reference_gold"], 4), win_rate_vs_base_held_out=round(wins, 4),
                        win_rate_vs_base_ci=[round(x, 4) for x in wins_ci],
