@@ -191,12 +191,13 @@ def cmd_diagnose(args) -> int:
     answers = {name: generate(model, tok, [render_prompt(tok, t.instruction, t.context, prof.sft.prompt_format)
                                            for t in tasks], prof.max_new_tokens, seed=0)
                for name, (model, tok) in models.items()}
-    for name, gens in answers.items():
-        r = off_task(world, tasks, gens)
+    found = {"base": off_task(world, tasks, answers["base"], against=answers["SFT"]),  # base's wins over SFT too
+             "SFT": off_task(world, tasks, answers["SFT"])}
+    for name, r in found.items():
         shown = {k: "—" if r[k] is None else f"{r[k]:.3f}" for k in ("gold_off_task", "gold_on_task")}
         print(f"  {name:5s} off-task {r['share']:.1%} of answers, gold {shown['gold_off_task']} "
               f"(on-task answers {shown['gold_on_task']})")
-    r = off_task(world, tasks, answers["base"], against=answers["SFT"])
+    r = found["base"]
     print(f"  the held-out labelers prefer base's answer to SFT's {r['wins']:.1%} of the time; off-task answers carry "
           f"{r['wins_off_task']:.1%} of those wins")
     val = comparison_data(prof, device=device)["validation"]
