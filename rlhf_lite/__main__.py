@@ -468,6 +468,8 @@ def cmd_ppo(args) -> int:
             raise ValueError(f"--out {args.out} holds the checkpoint of an earlier PPO run; add --resume to continue "
                              "it, "
                              "or pick a new folder")
+    if args.combine and len(args.reward_model or []) < 2:
+        raise ValueError("--combine joins the rewards of several reward models; name at least two with --reward-model")
     init = _ppo_start(args)
     quiet()
     prof = get_profile(args.profile, args.base_model)
@@ -476,12 +478,15 @@ def cmd_ppo(args) -> int:
     print(f"PPO{'-ptx (γ = ' + str(cfg.ptx_coef) + ')' if cfg.ptx_coef else ''} on profile {prof.name}: {cfg.steps} "
           "steps of "
           f"{cfg.batch_size} episodes, β = {cfg.init_kl_coef}" + (f", checkpoints in {args.out}" if args.out else ""))
-    if args.reward_model:
-        print(f"against the reward model in {args.reward_model}")
+    if args.reward_model and len(args.reward_model) > 1:
+        print(f"against the {args.combine or 'mean'} of {len(args.reward_model)} reward models: "
+              + ", ".join(args.reward_model))
+    elif args.reward_model:
+        print(f"against the reward model in {args.reward_model[0]}")
     if init:
         print(f"starting from the policy in {init} (also the KL reference)")
     policy, _, _, history = ppo_stage(prof, cfg, out_dir=args.out, resume=args.resume, device=args.device,
-                                      reward_model=args.reward_model, init=init)
+                                      reward_model=args.reward_model, init=init, combine=args.combine or "mean")
     last = history[-1]
     print(json.dumps({k: round(last[k], 4) for k in ("step", "reward", "kl", "gold", "eos_rate", "response_length")
                       if k in last}))
@@ -772,8 +777,12 @@ def main(argv: list[str] | None = None) -> int:
                    help="γ of PPO-ptx (pretraining loss weight; default 0: plain PPO)")
     s.add_argument("--beta", type=_non_negative_float, help="override the KL coefficient β")
     s.add_argument("--seed", type=_at_least(0), help="override the PPO seed")
-    s.add_argument("--reward-model", metavar="PATH",
-                   help="train against this saved reward model (`reward --out PATH`) instead of the cached one")
+    s.add_argument("--reward-model", nargs="+", metavar="PATH",
+                   help="train against this saved reward model (`reward --out PATH`) instead of the cached one; "
+                   "several are read as one ensemble (--combine)")
+    s.add_argument("--combine", choices=("mean", "min"),
+                   help="how several --reward-model rewards combine: their mean (the default) or their minimum, "
+                   "worst-case optimisation (Coste et al. 2023)")
     s.add_argument("--init", metavar="PATH",
                    help="start from this saved policy (`rejection-sampling --out PATH`, as Llama 2 did, or `ppo --out "
                    "PATH`) instead of the SFT model; it is also the KL reference")

@@ -31,6 +31,7 @@ import time
 from dataclasses import replace
 from pathlib import Path
 from types import SimpleNamespace
+from typing import Sequence
 
 import torch
 
@@ -38,6 +39,7 @@ from .checkpoint import trained_state
 from .config import DPOConfig, PPOConfig, Profile, RewardConfig, SFTConfig, get_profile
 from .data import load_instruction_dataset, render_prompt
 from .dpo import build_dpo_policy, train_dpo
+from .ensemble import load_reward_ensemble
 from .feedback import (
     RankingStore,
     agreement_matrix,
@@ -453,10 +455,13 @@ def policy_comparisons(profile: Profile, policy: str | Path, progress: bool = Tr
 # ---------------------------------------------------------------------------------------------
 def ppo_stage(profile: Profile | None = None, cfg: PPOConfig | None = None, out_dir: str | Path | None = None,
               resume: bool = False, progress: bool = True, callback=None, device: str | None = None,
-              reward_model: str | Path | None = None, init: str | Path | None = None):
+              reward_model: str | Path | Sequence[str | Path] | None = None, init: str | Path | None = None,
+              combine: str = "mean"):
     """Step 3 for a profile: the cached SFT model and reward model, a LoRA policy, ``train_ppo`` on the
     training users' prompts (PPO-ptx when ``cfg.ptx_coef`` > 0, mixing in the pretraining corpus), on ``device``.
-    ``reward_model``: a saved reward model's folder (``reward --out``) to train against instead of the cached one.
+    ``reward_model``: a saved reward model's folder (``reward --out``) to train against instead of the cached one,
+    or several, read as one :class:`~rlhf_lite.ensemble.RewardEnsemble` whose members' rewards ``combine`` joins
+    (``"mean"`` or ``"min"``).
     ``init``: a saved policy (:func:`load_policy`) to start from instead of the SFT model, e.g. a rejection-sampling
     one as in Llama 2 (§3.2.3); it is also the KL reference (Llama 2's π₀, the policy PPO starts from).
     Returns (policy, tokenizer, reward model, history)."""
@@ -466,8 +471,13 @@ def ppo_stage(profile: Profile | None = None, cfg: PPOConfig | None = None, out_
         raise ValueError("PPO-ptx mixes in the pretraining corpus, which the course has for TinyWorld only; set "
                          f"ptx_coef=0 for profile {profile.name!r}")
     device, precision = placement(device)
-    rm, _ = load_reward_model(reward_model or reward_checkpoint(profile, progress=progress, device=device),
-                              device=device)
+    paths = [reward_model] if isinstance(reward_model, (str, Path)) else list(reward_model or [])
+    if len(paths) > 1 and cfg.value_init != "zero":
+        raise ValueError(f"PPOConfig.value_init={cfg.value_init!r} copies the reward model's head into the critic; "
+                         "an ensemble of reward models has no single head to copy: use value_init='zero'")
+    rm = (load_reward_ensemble(paths, combine, device)[0] if len(paths) > 1 else
+          load_reward_model(paths[0] if paths else reward_checkpoint(profile, progress=progress, device=device),
+                            device=device)[0])
     for p in rm.parameters():
         p.requires_grad_(False)
     sft, tok = starting_model(profile, init, progress, device)

@@ -231,6 +231,16 @@ def test_diagnose_sets_a_policy_beside_best_of_n(tmp_path, capsys):
     assert "against the reward model in" in capsys.readouterr().out
     assert main(["--profile", "smoke", "ppo", "--steps", "1", "--reward-model", str(tmp_path / "ppo")]) == 2
     assert "not a saved reward model" in capsys.readouterr().err
+    # both rounds' reward models as one ensemble (the worst case of the two)
+    from rlhf_lite.stages import load_policy, reward_checkpoint
+
+    both = [str(reward_checkpoint(prof, progress=False)), str(tmp_path / "rm2")]
+    assert main(["--profile", "smoke", "ppo", "--steps", "1", "--reward-model", *both, "--combine", "min", "--out",
+                 str(tmp_path / "ppo-ens")]) == 0
+    assert "against the min of 2 reward models" in capsys.readouterr().out
+    load_policy(prof, tmp_path / "ppo-ens")
+    assert main(["--profile", "smoke", "ppo", "--steps", "1", "--reward-model", both[0], "--combine", "min"]) == 2
+    assert "name at least two" in capsys.readouterr().err
 
 def test_writers_vs_sft_is_one_half_against_itself(world):
     tasks = world.splits["test"][:8]

@@ -13,8 +13,8 @@ from rlhf_lite.models import TINY_BASE, load_base
 
 PACKAGE = Path(__file__).resolve().parent.parent / "rlhf_lite"
 ALGORITHMS = ["config", "runtime", "checkpoint", "world/__init__", "world/kb", "world/corpus", "world/tasks",
-              "world/labelers", "models", "data", "pretrain", "sft", "feedback", "reward", "rollout", "ppo", "dpo",
-              "grpo", "rejection", "evaluate"]
+              "world/labelers", "models", "data", "pretrain", "sft", "feedback", "reward", "ensemble", "rollout", "ppo",
+              "dpo", "grpo", "rejection", "evaluate"]
 PLUMBING = {"stages", "pipeline", "__main__", "course"}
 # the only imports an algorithm module may make inside a function: optional extras (the ranking widget, QLoRA,
 # parquet files) and platform-specific fallbacks
