@@ -151,10 +151,10 @@ def cmd_diagnose(args) -> int:
         agreement_by_criterion,
         context_recall,
         fact_recall,
-        mean_judge,
         off_task,
     )
     from .data import render_prompt
+    from .ensemble import load_reward_ensemble
     from .models import generate, load_base
     from .pipeline import shown_path
     from .reward import load_reward_model, record_scores
@@ -203,9 +203,10 @@ def cmd_diagnose(args) -> int:
     val = comparison_data(prof, device=device)["validation"]
 
     def judge_of(paths):  # the saved reward models' mean reward, each answer of ``val`` scored once
-        ensemble = mean_judge([record_scores(*load_reward_model(path, device=device), prof.reward.max_length)
-                               for path in paths])
-        scores = {id(rec): ensemble(rec) for rec in val}
+        rm, rm_tok = (load_reward_ensemble(paths, "mean", device) if len(paths) > 1 else
+                      load_reward_model(paths[0], device=device))
+        judge = record_scores(rm, rm_tok, prof.reward.max_length)
+        scores = {id(rec): judge(rec) for rec in val}
         return lambda rec: scores[id(rec)]
 
     paths = args.reward_model or [reward_checkpoint(prof, device=device)]

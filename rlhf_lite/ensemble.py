@@ -66,6 +66,8 @@ class RewardEnsemble(nn.Module):
         super().__init__()
         if how not in COMBINE:
             raise ValueError(f"RewardEnsemble: how={how!r}; choose one of {', '.join(COMBINE)}")
+        if not members:
+            raise ValueError("RewardEnsemble needs at least one reward model")
         if len({m.head.in_features for m in members}) != 1:
             raise ValueError("RewardEnsemble: the members' hidden sizes differ; train them all from the same SFT model")
         self.members, self.how = nn.ModuleList(members), how

@@ -16,7 +16,6 @@ from rlhf_lite.course.diagnose import (
     deciding_criterion,
     fact_recall,
     gold_difference_parts,
-    mean_judge,
     off_task,
     reward_and_gold,
     reward_gold_frontier,
@@ -131,15 +130,6 @@ def test_context_recall_measures_reading_not_knowledge(world):
     assert blank["value_chance"] == read["value_chance"]
     assert blank["name_copy"] < 0.01  # random weights: a surname of 2-4 tokens out of 2,048 each
     assert blank["value_recall"] < 0.3  # and about chance
-
-
-def test_mean_judge_averages_each_answer():
-    rec = {"responses": ["a", "b", "c"]}
-    judge = mean_judge([lambda r: [1.0, 2.0, 3.0], lambda r: [3.0, 0.0, -1.0]])
-    assert judge(rec) == [2.0, 1.0, 1.0]
-    assert mean_judge([lambda r: [0.5, -0.5, 0.0]])(rec) == [0.5, -0.5, 0.0]  # one judge: itself
-    with pytest.raises(ValueError, match="at least one judge"):
-        mean_judge([])
 
 
 def test_accuracy_difference_is_paired_and_zero_against_itself(world):

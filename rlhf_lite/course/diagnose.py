@@ -118,17 +118,6 @@ def agreement_by_criterion(world: World, records: Sequence[dict], judge: Callabl
             "by_criterion": by}
 
 
-def mean_judge(judges: Sequence[Callable[[dict], Sequence[float]]]) -> Callable[[dict], list[float]]:
-    """An ensemble of judges (e.g. several reward models' :func:`rlhf_lite.reward.record_scores`): the mean of their
-    scores for each answer of a record, the way Coste et al. (2023) average an ensemble of reward models."""
-    if not judges:
-        raise ValueError("mean_judge needs at least one judge")
-
-    def judge(rec: dict) -> list[float]:
-        return [sum(v) / len(v) for v in zip(*(list(j(rec)) for j in judges))]
-    return judge
-
-
 def accuracy_difference(world: World, records: Sequence[dict], judge_a: Callable[[dict], Sequence[float]],
                         judge_b: Callable[[dict], Sequence[float]], labelers, seed: int = 0) -> dict:
     """Two judges' accuracy against ``labelers`` (expected agreement over every distinct-answer pair of ``records``,
