@@ -48,6 +48,8 @@ def test_ensemble_combines_every_member_where_ppo_reads_it(members):
     assert ens.head.weight.device == a.head.weight.device
     with pytest.raises(ValueError, match="choose one of mean, min"):
         RewardEnsemble([a, b], "max")
+    with pytest.raises(ValueError, match="at least one reward model"):
+        RewardEnsemble([])
 
 
 def test_an_ensemble_needs_two_saved_reward_models(tmp_path):
