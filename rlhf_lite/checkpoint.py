@@ -12,8 +12,8 @@ from pathlib import Path
 import torch
 
 from .config import PPOConfig
+from .files import load_state, save_state
 from .rollout import PolicyWithValue
-from .runtime import load_state, save_state
 
 CHECKPOINT = "ppo_checkpoint.safetensors"
 

@@ -367,8 +367,13 @@ class Profile:
 _POSITIVE = {"steps", "batch_size", "minibatch_size", "ppo_epochs", "epochs", "lr", "temperature", "max_new_tokens",
              "group_size", "prompts_per_step", "max_length", "r", "alpha", "k_min", "k_max", "eval_every",
              "checkpoint_every", "n_positions", "n_embd", "n_layer", "n_head", "vocab_size", "n_docs", "ptx_batch_size",
-             "kl_target", "kl_horizon", "clip_range", "clip_range_value", "beta", "grad_clip"}
+             "kl_target", "kl_horizon", "clip_range", "clip_range_value", "beta", "grad_clip", "n_eval_prompts"}
 _UNIT = {"gamma", "lam", "heldout_frac", "few_shot_prob", "dropout"}
+
+
+MIN_TEMPERATURE = 0.01
+"""The lowest sampling temperature accepted: below it, logits / T overflow float32 (greedy decoding is
+``do_sample=False``)."""
 
 
 def validate_config(cfg) -> None:
@@ -388,6 +393,13 @@ def validate_config(cfg) -> None:
             raise ValueError(f"{name} must be greater than 0, got {v}")
         if v < 0:
             raise ValueError(f"{name} must be a finite number ≥ 0, got {v}")
+        if f.name == "temperature" and v < MIN_TEMPERATURE:
+            raise ValueError(f"{name} must be at least {MIN_TEMPERATURE} (below it the logits / T overflow), got {v}")
+    batch = getattr(cfg, "batch_size", None) if not hasattr(cfg, "group_size") else \
+        getattr(cfg, "prompts_per_step") * getattr(cfg, "group_size")
+    if hasattr(cfg, "minibatch_size") and batch is not None and cfg.minibatch_size > batch:
+        raise ValueError(f"{type(cfg).__name__}.minibatch_size ({cfg.minibatch_size}) is larger than the "
+                         f"{batch} episodes of one iteration; make it at most {batch}")
 
 
 PROFILES: dict[str, Profile] = {
@@ -509,4 +521,5 @@ def override(profile: Profile, settings: str, source: str = "--set") -> Profile:
             validate_config(getattr(profile, section))
         else:
             profile = replace(profile, **{name: value})
+            validate_config(profile)
     return profile

@@ -12,11 +12,8 @@ works, and this module makes each visible:
 """
 from __future__ import annotations
 
-import csv
 import difflib
 import html
-import io
-import json
 import os
 import warnings
 from dataclasses import dataclass
@@ -27,6 +24,7 @@ import torch
 from datasets import Dataset, DatasetDict, load_dataset
 
 from .config import get_profile
+from .files import DataFormatError, read_rows
 from .models import encode_prompt
 from .world import world_from_config
 from .world.tasks import CATEGORIES
@@ -272,14 +270,6 @@ def show_tokens(tokenizer, example: dict) -> TokenView:
 # ---------------------------------------------------------------------------------------------
 # Loaders
 # ---------------------------------------------------------------------------------------------
-class DataFormatError(ValueError):
-    """A data file or dataset does not match the instruction schema; the message says where and why."""
-
-
-def _where(path: str, kind: str, n: int) -> str:
-    return f"{path}, {kind} {n}"
-
-
 def _check_columns(columns: Sequence[str], source: str) -> None:
     missing = [f for f in DOLLY_FIELDS if f not in columns]
     if not missing:
@@ -309,80 +299,6 @@ def validate_record(rec: dict, where: str) -> dict:
         raise DataFormatError(f"{where}: unknown category {rec['category']!r}"
                               + (f" (did you mean {close[0]!r}?)" if close else "") + f"; valid: {CATEGORIES}")
     return rec
-
-
-def decode_text(path: Path) -> str:
-    """A UTF-8 text file's contents, without a leading byte-order mark (spreadsheet programs write one); bytes
-    that are not UTF-8 are an error naming the file, line and offset."""
-    raw = path.read_bytes()
-    try:
-        return raw.decode("utf-8-sig")
-    except UnicodeDecodeError as e:
-        line = raw[: e.start].count(b"\n") + 1
-        raise DataFormatError(f"{path}, line {line}: not valid UTF-8 text (byte {raw[e.start]:#04x} at offset "
-                              f"{e.start}); "
-                              "re-save the file as UTF-8") from None
-
-
-def read_rows(path: str | os.PathLike, what: str = "data file", check_columns=None) -> list[tuple[str, dict]]:
-    """Rows of a local .json / .jsonl / .csv / .parquet file, each with where it came from ("file, line 3").
-    Malformed files raise :class:`DataFormatError` naming the file and line. ``check_columns(columns,
-    source)`` is called on a csv/parquet header before the rows are read."""
-    p = Path(path)
-    if p.is_dir():
-        raise DataFormatError(f"{what} {p} is a folder; pass one .json/.jsonl/.csv/.parquet file inside it")
-    if not p.is_file():
-        raise FileNotFoundError(f"{what} {p} does not exist")
-    suffix = p.suffix.lower()
-    rows: list[tuple[str, dict]] = []
-    if suffix == ".jsonl":
-        # split on "\n" only: str.splitlines would also split inside strings at U+2028, U+0085, …
-        for n, line in enumerate(decode_text(p).split("\n"), 1):
-            if not line.strip():
-                continue
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise DataFormatError(f"{p}, line {n}: invalid JSON ({e.msg} at column {e.colno})") from None
-            if not isinstance(obj, dict):
-                raise DataFormatError(f"{p}, line {n}: expected a JSON object per line, got a JSON "
-                                      f"{type(obj).__name__}")
-            rows.append((_where(str(p), "line", n), obj))
-    elif suffix == ".json":
-        try:
-            data = json.loads(decode_text(p))
-        except json.JSONDecodeError as e:
-            raise DataFormatError(f"{p}, line {e.lineno}: invalid JSON ({e.msg}); for one record per line use "
-                                  ".jsonl") from None
-        if not isinstance(data, list):
-            raise DataFormatError(f"{p}: expected a JSON list of records, got a JSON {type(data).__name__}")
-        for n, obj in enumerate(data):
-            if not isinstance(obj, dict):
-                raise DataFormatError(f"{p}, record {n}: expected a JSON object, got a JSON {type(obj).__name__}")
-            rows.append((_where(str(p), "record", n), obj))
-    elif suffix == ".csv":
-        reader = csv.DictReader(io.StringIO(decode_text(p), newline=""))
-        if check_columns:
-            check_columns(reader.fieldnames or [], str(p))
-        for r in reader:
-            where = _where(str(p), "line", reader.line_num)
-            if None in r:  # DictReader files cells beyond the header under the key None
-                raise DataFormatError(f"{where}: {len(r[None])} more cell(s) than the header's "
-                                      f"{len(reader.fieldnames)} "
-                                      f"columns ({r[None]!r:.60}); quote cells that contain commas")
-            rows.append((where, dict(r)))
-    elif suffix == ".parquet":
-        import pyarrow.parquet as pq
-
-        table = pq.read_table(p)
-        if check_columns:
-            check_columns(table.column_names, str(p))
-        rows = [(_where(str(p), "row", n), r) for n, r in enumerate(table.to_pylist())]
-    else:
-        raise DataFormatError(f"{p}: unsupported file type {suffix!r}; use .json, .jsonl, .csv or .parquet")
-    if not rows:
-        raise DataFormatError(f"{p}: no records")
-    return rows
 
 
 def read_records(path: str | os.PathLike) -> list[dict]:
@@ -421,7 +337,7 @@ def load_instruction_dataset(source: str = "tinyworld", world_config=None):
                                   "RLHF_LITE_PROFILE=tiny, or load_instruction_dataset('tinyworld')") from None
         _check_columns(ds.column_names, name)
         for n, rec in enumerate(ds):
-            validate_record(dict(rec), _where(name, "row", n))
+            validate_record(dict(rec), f"{name}, row {n}")
         return DatasetDict({"train": ds})
     if Path(source).suffix or os.sep in source or Path(source).exists():
         return DatasetDict({"train": Dataset.from_list(read_records(source))})

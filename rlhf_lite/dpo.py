@@ -24,8 +24,8 @@ import torch.nn.functional as F
 
 from .config import DPOConfig, LoRAConfig, validate_config
 from .data import encode_response
-from .feedback import agreement, pref_probs, ranking_to_pairs
-from .models import add_lora_adapters, dropout_off, pad_batch, position_ids_from_mask, transformer_body
+from .feedback import accuracy_against, ranking_to_pairs
+from .models import frozen_with_adapters, pad_batch, position_ids_from_mask, transformer_body
 from .runtime import optimizer_step, progress_bar, warmup_linear_schedule
 
 
@@ -140,8 +140,7 @@ def records_loss(lm, tokenizer, records: Sequence[dict], cfg: DPOConfig) -> tupl
 def build_dpo_policy(sft_model, cfg: DPOConfig, lora: LoRAConfig | None = None):
     """LoRA adapters (``lora``: the profile's, default ``LoRAConfig()``) on the SFT model, dropout off: with
     adapters on it is π, with them disabled π_ref."""
-    dropout_off(sft_model)
-    return add_lora_adapters(sft_model, lora or LoRAConfig(), cfg.seed)
+    return frozen_with_adapters(sft_model, lora, cfg.seed)
 
 
 @torch.no_grad()
@@ -229,6 +228,4 @@ def implicit_reward_judge(lm, tokenizer, cfg: DPOConfig):
 def implicit_reward_accuracy(lm, tokenizer, world, records: Sequence[dict], labelers, cfg: DPOConfig) -> float:
     """Expected pairwise accuracy of the implicit reward against ``labelers`` on ``records``' distinct pairs:
     the number :func:`rlhf_lite.reward.rm_accuracy` gives for the explicit reward model."""
-    judge = implicit_reward_judge(lm, tokenizer, cfg)
-    probs = [pref_probs(world, r, judge) for r in records]
-    return sum(agreement(probs, [pref_probs(world, r, lab) for r in records]) for lab in labelers) / len(labelers)
+    return accuracy_against(world, records, implicit_reward_judge(lm, tokenizer, cfg), labelers)

@@ -18,7 +18,7 @@ from typing import Sequence
 import torch
 from torch import nn
 
-from .reward import RewardModel, load_reward_model
+from .reward import RewardModel, load_reward_model, same_tokenizer
 
 COMBINE = ("mean", "min")
 
@@ -89,7 +89,7 @@ def load_reward_ensemble(paths: Sequence[str | Path], how: str = "mean",
     members, tok = [], None
     for path in paths:
         rm, t = load_reward_model(path, device=device)
-        if tok is not None and t.get_vocab() != tok.get_vocab():
+        if tok is not None and not same_tokenizer(t, tok):
             raise ValueError(f"reward model {path} uses another tokenizer than {paths[0]}; an ensemble's members must "
                              "all be trained from the same SFT model")
         members.append(rm)

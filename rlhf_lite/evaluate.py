@@ -12,7 +12,7 @@ from .data import render_prompt
 from .models import Generation, generate
 from .pretrain import lm_loss
 from .reward import RewardModel, score_responses
-from .rollout import response_outputs, rollout_tensors
+from .rollout import kl_per_response, response_outputs, rollout_tensors
 from .world import CRITERIA, WRITERS, World
 from .world.fluency import garble, shuffle_words
 from .world.labelers import Labeler, prefer_prob
@@ -76,14 +76,19 @@ def prompt_win_rates(tasks: Sequence[Task], a: Sequence[Generation | str], b: Se
     return out
 
 
-def bootstrap_ci(values: Sequence[float], n_boot: int = 2000, level: float = 0.95, seed: int = 0) -> list[float]:
+def bootstrap_ci(values: Sequence[float], n_boot: int = 2000, level: float = 0.95, seed: int = 0,
+                 per_prompt: int = 1) -> list[float]:
     """Percentile bootstrap interval of the mean of per-prompt ``values`` (Efron & Tibshirani 1993): resample the
     prompts with replacement ``n_boot`` times. For a comparison of two models on the same prompts, pass the
-    per-prompt differences or win probabilities: the paired bootstrap. Returns [lo, hi]; a difference whose
-    interval contains 0 (a win rate whose interval contains 0.5) is noise."""
+    per-prompt differences or win probabilities: the paired bootstrap. Several samples of one prompt are not
+    independent: with ``per_prompt`` = k, ``values`` come in consecutive groups of k samples of one prompt, and the
+    prompts, not the samples, are resampled (a clustered bootstrap). Returns [lo, hi]; a difference whose interval
+    contains 0 (a win rate whose interval contains 0.5) is noise."""
     if not values:
         raise ValueError("bootstrap_ci needs at least one value")
-    x = torch.tensor([float(v) for v in values], dtype=torch.float64)
+    if per_prompt < 1 or len(values) % per_prompt:
+        raise ValueError(f"bootstrap_ci: {len(values)} values do not split into groups of per_prompt={per_prompt}")
+    x = torch.tensor([float(v) for v in values], dtype=torch.float64).view(-1, per_prompt).mean(1)  # [prompts]
     g = torch.Generator().manual_seed(seed)
     means = x[torch.randint(len(x), (n_boot, len(x)), generator=g)].mean(1)  # [n_boot]
     tail = (1 - level) / 2
@@ -155,7 +160,7 @@ def kl_to_reference(policy, tokenizer, prompts: Sequence[str], responses: Sequen
         ids, attn, mask, P = b["input_ids"], b["attention_mask"], b["mask"], b["prompt_len"]
         lp = response_outputs(policy, ids, attn, P, temperature)[0]
         ref = response_outputs(policy, ids, attn, P, temperature, reference=True)[0]
-        total += ((lp - ref) * mask).sum().item()
+        total += kl_per_response(lp, ref, mask).sum().item()
     return total / len(prompts)
 
 
@@ -270,7 +275,7 @@ def evaluate_model(model, tokenizer, world: World, tasks: Sequence[Task], closed
     halluc = [hallucinates(world, t, g.text) for t, g in zip(closed, cl)]
     out = {"gold_score": mean(golds), "gold_scores": golds,
            "unsafe_rate": unsafe_rate(main), "hallucination_rate": mean(halluc) if halluc else float("nan"),
-           "hallucination_rate_ci": bootstrap_ci(halluc, seed=seed) if halluc else None,
+           "hallucination_rate_ci": bootstrap_ci(halluc, seed=seed, per_prompt=closed_samples) if halluc else None,
            "eos_rate": mean(g.finished for g in main), "response_tokens": mean(len(g.token_ids) for g in main)}
     out["criteria"] = mean_criteria(world, tasks, main)
     if closed:

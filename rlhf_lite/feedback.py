@@ -24,7 +24,6 @@ responses in a nested list, e.g. ``[2, [0, 3], 1]``; pairs inside a tie carry no
 """
 from __future__ import annotations
 
-import contextlib
 import html
 import itertools
 import json
@@ -36,12 +35,8 @@ from typing import Callable, Sequence
 
 from datasets import load_dataset
 
-from .data import DataFormatError, decode_text, read_rows, render_prompt
-
-try:
-    import fcntl
-except ImportError:  # Windows: no flock; single-writer use is still safe
-    fcntl = None
+from .data import render_prompt
+from .files import DataFormatError, append_lines, decode_text, read_rows, repair_lines
 from .models import generate
 from .world.labelers import Labeler, prefer_prob
 
@@ -106,78 +101,40 @@ def validate_comparison(rec: dict, where: str) -> dict:
 class RankingStore:
     """Append-only JSON-lines file of comparison records, safe against a kernel killed at any moment.
 
-    * ``append``/``extend`` validate first, then write each batch with one ``write`` under an exclusive lock
-      (``flock``), flush and fsync before returning: a ranking reported as saved survives a killed kernel or a
-      lost Colab session, and two stores open on the same file (two notebook tabs) never interleave lines.
-    * A crash *during* a write can leave a torn last line (no trailing newline). Under the same lock, before
-      every write and when the store is opened, a torn tail that is not a valid record is cut off (with a
-      warning naming it); a valid record that only lacks its newline gets one. So a record is never glued to
-      a torn line, and every acknowledged record stays readable.
+    ``append``/``extend`` validate every record first, then write the batch in one locked, flushed write
+    (:func:`rlhf_lite.files.append_lines`): a ranking reported as saved survives a killed kernel or a lost Colab
+    session, two stores open on one file (two notebook tabs) never interleave lines, and a failed write keeps none of
+    its batch. A torn last line left by a killed writer is moved aside to ``<file>.torn`` with a warning, never glued
+    to the next record; a file that is not a store at all is refused, never cut.
     """
 
     def __init__(self, path: str | os.PathLike):
         self.path = Path(path)
         if self.path.exists() and not self.path.is_file():
             raise DataFormatError(f"ranking store {self.path} is a folder, not a file; pass a .jsonl file path")
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        if self.path.exists():
-            with self._locked() as fd:
-                self._repair(fd)
-
-    @contextlib.contextmanager
-    def _locked(self):
-        """The file opened for appending with an exclusive lock held (released when the block ends)."""
-        fd = os.open(self.path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o644)
-        try:
-            if fcntl is not None:
-                fcntl.flock(fd, fcntl.LOCK_EX)
-            yield fd
-        finally:
-            os.close(fd)  # closing releases the lock
-
-    def _repair(self, fd: int) -> None:
-        """Make the file end with a newline: a torn tail that is not a valid record is cut off, a valid record
-        without its newline gets one. Called with the lock held."""
-        size = os.fstat(fd).st_size
-        if size == 0 or os.pread(fd, 1, size - 1) == b"\n":
-            return
-        raw = os.pread(fd, size, 0)
-        keep = raw.rfind(b"\n") + 1
-        tail, line = raw[keep:], raw[:keep].count(b"\n") + 1
-        try:
-            validate_comparison(json.loads(tail.decode("utf-8")), f"{self.path}, line {line}")
-            os.write(fd, b"\n")  # a complete record whose newline is missing (written by hand, or by another tool)
-        except (ValueError, UnicodeDecodeError):
-            warnings.warn(f"{self.path}, line {line}: incomplete last record ({len(tail)} bytes, an interrupted "
-                          "write); removed it, the records before it are intact", stacklevel=4)
-            os.ftruncate(fd, keep)
-        os.fsync(fd)
-
-    def _write(self, records: Sequence[dict]) -> None:
-        for i, r in enumerate(records):  # validate everything before writing anything
-            validate_comparison(dict(r), f"{self.path}, new record {i + 1} of {len(records)}")
-        data = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records).encode("utf-8")
-        with self._locked() as fd:
-            self._repair(fd)  # another writer may have been killed mid-line since we last looked
-            written = 0
-            while written < len(data):
-                written += os.write(fd, data[written:])
-            os.fsync(fd)
+        repair_lines(self.path, _check_line)
 
     def append(self, record: dict) -> None:
-        """Validate ``record`` and write it durably (one line; fsync before returning)."""
-        self._write([record])
+        """Validate ``record`` and write it durably (one line; on disk before this returns)."""
+        self.extend([record])
 
     def extend(self, records: Sequence[dict]) -> None:
-        """Validate all ``records``, then write them with a single fsync (bulk collection by the synthetic panel).
-        One invalid record writes none of them."""
-        self._write(list(records))
+        """Validate all ``records``, then write them in one go (bulk collection by the synthetic panel). One invalid
+        record writes none of them."""
+        records = list(records)
+        for i, r in enumerate(records):  # validate everything before writing anything
+            validate_comparison(dict(r), f"{self.path}, new record {i + 1} of {len(records)}")
+        append_lines(self.path, [json.dumps(r, ensure_ascii=False) for r in records], _check_line)
 
     def load(self) -> list[dict]:
         return read_comparisons(self.path) if self.path.exists() else []
 
     def __len__(self) -> int:
         return len(self.load())
+
+
+def _check_line(line: str, where: str) -> dict:
+    return validate_comparison(json.loads(line), where)
 
 
 def read_comparisons(path: str | os.PathLike) -> list[dict]:
@@ -265,6 +222,14 @@ def expected_agreement(world, records: Sequence[dict], a: Callable | object, b: 
     ``records``. A judge is a :class:`~rlhf_lite.world.Labeler` (a Bradley–Terry chooser) or a function
     ``scores(record) -> [K floats]`` that picks the higher score (ties: half)."""
     return agreement([pref_probs(world, r, a) for r in records], [pref_probs(world, r, b) for r in records])
+
+
+def accuracy_against(world, records: Sequence[dict], judge: Callable, labelers) -> float:
+    """Expected pairwise accuracy of ``judge`` (``scores(record) -> [K floats]``: a reward model, DPO's implicit
+    reward) against ``labelers``' choices on the distinct-response pairs of ``records``: the mean over pairs and
+    labelers of P(the labeler picks the pair's higher-scored response). The judge scores each record once."""
+    probs = [pref_probs(world, r, judge) for r in records]
+    return sum(agreement(probs, [pref_probs(world, r, lab) for r in records]) for lab in labelers) / len(labelers)
 
 
 def agreement(pa: Sequence[list[float]], pb: Sequence[list[float]]) -> float:

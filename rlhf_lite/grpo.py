@@ -18,9 +18,20 @@ from collections.abc import Sequence
 import torch
 
 from .config import GRPOConfig, LoRAConfig, validate_config
-from .data import length_grouped_batches, render_prompt
-from .models import Generation, add_lora_adapters, dropout_off
-from .rollout import PolicyWithValue, check_step_finite, clip_fraction, masked_mean, response_outputs, rollout
+from .data import render_prompt
+from .models import Generation, frozen_with_adapters
+from .rollout import (
+    PolicyWithValue,
+    PromptOrder,
+    check_step_finite,
+    clip_fraction,
+    iteration_metrics,
+    masked_mean,
+    minibatches,
+    response_outputs,
+    rollout,
+    update,
+)
 from .runtime import progress_bar
 
 
@@ -54,11 +65,12 @@ def grpo_loss(logprobs: torch.Tensor, old_logprobs: torch.Tensor, ref_logprobs: 
     (½ E[(log ρ)²], as in PPO), ``clipfrac`` (share of tokens whose gradient the clip removed, PPO's definition:
     :func:`rlhf_lite.rollout.clip_fraction`) and ``ratio``.
     """
-    log_ratio = logprobs - old_logprobs  # [B, T]
+    real = mask > 0  # [B, T]; padding gets 0 *before* exp: an overflow there would give inf · 0 = NaN in the means
+    log_ratio = torch.where(real, logprobs - old_logprobs, 0.0)  # [B, T]
     ratio = torch.exp(log_ratio)
     adv = advantages[:, None]  # [B, 1] -> every token of a response shares its advantage
     surrogate = torch.min(ratio * adv, torch.clamp(ratio, 1 - clip_range, 1 + clip_range) * adv)  # [B, T]
-    d = ref_logprobs - logprobs
+    d = torch.where(real, ref_logprobs - logprobs, 0.0)
     kl = torch.exp(d) - d - 1  # [B, T], ≥ 0, unbiased for KL(π ‖ π_ref) on tokens sampled from π
     per_token = -surrogate + kl_coef * kl
     loss = masked_mean(per_token, mask, dim=1).mean()  # mean over each response's tokens, then over responses
@@ -75,8 +87,7 @@ def grpo_loss(logprobs: torch.Tensor, old_logprobs: torch.Tensor, ref_logprobs: 
 def build_grpo_policy(sft_model, cfg: GRPOConfig, lora: LoRAConfig | None = None) -> PolicyWithValue:
     """LoRA adapters (``lora``: the profile's, default ``LoRAConfig()``) on the SFT model (dropout off); adapters
     disabled = the reference. No critic."""
-    dropout_off(sft_model)
-    return PolicyWithValue(add_lora_adapters(sft_model, lora or LoRAConfig(), cfg.seed), None)
+    return PolicyWithValue(frozen_with_adapters(sft_model, lora, cfg.seed), None)
 
 
 def grpo_step(policy: PolicyWithValue, reward_model, tokenizer, prompts: Sequence[str], cfg: GRPOConfig, optimizer,
@@ -91,29 +102,15 @@ def grpo_step(policy: PolicyWithValue, reward_model, tokenizer, prompts: Sequenc
     check_step_finite("reward", advantages, step, "GRPO")
     # 5. Epochs of minibatch updates; the first minibatch is on-policy (ratio 1), later ones are clipped
     stats: list[dict] = []
-    gen = torch.Generator().manual_seed(cfg.seed * 100003 + step)
-    for epoch in range(cfg.epochs):
-        for mb in (ro.chunks if epoch == 0 else length_grouped_batches(ro.lengths, cfg.minibatch_size, gen)):
-            new_logprobs, _ = response_outputs(policy, ids[mb], attn[mb], P, cfg.temperature)
-            loss, s = grpo_loss(new_logprobs, ro.logprobs[mb], ro.ref_logprobs[mb], advantages[mb], mask[mb],
-                                cfg.clip_range, cfg.kl_coef)
-            check_step_finite("policy loss", loss, step, "GRPO")
-            loss.backward()
-            check_step_finite("gradient norm",
-                              torch.nn.utils.clip_grad_norm_(policy.trainable_parameters(), cfg.grad_clip),
-                              step, "GRPO")
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
-            stats.append({"policy_loss": loss.item(), **s})
+    for mb in minibatches(ro, cfg.epochs, cfg.minibatch_size, cfg.seed, step):
+        new_logprobs, _ = response_outputs(policy, ids[mb], attn[mb], P, cfg.temperature)
+        loss, s = grpo_loss(new_logprobs, ro.logprobs[mb], ro.ref_logprobs[mb], advantages[mb], mask[mb],
+                            cfg.clip_range, cfg.kl_coef)
+        update(policy, loss, optimizer, cfg.grad_clip, step, "GRPO")
+        stats.append({"policy_loss": loss.item(), **s})
     # 6. Metrics (``kl``: nats per response on the sampled tokens, the same estimate PPO logs)
-    kl = ((ro.logprobs - ro.ref_logprobs) * mask).sum(1).mean().item()
-    metrics = {"step": step + 1, "reward": ro.rm_scores.mean().item(), "score": ro.scores.mean().item(), "kl": kl,
-               "beta": cfg.kl_coef, "entropy": masked_mean(ro.entropy, mask).item(),
-               "response_length": mask.sum(1).mean().item(), "eos_rate": ro.finished.float().mean().item(),
-               "group_std": ro.scores.view(-1, cfg.group_size).std(1).mean().item() if cfg.group_size > 1 else 0.0,
-               "first_ratio": stats[0]["ratio"], "first_approx_kl": stats[0]["approx_kl"],
-               **{k: sum(s[k] for s in stats) / len(stats) for k in stats[0]}}
-    return metrics, ro.gens
+    group_std = ro.scores.view(-1, cfg.group_size).std(1).mean().item() if cfg.group_size > 1 else 0.0
+    return {**iteration_metrics(ro, stats, step, cfg.kl_coef), "group_std": group_std}, ro.gens
 
 
 def train_grpo(policy: PolicyWithValue, reward_model, tokenizer, tasks: Sequence, cfg: GRPOConfig, fmt: str = "alpaca",
@@ -126,13 +123,9 @@ def train_grpo(policy: PolicyWithValue, reward_model, tokenizer, tasks: Sequence
     pool = list(tasks[: cfg.n_prompts] if cfg.n_prompts else tasks)
     prompts = [render_prompt(tokenizer, t.instruction, t.context, fmt) for t in pool]
     optimizer = torch.optim.Adam(policy.trainable_parameters(), lr=cfg.lr, eps=1e-5)
-    order_gen = torch.Generator().manual_seed(cfg.seed)
-    order, pos, history = torch.randperm(len(pool), generator=order_gen), 0, []
+    order, history = PromptOrder(len(pool), cfg.seed), []
     for step in progress_bar(range(cfg.steps), desc="GRPO", enabled=progress):
-        if pos + cfg.prompts_per_step > len(order):
-            order, pos = torch.randperm(len(pool), generator=order_gen), 0
-        idx = order[pos:pos + cfg.prompts_per_step].tolist()
-        pos += cfg.prompts_per_step
+        idx = order.take(cfg.prompts_per_step)
         t0 = time.time()
         metrics, gens = grpo_step(policy, reward_model, tokenizer, [prompts[i] for i in idx], cfg, optimizer, step)
         if world is not None:

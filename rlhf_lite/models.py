@@ -5,7 +5,6 @@ to ``from_pretrained``, so ``load_base("gpt2")`` is the same code on the real mo
 """
 from __future__ import annotations
 
-import json
 import math
 import os
 from collections.abc import Sequence
@@ -14,79 +13,16 @@ from pathlib import Path
 
 import torch
 from peft import LoraConfig, get_peft_model
-from safetensors import safe_open
-from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, DynamicCache
+from transformers import AutoModelForCausalLM, AutoTokenizer, DynamicCache
 from transformers.pytorch_utils import Conv1D
 
-from .config import LoRAConfig
+from .config import MIN_TEMPERATURE, LoRAConfig
+from .files import check_model_folder
 from .runtime import hf_bars_off, progress_bar
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 TINY_BASE = REPO_ROOT / "data" / "tiny-base"
 REBUILD_HINT = "rebuild it with `python -m rlhf_lite pretrain --out data/tiny-base` (about 20 min on 2 CPU cores)"
-
-
-def _check_folder(path: Path) -> None:
-    """A checkpoint folder must hold a readable config and safetensors weights; say what is wrong if not."""
-    if not (path / "config.json").is_file():
-        raise FileNotFoundError(f"checkpoint folder {path} has no config.json, so it is not a model folder; "
-                                f"{REBUILD_HINT}, "
-                                "or pass the folder that `save_pretrained` wrote")
-    try:
-        json.loads((path / "config.json").read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise ValueError(f"checkpoint folder {path}: config.json is not valid JSON ({e}); the folder is corrupt, "
-                         f"{REBUILD_HINT}") from None
-    weights = list(path.glob("*.safetensors"))
-    if not weights:
-        raise FileNotFoundError(f"checkpoint folder {path} has no *.safetensors weights; {REBUILD_HINT}")
-    for w in weights:
-        try:
-            with safe_open(str(w), framework="pt") as f:
-                f.keys()
-        except Exception as e:  # safetensors raises its own error types for truncated/garbled files
-            raise ValueError(f"checkpoint weights {w} cannot be read ({type(e).__name__}: {e}); the file is corrupt "
-                             f"or truncated: {REBUILD_HINT}") from None
-    if not (path / "tokenizer_config.json").is_file():
-        raise FileNotFoundError(f"checkpoint folder {path} has no tokenizer files (tokenizer_config.json); "
-                                f"{REBUILD_HINT}")
-    if not any((path / f).is_file() for f in ("tokenizer.json", "vocab.json", "tokenizer.model")):
-        raise FileNotFoundError(f"checkpoint folder {path} has tokenizer_config.json but no vocabulary "
-                                "(tokenizer.json, or "
-                                f"vocab.json + merges.txt); copy the tokenizer files in, or {REBUILD_HINT}")
-    _check_weights_fit_config(path, weights)
-
-
-def _check_weights_fit_config(path: Path, weights: list[Path]) -> None:
-    """Build the model that config.json describes on the meta device (no memory, any size) and compare its
-    tensors with the ones the weight files hold: a missing layer, an extra layer or a wrong shape (vocabulary
-    size, width) is an error naming the tensors, instead of a model that loads with random layers."""
-    try:
-        config = AutoConfig.from_pretrained(str(path))
-        with torch.device("meta"):
-            model = AutoModelForCausalLM.from_config(config)
-    except (ValueError, KeyError) as e:
-        raise ValueError(f"checkpoint folder {path}: config.json does not describe a causal LM transformers can build "
-                         f"({str(e).splitlines()[0][:200]}); {REBUILD_HINT}") from None
-    prefix = model.base_model_prefix + "."
-    expected = {k.removeprefix(prefix): tuple(v.shape) for k, v in model.state_dict().items()}
-    tied = {k.removeprefix(prefix) for k in (getattr(model, "_tied_weights_keys", None) or {})} \
-        if getattr(config, "tie_word_embeddings", False) else set()
-    found = {}
-    for w in weights:
-        with safe_open(str(w), framework="pt") as f:
-            found.update({k.removeprefix(prefix): tuple(f.get_slice(k).get_shape()) for k in f.keys()})
-    missing = sorted(k for k in expected if k not in found and k not in tied)
-    extra = sorted(k for k in found if k not in expected)
-    wrong = sorted(f"{k} {found[k]} (config: {expected[k]})" for k in expected
-                   if k in found and found[k] != expected[k])
-    if missing or extra or wrong:
-        parts = [f"{name} {', '.join(items[:3])}{' …' if len(items) > 3 else ''}"
-                 for name, items in (("missing from the weights:", missing), ("not in the config:", extra),
-                                     ("wrong shape:", wrong)) if items]
-        raise ValueError(f"checkpoint folder {path}: config.json and the weights disagree ({'; '.join(parts)}). The "
-                         "config must be the one the weights were saved with (save both with save_pretrained); for the "
-                         f"shipped model: {REBUILD_HINT}")
 
 
 def load_base(name: str = "tiny", device: str = "cpu", dtype: torch.dtype | None = None, **kwargs):
@@ -108,7 +44,7 @@ def load_base(name: str = "tiny", device: str = "cpu", dtype: torch.dtype | None
                                 "repository "
                                 f"(`pip install -e .`), or {REBUILD_HINT} and pass that folder")
     if local.is_dir():
-        _check_folder(local)
+        check_model_folder(local, REBUILD_HINT)
         source = str(local)
     elif name.startswith((".", "/", "~")) or name.count("/") > 1:  # a path, not a hub id ("gpt2", "org/name")
         raise FileNotFoundError(f"model folder {name!r} does not exist; use 'tiny', a folder written by "
@@ -217,6 +153,14 @@ def dropout_off(model) -> None:
     for m in model.modules():
         if isinstance(m, torch.nn.Dropout):
             m.p = 0.0
+
+
+def frozen_with_adapters(model, lora: LoRAConfig | None = None, seed: int = 0, task_type: str | None = "CAUSAL_LM"):
+    """``model`` with its dropout off (:func:`dropout_off`) and LoRA adapters on (:func:`add_lora_adapters`;
+    ``lora``: the profile's, default ``LoRAConfig()``): what every policy (PPO, GRPO, DPO) and the reward model
+    train. With the adapters disabled it is still the SFT model: the reference."""
+    dropout_off(model)
+    return add_lora_adapters(model, lora or LoRAConfig(), seed, task_type)
 
 
 def encode_prompt(tokenizer, prompt: str) -> list[int]:
@@ -346,9 +290,9 @@ def generate(model, tokenizer, prompts: list[str], max_new_tokens: int = 64, tem
                          "(render it with rlhf_lite.data.render_prompt)")
     if max_new_tokens < 1:
         raise ValueError(f"generate: max_new_tokens must be at least 1, got {max_new_tokens}")
-    if do_sample and not (math.isfinite(temperature) and temperature > 0):
-        raise ValueError(f"generate: temperature must be a positive number, got {temperature}; for the most likely "
-                         "token at every step use do_sample=False (greedy) instead of temperature 0")
+    if do_sample and not (math.isfinite(temperature) and temperature >= MIN_TEMPERATURE):
+        raise ValueError(f"generate: temperature must be a number ≥ {MIN_TEMPERATURE}, got {temperature}; for the "
+                         "most likely token at every step use do_sample=False (greedy) instead of temperature 0")
     if top_k < 0 or batch_size < 1:
         raise ValueError(f"generate: top_k must be ≥ 0 (0: no truncation) and batch_size ≥ 1, got {top_k}, "
                          f"{batch_size}")

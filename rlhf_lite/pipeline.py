@@ -17,7 +17,8 @@ from pathlib import Path
 import matplotlib
 import torch
 
-from .config import get_profile
+from .cache import code_digest, config_key, continues_pretraining, device_tag
+from .config import Profile, get_profile
 from .evaluate import (
     bootstrap_ci,
     closed_tasks,
@@ -26,22 +27,19 @@ from .evaluate import (
     fluency_probes,
     prompt_win_rates,
 )
+from .files import clear_output_dir, open_output_dir, write_text
 from .models import load_base
+from .policy_stages import ppo_stage
 from .pretrain import corpus_blocks
 from .reward import load_reward_model
-from .runtime import atomic_file, autocast, config_key, device_tag, quiet, rounded, runs_dir, seed_everything
-from .stages import (
-    base_checkpoint,
-    comparison_data,
-    continues_pretraining,
-    placement,
-    ppo_stage,
-    reward_checkpoint,
-    sft_checkpoint,
-)
+from .runtime import autocast, placement, quiet, rounded, runs_dir, seed_everything
+from .stages import base_checkpoint, comparison_data, reward_checkpoint, sft_checkpoint
 from .world import world_from_config
 
 MODELS = ("base", "sft", "ppo", "ppo_ptx")
+OUTPUTS = ("metrics.json", "ppo_history.json", "samples.json", "winrates.png", "ppo_training.png", "ppo", "ppo/*",
+           "ppo_ptx", "ppo_ptx/*")
+"""What the pipeline writes into its ``--out`` folder: the only files such a folder may hold to be written again."""
 
 
 def seeded_profile(profile, seed: int):
@@ -50,16 +48,18 @@ def seeded_profile(profile, seed: int):
                    ppo=replace(profile.ppo, seed=seed))
 
 
-def run_pipeline(profile: str | None = None, out: str | Path | None = None, seed: int = 0, progress: bool = True,
-                 reuse: bool = False, device: str | None = None, base_model: str | None = None) -> dict:
+def run_pipeline(profile: str | Profile | None = None, out: str | Path | None = None, seed: int = 0,
+                 progress: bool = True, reuse: bool = False, device: str | None = None,
+                 base_model: str | None = None) -> dict:
     """Run every stage on ``device`` (default: the GPU when there is one), evaluate base, SFT, PPO and PPO-ptx on
     the test users' prompts, and save ``metrics.json`` (nested: ``base``/``sft``/``ppo``/``ppo_ptx``/``rm``/
     ``setup``/``runtime_s``), ``ppo_history.json``, ``samples.json`` and two plots in ``out`` (default
     ``runs/<timestamp>``). Returns the metrics. ``base_model``: a GPT-2 profile's model (a folder or hub name).
-    ``reuse=True``: if ``out`` already holds the metrics of a run with identical settings (``setup.config_key``),
-    return those instead of running again (notebook 06 does this)."""
+    ``reuse=True``: if ``out`` already holds the metrics of a run with identical settings and code
+    (``setup.config_key``), return those instead of running again (notebook 06 does this). ``out`` must be new,
+    empty or an earlier pipeline run's: no file of yours is ever written over."""
     quiet()
-    prof = seeded_profile(get_profile(profile, base_model), seed)
+    prof = seeded_profile(profile if isinstance(profile, Profile) else get_profile(profile, base_model), seed)
     if prof.data != "tinyworld":
         raise ValueError(f"the pipeline measures every model with TinyWorld's gold panel; profile {prof.name!r} "
                          f"trains on real data ({prof.data}), which has no gold judge. Run the notebooks for it, or "
@@ -67,15 +67,16 @@ def run_pipeline(profile: str | None = None, out: str | Path | None = None, seed
     device, precision = placement(device)
     # the settings this job uses (notebook 07's DPO and GRPO settings do not change its results), and where it ran
     key = config_key({k: v for k, v in asdict(prof).items() if k not in ("dpo", "grpo")},
-                     *device_tag(device, precision))
+                     code_digest("pipeline"), *device_tag(device, precision))
     if reuse and out and (Path(out) / "metrics.json").is_file():
         old = json.loads((Path(out) / "metrics.json").read_text())
         if old.get("setup", {}).get("config_key") == key:
             print(f"reusing the pipeline run in {shown_path(out)} (same settings); delete it to run again")
             print(results_table(old))
             return old
-    out = Path(out) if out else runs_dir() / time.strftime("%Y%m%d-%H%M%S")
-    out.mkdir(parents=True, exist_ok=True)
+    out = open_output_dir(Path(out) if out else runs_dir() / time.strftime("%Y%m%d-%H%M%S"), "pipeline", OUTPUTS)
+    for name in ("ppo", "ppo_ptx"):  # an earlier run's PPO checkpoints: this run trains afresh
+        clear_output_dir(out / name, "ppo")
     times: dict[str, float] = {}
     t_start = time.time()
     n_stages = 7 if continues_pretraining(prof) else 6
@@ -182,8 +183,7 @@ def writers_vs_sft(tasks, sft_gens, labelers, seed: int = 0) -> dict:
 def _save(out: Path, metrics: dict, histories: dict, res: dict) -> None:
     """metrics.json, ppo_history.json, samples.json and the plots; each file appears whole or not at all."""
     def write(name: str, text: str) -> None:
-        with atomic_file(out / name) as tmp:
-            tmp.write_text(text)
+        write_text(out / name, text)
 
     write("ppo_history.json", json.dumps(histories, indent=1) + "\n")
     write("samples.json",

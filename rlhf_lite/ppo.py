@@ -19,19 +19,23 @@ from torch import nn
 
 from .checkpoint import CHECKPOINT, load_checkpoint, save_checkpoint
 from .config import LoRAConfig, PPOConfig, validate_config
-from .data import length_grouped_batches, render_prompt
-from .models import Generation, add_lora_adapters, dropout_off, last_token_index
+from .data import render_prompt
+from .models import Generation, frozen_with_adapters, last_token_index
 from .rollout import (
     PolicyWithValue,
+    PromptOrder,
     check_step_finite,
     clip_fraction,
+    iteration_metrics,
     masked_mean,
     masked_var,
     masked_whiten,
+    minibatches,
     response_outputs,
     rollout,
+    update,
 )
-from .runtime import progress_bar, writable_dir
+from .runtime import progress_bar
 
 
 def kl_penalized_rewards(scores: torch.Tensor, logprobs: torch.Tensor, ref_logprobs: torch.Tensor, mask: torch.Tensor,
@@ -162,8 +166,7 @@ def build_policy(sft_model: nn.Module, reward_model, cfg: PPOConfig, lora: LoRAC
     ``reward_model.head`` (``cfg.value_init``)."""
     if cfg.value_init not in ("zero", "reward_model"):
         raise ValueError(f"PPOConfig.value_init must be 'zero' or 'reward_model', got {cfg.value_init!r}")
-    dropout_off(sft_model)
-    lm = add_lora_adapters(sft_model, lora or LoRAConfig(), cfg.seed)
+    lm = frozen_with_adapters(sft_model, lora, cfg.seed)
     head = nn.Linear(reward_model.head.in_features, 1)
     if cfg.value_init == "reward_model":
         head.load_state_dict(reward_model.head.state_dict())
@@ -199,45 +202,31 @@ def ppo_step(policy: PolicyWithValue, reward_model, tokenizer, prompts: Sequence
 
     # 7. Several epochs of minibatch updates on this rollout (the first minibatch is exactly on-policy)
     stats: list[dict] = []
-    gen = torch.Generator().manual_seed(cfg.seed * 100003 + step)  # minibatch order
     ptx_gen = torch.Generator().manual_seed(cfg.seed * 100003 + step + 10**9)  # PPO-ptx rows: their own draws
     t_update, update_tokens = time.perf_counter(), 0
-    for epoch in range(cfg.ppo_epochs):
-        for mb in (ro.chunks if epoch == 0 else length_grouped_batches(ro.lengths, cfg.minibatch_size, gen)):
-            ids, attn = ro.input_ids[mb], ro.attention_mask[mb]
-            update_tokens += int(attn.sum())
-            new_logprobs, _ = response_outputs(policy, ids, attn, P, cfg.temperature)
-            new_values = policy.value_head(ro.feats[mb]).squeeze(-1)
-            pg_loss, pg_stats = ppo_policy_loss(new_logprobs, ro.logprobs[mb], advantages[mb], mask[mb], cfg.clip_range)
-            vf_loss, vf_stats = ppo_value_loss(new_values, values[mb], returns[mb], mask[mb], cfg.clip_range_value)
-            loss = pg_loss + cfg.vf_coef * vf_loss
-            ptx_loss = torch.tensor(0.0)
-            if cfg.ptx_coef > 0 and ptx_rows is not None:  # PPO-ptx: γ · the pretraining LM loss (InstructGPT eq. 2)
-                rows = ptx_rows[torch.randint(len(ptx_rows), (cfg.ptx_batch_size,),
-                                              generator=ptx_gen)].to(policy.device)
-                ptx_loss = policy.lm(input_ids=rows, attention_mask=torch.ones_like(rows), labels=rows,
-                                     use_cache=False).loss
-                loss = loss + cfg.ptx_coef * ptx_loss
-            check_step_finite("policy loss" if not torch.isfinite(pg_loss) else "value loss"
-                              if not torch.isfinite(vf_loss) else "pretraining loss", loss, step)
-            loss.backward()
-            check_step_finite("gradient norm",
-                              torch.nn.utils.clip_grad_norm_(policy.trainable_parameters(), cfg.grad_clip),
-                              step)  # before the update: a NaN never reaches the weights
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
-            stats.append({"policy_loss": pg_loss.item(), "value_loss": vf_loss.item(), "ptx_loss": ptx_loss.item(),
-                          **pg_stats, **vf_stats})
+    for mb in minibatches(ro, cfg.ppo_epochs, cfg.minibatch_size, cfg.seed, step):
+        ids, attn = ro.input_ids[mb], ro.attention_mask[mb]
+        update_tokens += int(attn.sum())
+        new_logprobs, _ = response_outputs(policy, ids, attn, P, cfg.temperature)
+        new_values = policy.value_head(ro.feats[mb]).squeeze(-1)
+        pg_loss, pg_stats = ppo_policy_loss(new_logprobs, ro.logprobs[mb], advantages[mb], mask[mb], cfg.clip_range)
+        vf_loss, vf_stats = ppo_value_loss(new_values, values[mb], returns[mb], mask[mb], cfg.clip_range_value)
+        loss = pg_loss + cfg.vf_coef * vf_loss
+        ptx_loss = torch.tensor(0.0)
+        if cfg.ptx_coef > 0 and ptx_rows is not None:  # PPO-ptx: γ · the pretraining LM loss (InstructGPT eq. 2)
+            rows = ptx_rows[torch.randint(len(ptx_rows), (cfg.ptx_batch_size,), generator=ptx_gen)].to(policy.device)
+            ptx_loss = policy.lm(input_ids=rows, attention_mask=torch.ones_like(rows), labels=rows,
+                                 use_cache=False).loss
+            loss = loss + cfg.ptx_coef * ptx_loss
+        update(policy, loss, optimizer, cfg.grad_clip, step, "PPO", "policy loss" if not torch.isfinite(pg_loss) else
+               "value loss" if not torch.isfinite(vf_loss) else "pretraining loss")
+        stats.append({"policy_loss": pg_loss.item(), "value_loss": vf_loss.item(), "ptx_loss": ptx_loss.item(),
+                      **pg_stats, **vf_stats})
 
     # 8. Metrics, and the KL controller's update (n = episodes seen)
-    kl = ((ro.logprobs - ro.ref_logprobs) * mask).sum(1).mean().item()  # nats per response, on the sampled tokens
-    metrics = {"step": step + 1, "reward": ro.rm_scores.mean().item(), "score": ro.scores.mean().item(), "kl": kl,
-               "beta": kl_ctl.value, "entropy": masked_mean(ro.entropy, mask).item(),
-               "response_length": mask.sum(1).mean().item(), "eos_rate": ro.finished.float().mean().item(),
-               "first_ratio": stats[0]["ratio"], "first_approx_kl": stats[0]["approx_kl"],
-               "update_s": time.perf_counter() - t_update, "update_tokens": update_tokens,
-               **{k: sum(s[k] for s in stats) / len(stats) for k in stats[0]}}
-    kl_ctl.update(kl, len(prompts))
+    metrics = {**iteration_metrics(ro, stats, step, kl_ctl.value), "update_s": time.perf_counter() - t_update,
+               "update_tokens": update_tokens}
+    kl_ctl.update(metrics["kl"], len(prompts))
     return metrics, ro.gens
 
 
@@ -262,20 +251,14 @@ def train_ppo(policy: PolicyWithValue, reward_model, tokenizer, tasks: Sequence,
     optimizer = ppo_optimizer(policy, cfg)
     kl_ctl = AdaptiveKLController(cfg.init_kl_coef, cfg.kl_target, cfg.kl_horizon) if cfg.adaptive_kl \
         else FixedKLController(cfg.init_kl_coef)
-    order_gen = torch.Generator().manual_seed(cfg.seed)
-    order, pos, history, start = torch.randperm(len(pool), generator=order_gen), 0, [], 0
+    order, history, start = PromptOrder(len(pool), cfg.seed), [], 0
     ckpt = Path(out_dir) / CHECKPOINT if out_dir else None
-    if ckpt is not None:
-        writable_dir(out_dir)  # an unwritable --out fails now, not after the first checkpoint's worth of training
     if resume:  # the state of an interrupted run: the same run continues as if never interrupted
-        history, start, pos, order = load_checkpoint(ckpt, policy, optimizer, kl_ctl, order_gen, cfg)
+        history, start, order.pos, order.order = load_checkpoint(ckpt, policy, optimizer, kl_ctl, order.gen, cfg)
     bar = progress_bar(range(start, cfg.steps), desc="PPO" if cfg.ptx_coef == 0 else "PPO-ptx", enabled=progress,
                        initial=start, total=cfg.steps)
     for step in bar:
-        if pos + cfg.batch_size > len(order):  # next pass over the prompt pool
-            order, pos = torch.randperm(len(pool), generator=order_gen), 0
-        idx = order[pos:pos + cfg.batch_size].tolist()
-        pos += cfg.batch_size
+        idx = order.take(cfg.batch_size)
         t0 = time.time()
         metrics, gens = ppo_step(policy, reward_model, tokenizer, [prompts[i] for i in idx], cfg, optimizer, kl_ctl,
                                  step, ptx_rows)
@@ -288,5 +271,5 @@ def train_ppo(policy: PolicyWithValue, reward_model, tokenizer, tasks: Sequence,
         if callback is not None:
             callback(metrics, gens)
         if ckpt is not None and ((step + 1) % cfg.checkpoint_every == 0 or step + 1 == cfg.steps):
-            save_checkpoint(ckpt, policy, optimizer, kl_ctl, order_gen, cfg, step + 1, history, pos, order)
+            save_checkpoint(ckpt, policy, optimizer, kl_ctl, order.gen, cfg, step + 1, history, order.pos, order.order)
     return history

@@ -21,8 +21,9 @@ from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import GenerationConfig, GPT2Config, GPT2LMHeadModel, GPT2TokenizerFast
 
 from .config import PretrainConfig, validate_config
+from .files import atomic_dir, check_output_dir
 from .models import load_base
-from .runtime import atomic_dir, check_finite, check_output_dir, hf_bars_off, progress_bar
+from .runtime import check_finite, hf_bars_off, progress_bar
 from .world import build_world
 
 EOS = "<|endoftext|>"

@@ -30,17 +30,18 @@ from transformers import AutoModelForCausalLM
 
 from .config import LoRAConfig, RewardConfig, validate_config
 from .data import encode_response
-from .feedback import agreement, distinct_pairs, flat_ranking, pref_probs, ranking_to_pairs
+from .feedback import accuracy_against, distinct_pairs, flat_ranking, pref_probs, ranking_to_pairs
+from .files import atomic_dir
 from .models import (
-    add_lora_adapters,
     dropout_off,
+    frozen_with_adapters,
     last_token_index,
     load_base,
     pad_batch,
     position_ids_from_mask,
     transformer_body,
 )
-from .runtime import atomic_dir, hf_bars_off, optimizer_step, progress_bar, warmup_linear_schedule
+from .runtime import hf_bars_off, optimizer_step, progress_bar, warmup_linear_schedule
 
 
 # ---------------------------------------------------------------------------------------------
@@ -127,10 +128,10 @@ def build_reward_model(lm: nn.Module, cfg: RewardConfig, lora: LoRAConfig | None
     a different reward on every pass, which adds noise to a loss that only sees reward differences
     (in our TinyWorld runs it learned less with dropout on, and trained slower on a CPU). ``lora``: the profile's
     adapters (default ``LoRAConfig()``)."""
-    dropout_off(lm)
     if cfg.lora:
-        lm = add_lora_adapters(lm, lora or LoRAConfig(), cfg.seed, task_type=None)
+        lm = frozen_with_adapters(lm, lora, cfg.seed, task_type=None)
     else:
+        dropout_off(lm)
         for p in lm.parameters():
             p.requires_grad_(True)
     return RewardModel(lm, seed=cfg.seed)
@@ -287,9 +288,7 @@ def record_scores(rm: RewardModel, tokenizer, max_length: int = 256):
 def rm_accuracy(rm: RewardModel, tokenizer, world, records: Sequence[dict], labelers, max_length: int = 256) -> float:
     """Expected pairwise accuracy of the RM against ``labelers``' choices on the distinct-response pairs of
     ``records``: mean over pairs and labelers of P(labeler picks the pair's higher-reward response)."""
-    judge = record_scores(rm, tokenizer, max_length)
-    rm_probs = [pref_probs(world, r, judge) for r in records]  # the RM scores each record once
-    return sum(agreement(rm_probs, [pref_probs(world, r, lab) for r in records]) for lab in labelers) / len(labelers)
+    return accuracy_against(world, records, record_scores(rm, tokenizer, max_length), labelers)
 
 
 def variance_split(groups: Sequence[Sequence[float]]) -> dict:
@@ -344,6 +343,11 @@ def save_reward_model(rm: RewardModel, path: str | Path, base: str | Path, extra
         save_file({k: v.detach().cpu().contiguous() for k, v in rm.head.state_dict().items()},
                   str(tmp / "head.safetensors"))
         (tmp / "reward_model.json").write_text(json.dumps({"base": str(base), "lora": lora, **(extra or {})}, indent=1))
+
+
+def same_tokenizer(a, b) -> bool:
+    """True when two tokenizers turn text into the same ids (a reward model must read the policy's tokens)."""
+    return a is b or (a.get_vocab() == b.get_vocab() and a.eos_token_id == b.eos_token_id)
 
 
 def load_reward_model(path: str | Path, device: str = "cpu") -> tuple[RewardModel, object]:

@@ -259,3 +259,60 @@ def rollout(policy: PolicyWithValue, reward_model, tokenizer, prompts: Sequence[
             ref_logprobs[mb] = response_outputs(policy, ids[mb], attn[mb], P, cfg.temperature, reference=True)[0]
     return Rollout(gens, ids, attn, mask, batch["finished"], P, lengths, chunks, rm_scores, scores, feats, logprobs,
                    ref_logprobs, entropy)
+
+
+# ---------------------------------------------------------------------------------------------
+# What both RL loops share around their losses: minibatches, the update, the metrics, the prompt order
+# ---------------------------------------------------------------------------------------------
+def kl_per_response(logprobs: torch.Tensor, ref_logprobs: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Σ_t (log π(y_t) − log π_ref(y_t)) over each response's tokens (EOS included): [B], the sample estimate of
+    KL(π ‖ π_ref) in nats per response that PPO, GRPO and the evaluation log (on tokens sampled from π)."""
+    return ((logprobs - ref_logprobs) * mask).sum(1)
+
+
+def minibatches(ro: Rollout, epochs: int, minibatch_size: int, seed: int, step: int):
+    """The minibatches (row indices) of ``epochs`` passes over a rollout: the first pass in the rollout's own
+    length-grouped chunks, so the very first minibatch is exactly on-policy (ratio 1), later passes reshuffled."""
+    gen = torch.Generator().manual_seed(seed * 100003 + step)
+    for epoch in range(epochs):
+        yield from (ro.chunks if epoch == 0 else length_grouped_batches(ro.lengths, minibatch_size, gen))
+
+
+def update(policy: PolicyWithValue, loss: torch.Tensor, optimizer, grad_clip: float, step: int, algo: str = "PPO",
+           what: str = "policy loss") -> None:
+    """One optimizer step on ``loss``: a non-finite loss or gradient norm stops before the weights change."""
+    check_step_finite(what, loss, step, algo)
+    loss.backward()
+    check_step_finite("gradient norm", torch.nn.utils.clip_grad_norm_(policy.trainable_parameters(), grad_clip),
+                      step, algo)
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+
+
+def iteration_metrics(ro: Rollout, stats: list[dict], step: int, beta: float) -> dict:
+    """What one RL iteration logs: the reward model's mean score (``reward``) and the training score (``score``,
+    with the no-EOS penalty), KL per response (:func:`kl_per_response`), β, entropy, response length, EOS rate,
+    the first minibatch's ratio and approximate KL (1 and 0 when the implementation is right), and the mean of every
+    per-minibatch statistic in ``stats``."""
+    mask = ro.mask
+    return {"step": step + 1, "reward": ro.rm_scores.mean().item(), "score": ro.scores.mean().item(),
+            "kl": kl_per_response(ro.logprobs, ro.ref_logprobs, mask).mean().item(), "beta": beta,
+            "entropy": masked_mean(ro.entropy, mask).item(), "response_length": mask.sum(1).mean().item(),
+            "eos_rate": ro.finished.float().mean().item(), "first_ratio": stats[0]["ratio"],
+            "first_approx_kl": stats[0]["approx_kl"], **{k: sum(s[k] for s in stats) / len(stats) for k in stats[0]}}
+
+
+class PromptOrder:
+    """The order an RL loop visits its prompt pool in: batches drawn without replacement from a seeded shuffle,
+    a fresh shuffle for each pass. ``order``, ``pos`` and ``gen`` are its whole state (PPO's checkpoint keeps it)."""
+
+    def __init__(self, n: int, seed: int):
+        self.n, self.gen = n, torch.Generator().manual_seed(seed)
+        self.order, self.pos = torch.randperm(n, generator=self.gen), 0
+
+    def take(self, k: int) -> list[int]:
+        """The next ``k`` prompt indices."""
+        if self.pos + k > len(self.order):  # next pass over the pool
+            self.order, self.pos = torch.randperm(self.n, generator=self.gen), 0
+        self.pos += k
+        return self.order[self.pos - k:self.pos].tolist()

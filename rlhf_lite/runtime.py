@@ -2,16 +2,11 @@
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import gc
-import hashlib
 import importlib.metadata as md
-import json
 import os
 import random
-import shutil
 import sys
-import tempfile
 import threading
 import time
 import warnings
@@ -19,8 +14,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from safetensors import safe_open
-from safetensors.torch import save_file
 from tqdm.auto import tqdm
 from transformers.utils import logging as hf_logging
 
@@ -84,11 +77,11 @@ def autocast(device: str, precision: str = "fp32"):
     return contextlib.nullcontext()
 
 
-def device_tag(device: str, precision: str = "fp32") -> list[str]:
-    """What a cache key adds for where a stage ran: nothing on the CPU (the keys of CPU-trained stages stay what
-    they are), ``["cuda-bf16"]`` and the like on a GPU, whose floating-point results differ from the CPU's."""
-
-    return [] if device == "cpu" else [f"{device.split(':')[0]}-{precision}"]
+def placement(device: str | None = None) -> tuple[str, str]:
+    """(device, precision) for a stage: :func:`pick_device` and :func:`pick_precision` (``$RLHF_LITE_PRECISION``,
+    else bf16 on GPUs that have it)."""
+    device = pick_device(device)
+    return device, pick_precision(device)
 
 
 def quiet() -> None:
@@ -128,176 +121,6 @@ def hf_bars_off():
             hf_logging.enable_progress_bar()
 
 
-OUTPUT_MARKER = ".rlhf-lite-output.json"
-"""Written into every folder an ``atomic_dir`` produces: which command wrote it and the files it wrote. A folder
-is replaced only when it holds nothing but what that command wrote there before."""
-
-
-def check_output_dir(out: str | os.PathLike, kind: str) -> Path:
-    """Check, before any work, that ``out`` can become the output folder of ``kind`` (e.g. "pretrain"): it does
-    not exist, is an empty folder, or is a previous output of the same command holding only the files that command
-    wrote. Anything else (a file, a folder of your own, the current folder) is refused with a message naming it, so
-    no file the course did not write is ever deleted. Also checks that the parent folder is writable."""
-    out = Path(out)
-    if out.exists() and not out.is_dir():
-        raise ValueError(f"--out {out} is a file, not a folder; pass a new folder name")
-    if out.is_dir():
-        if out.resolve() == Path.cwd().resolve() or out.resolve() == Path(out.resolve().anchor):
-            raise ValueError(f"--out {out} is the current folder (or the root): it would be replaced; pass a new "
-                             "folder name, e.g. --out runs/my-run")
-        foreign = _foreign_files(out, kind)
-        if foreign:
-            shown = ", ".join(foreign[:5]) + (f" and {len(foreign) - 5} more" if len(foreign) > 5 else "")
-            raise ValueError(f"--out {out} already holds files this {kind} command did not write ({shown}); they would "
-                             "be deleted. Pick a new folder, or move them away first")
-    parent = out.resolve().parent
-    try:
-        parent.mkdir(parents=True, exist_ok=True)
-        probe = Path(tempfile.mkdtemp(prefix=f".{out.name}.probe-", dir=parent))
-        probe.rmdir()
-    except OSError as e:
-        raise OSError(f"--out {out}: cannot write in {parent} ({e.strerror or e}); pick a folder you can write "
-                      "to") from None
-    return out
-
-
-def _foreign_files(out: Path, kind: str) -> list[str]:
-    """Files under ``out`` that a previous ``kind`` output did not list in its marker (all of them, if there is
-    no marker or it names another command)."""
-
-    present = sorted(str(p.relative_to(out)) for p in out.rglob("*") if not p.is_dir())
-    try:
-        marker = json.loads((out / OUTPUT_MARKER).read_text())
-        written = set(marker["files"]) if marker.get("kind") == kind else set()
-    except (OSError, ValueError, KeyError, TypeError):
-        written = set()
-    return [f for f in present if f not in written and f != OUTPUT_MARKER]
-
-
-def writable_dir(path: str | os.PathLike, what: str = "--out") -> Path:
-    """Create folder ``path`` if needed and check that a file can be written in it, before any work is done;
-    the error names the path (an existing file, a read-only place such as /proc)."""
-    path = Path(path)
-    if path.exists() and not path.is_dir():
-        raise ValueError(f"{what} {path} is a file, not a folder; pass a folder name")
-    try:
-        path.mkdir(parents=True, exist_ok=True)
-        fd, probe = tempfile.mkstemp(prefix=".probe-", dir=path)
-        os.close(fd)
-        os.unlink(probe)
-    except OSError as e:
-        raise OSError(f"{what} {path}: cannot write there ({e.strerror or e}); pick a folder you can write "
-                      "to") from None
-    return path
-
-
-@contextlib.contextmanager
-def atomic_dir(out: str | os.PathLike, kind: str = "output"):
-    """Yield a fresh temporary folder beside ``out``. If the block succeeds, the folder takes the place of ``out``
-    in one rename; if it fails or is interrupted, the folder is removed: nothing half-written is ever left at
-    ``out``. ``out`` must pass :func:`check_output_dir` (checked before and after the block): an existing folder is
-    replaced only when it is a previous output of the same ``kind`` holding nothing else."""
-
-    out = check_output_dir(out, kind)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.resolve().parent))
-    old = None
-    try:
-        yield tmp
-        files = sorted(str(p.relative_to(tmp)) for p in tmp.rglob("*") if not p.is_dir())
-        (tmp / OUTPUT_MARKER).write_text(json.dumps({"kind": kind, "files": files}, indent=1) + "\n")
-        tmp.chmod(0o755)  # mkdtemp makes it private; an output folder is for everyone
-        if out.exists():
-            check_output_dir(out, kind)  # nothing of anyone else's appeared while we worked
-            old = out.with_name(f".{out.name}.old-{os.getpid()}")
-            out.rename(old)
-        tmp.rename(out)
-    except BaseException:
-        if old is not None and old.exists() and not out.exists():
-            old.rename(out)  # put the previous output back
-        raise
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp)
-        if old is not None and old.exists():
-            shutil.rmtree(old)  # only files the same command wrote (checked above)
-
-
-@contextlib.contextmanager
-def atomic_file(path: str | os.PathLike):
-    """Yield a temporary path beside ``path``; when the block finishes, it replaces ``path`` in one step.
-    A crash while writing leaves the old file (or none), never half of a new one."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    try:
-        yield tmp
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
-def save_state(path: str | os.PathLike, state) -> None:
-    """Write a nested state (dicts, lists, tuples, numbers, strings, None and tensors: a training checkpoint) to
-    one safetensors file, atomically. Tensors go in the file's tensor section, everything else as JSON in its
-    metadata. Unlike ``torch.save`` (pickle), loading it back can never run code, whoever wrote the file."""
-
-
-    tensors: dict = {}
-
-    def encode(x, key: str):
-
-        if torch.is_tensor(x):
-            tensors[key] = x.detach().cpu().contiguous().clone()
-            return {"__tensor__": key}
-        if isinstance(x, dict):
-            if all(isinstance(k, str) for k in x):
-                return {"__dict__": {k: encode(v, f"{key}/{k}") for k, v in x.items()}}
-            return {"__items__": [[k, encode(v, f"{key}/{k}")] for k, v in x.items()]}  # non-string keys (optimizer)
-        if isinstance(x, (list, tuple)):
-            return {"__tuple__" if isinstance(x, tuple) else "__list__": [encode(v, f"{key}/{i}") for i,
-                                                                          v in enumerate(x)]}
-        if x is None or isinstance(x, (bool, int, float, str)):
-            return x
-        raise TypeError(f"save_state: cannot store {type(x).__name__} at {key!r}; use tensors, numbers, text, lists, "
-                        "dicts")
-
-    meta = json.dumps(encode(state, "state"))
-    with atomic_file(path) as tmp:
-        save_file(tensors, str(tmp), metadata={"rlhf_lite_state": meta})
-
-
-def load_state(path: str | os.PathLike):
-    """Read what :func:`save_state` wrote (no pickle is ever loaded). A file that is not such a checkpoint is an
-    error naming it."""
-
-
-    try:
-        with safe_open(str(path), framework="pt") as f:
-            meta = (f.metadata() or {}).get("rlhf_lite_state")
-            tensors = {k: f.get_tensor(k) for k in f.keys()}
-        if meta is None:
-            raise ValueError("no rlhf_lite_state metadata")
-        encoded = json.loads(meta)
-    except Exception as e:  # safetensors' own error types for garbage, truncated or foreign files
-        raise ValueError(f"{path} is not a readable rlhf-lite checkpoint ({type(e).__name__}: {e}); it is corrupt or "
-                         "was written by something else. Start a new run without resume") from None
-
-    def decode(x):
-        if isinstance(x, dict):
-            if "__tensor__" in x:
-                return tensors[x["__tensor__"]]
-            if "__dict__" in x:
-                return {k: decode(v) for k, v in x["__dict__"].items()}
-            if "__items__" in x:
-                return {k: decode(v) for k, v in x["__items__"]}
-            if "__tuple__" in x:
-                return tuple(decode(v) for v in x["__tuple__"])
-            return [decode(v) for v in x["__list__"]]
-        return x
-
-    return decode(encoded)
-
-
 def versions() -> dict[str, str]:
     """Versions of the packages the course depends on (missing ones as 'not installed')."""
 
@@ -319,14 +142,6 @@ def runs_dir() -> Path:
     return repo / "runs" if (repo / "pyproject.toml").is_file() else Path.cwd() / "runs"
 
 
-def config_key(*configs) -> str:
-    """A short hash of dataclass configs: cached stage outputs are reused only for identical settings."""
-
-    blob = json.dumps([dataclasses.asdict(c) if dataclasses.is_dataclass(c) else c for c in configs], sort_keys=True,
-                      default=str)
-    return hashlib.sha256(blob.encode()).hexdigest()[:10]
-
-
 def rounded(x, digits: int = 4):
     """``x`` with every float inside (dicts and lists too) rounded to ``digits``: metrics as they are reported."""
     if isinstance(x, dict):
@@ -334,23 +149,6 @@ def rounded(x, digits: int = 4):
     if isinstance(x, list):
         return [rounded(v, digits) for v in x]
     return round(x, digits) if isinstance(x, float) else x
-
-
-def code_digest(*modules: str) -> str:
-    """A short hash of the source of ``rlhf_lite`` modules (``"sft"`` is ``rlhf_lite/sft.py``; a package such as
-    ``"world"`` counts all its files): part of every stage's cache key, so a cached model is reused only by the
-    code that made it."""
-
-    root = Path(__file__).resolve().parent
-    h = hashlib.sha256()
-    for name in sorted(modules):
-        path = root / name.replace(".", "/")
-        files = sorted(path.rglob("*.py")) if path.is_dir() else [path.with_suffix(".py")]
-        if not files or not files[0].is_file():
-            raise ValueError(f"code_digest: no module rlhf_lite.{name}")
-        for f in files:
-            h.update(f.relative_to(root).as_posix().encode() + b"\0" + f.read_bytes())
-    return h.hexdigest()[:10]
 
 
 def warmup_linear_schedule(optimizer, warmup_steps: int, total_steps: int):

@@ -17,18 +17,9 @@ from rlhf_lite.config import DPOConfig, GRPOConfig, PPOConfig, RewardConfig, SFT
 from rlhf_lite.course.student import grade_notebook, read_notebook
 from rlhf_lite.data import DataFormatError, read_records
 from rlhf_lite.feedback import RankingStore, load_preference_dataset, read_comparisons, split_hh
+from rlhf_lite.files import OUTPUT_MARKER, atomic_dir, check_output_dir, load_state, save_state
 from rlhf_lite.models import TINY_BASE, generate, load_base
-from rlhf_lite.runtime import (
-    OUTPUT_MARKER,
-    atomic_dir,
-    check_finite,
-    check_output_dir,
-    load_state,
-    optimizer_step,
-    save_state,
-    warmup_linear_schedule,
-    writable_dir,
-)
+from rlhf_lite.runtime import check_finite, optimizer_step, warmup_linear_schedule
 
 PACKAGE = Path(__file__).resolve().parent.parent / "rlhf_lite"
 
@@ -296,7 +287,7 @@ def tiny():
 
 @pytest.mark.parametrize("kwargs, error, message", [
     ({"prompts": ""}, TypeError, "list of strings"), ({"prompts": [""]}, ValueError, "prompt 0 is empty"),
-    ({"temperature": -1.0}, ValueError, "temperature must be a positive"), ({"temperature": 0.0}, ValueError, "greedy"),
+    ({"temperature": -1.0}, ValueError, "temperature must be a number ≥"), ({"temperature": 0.0}, ValueError, "greedy"),
     ({"max_new_tokens": 0}, ValueError, "max_new_tokens"),
 ])
 def test_generate_checks_its_arguments(tiny, kwargs, error, message):
@@ -328,12 +319,16 @@ def test_ppo_out_unwritable_or_a_file_fails_before_training(tmp_path, capsys):
     assert main(["--profile", "smoke", "ppo", "--out", str(f)]) == 2
     assert "is a file" in capsys.readouterr().err
     with pytest.raises(OSError, match="/proc/x"):
-        writable_dir("/proc/x")
+        check_output_dir("/proc/x", "ppo")
 
 
 def test_ppo_out_with_an_earlier_checkpoint_needs_resume(tmp_path, capsys):
-    (tmp_path / "ppo_checkpoint.safetensors").write_bytes(b"")
-    assert main(["--profile", "smoke", "ppo", "--out", str(tmp_path)]) == 2
+    from rlhf_lite.files import open_output_dir
+    from rlhf_lite.policy_stages import PPO_FILES
+
+    open_output_dir(tmp_path / "run", "ppo", PPO_FILES)  # an earlier PPO run's folder, with its checkpoint
+    (tmp_path / "run" / "ppo_checkpoint.safetensors").write_bytes(b"")
+    assert main(["--profile", "smoke", "ppo", "--out", str(tmp_path / "run")]) == 2
     assert "--resume" in capsys.readouterr().err
 
 

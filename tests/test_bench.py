@@ -7,9 +7,10 @@ from dataclasses import replace
 import nbformat
 import pytest
 
-from rlhf_lite.course.bench import GPT2_TOKENIZER, bench_config, bench_model_dir, bench_table, run_bench
-from rlhf_lite.course.budget import notebook_paths, notebook_times, recorded_seconds, times_table
 from rlhf_lite.course.trl_bridge import trl_version
+from rlhf_lite.tools.bench import bench_config, bench_model_dir, bench_table, run_bench
+from rlhf_lite.tools.gpt2_shape import GPT2_TOKENIZER
+from rlhf_lite.tools.notebook_times import notebook_paths, notebook_times, recorded_seconds, times_table
 
 ROW_NAMES = ["SFT", "reward model, K-choose-2 grouped", "reward model, shuffled pairs (ablation)", "DPO",
              "PPO iteration",

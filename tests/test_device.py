@@ -2,9 +2,10 @@
 import pytest
 import torch
 
-from rlhf_lite import stages
+from rlhf_lite import cache
+from rlhf_lite.cache import device_tag
 from rlhf_lite.config import get_profile
-from rlhf_lite.runtime import autocast, device_tag, pick_device, pick_precision
+from rlhf_lite.runtime import autocast, pick_device, pick_precision
 
 no_gpu = pytest.mark.skipif(torch.cuda.is_available(), reason="checks the messages of a machine without a GPU")
 
@@ -55,23 +56,23 @@ def test_cache_keys_gain_the_device_only_off_the_cpu():
     assert device_tag("cuda", "bf16") == ["cuda-bf16"] and device_tag("cuda:1", "fp32") == ["cuda-fp32"]
     prof = get_profile("tiny")
     # the CPU's keys are the ones the committed stages carry (tests/test_saved.py checks the names themselves)
-    assert stages.sft_key(prof) == stages.sft_key(prof, "cpu")
-    sft = stages.sft_key(prof)
-    assert stages.comparisons_key(prof, sft) == stages.comparisons_key(prof, sft, "cpu")
+    assert cache.sft_key(prof) == cache.sft_key(prof, "cpu")
+    sft = cache.sft_key(prof)
+    assert cache.comparisons_key(prof, sft) == cache.comparisons_key(prof, sft, "cpu")
 
 
 def test_a_gpu_run_is_cached_apart(monkeypatch):
     prof = get_profile("tiny")
-    sft = stages.sft_key(prof)
+    sft = cache.sft_key(prof)
     # a machine with a GPU, as far as the keys can tell
-    monkeypatch.setattr(stages, "placement",
+    monkeypatch.setattr(cache, "placement",
                         lambda device=None: ("cuda", "bf16") if device == "cuda" else ("cpu", "fp32"))
-    assert stages.sft_key(prof, "cuda") != sft
-    assert stages.reward_key(prof, sft, "c", "cuda") != stages.reward_key(prof, sft, "c")
+    assert cache.sft_key(prof, "cuda") != sft
+    assert cache.reward_key(prof, sft, "c", "cuda") != cache.reward_key(prof, sft, "c")
 
 
 def test_published_gpu_peaks_for_mfu():
-    from rlhf_lite.course.bench import gpu_peak_tflops
+    from rlhf_lite.tools.bench import gpu_peak_tflops
 
     assert gpu_peak_tflops("NVIDIA H100 80GB HBM3", "bf16") == 989.0
     assert gpu_peak_tflops("NVIDIA H100 PCIe", "bf16") == 756.0  # not the SXM part's peak

@@ -150,7 +150,8 @@ def test_dpo_command_saves_a_policy_that_diagnose_can_load(tmp_path, capsys):
     import json
 
     from rlhf_lite.__main__ import main
-    from rlhf_lite.stages import load_policy, sft_checkpoint
+    from rlhf_lite.policy_stages import load_policy
+    from rlhf_lite.stages import sft_checkpoint
 
     out = tmp_path / "dpo"
     assert main(["--profile", "smoke", "dpo", "--beta", "0.5", "--n-prompts", "16", "--out", str(out)]) == 0

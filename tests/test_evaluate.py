@@ -206,7 +206,8 @@ def test_diagnose_sets_a_policy_beside_best_of_n(tmp_path, capsys):
 
     # a second round: comparisons of the policy's own answers, a reward model on both rounds, PPO against it
     from rlhf_lite.config import get_profile
-    from rlhf_lite.stages import comparison_data, policy_comparisons
+    from rlhf_lite.policy_stages import policy_comparisons
+    from rlhf_lite.stages import comparison_data
     from rlhf_lite.world import world_from_config
 
     prof = get_profile("smoke")
@@ -232,7 +233,8 @@ def test_diagnose_sets_a_policy_beside_best_of_n(tmp_path, capsys):
     assert main(["--profile", "smoke", "ppo", "--steps", "1", "--reward-model", str(tmp_path / "ppo")]) == 2
     assert "not a saved reward model" in capsys.readouterr().err
     # both rounds' reward models as one ensemble (the worst case of the two)
-    from rlhf_lite.stages import load_policy, reward_checkpoint
+    from rlhf_lite.policy_stages import load_policy
+    from rlhf_lite.stages import reward_checkpoint
 
     both = [str(reward_checkpoint(prof, progress=False)), str(tmp_path / "rm2")]
     assert main(["--profile", "smoke", "ppo", "--steps", "1", "--reward-model", *both, "--combine", "min", "--out",

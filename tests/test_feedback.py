@@ -231,7 +231,7 @@ def test_second_round_prompts_are_the_unranked_or_all(world):
     from dataclasses import replace
 
     from rlhf_lite.config import get_profile
-    from rlhf_lite.stages import second_round_prompts
+    from rlhf_lite.policy_stages import second_round_prompts
 
     prof = get_profile("smoke")
     train = world.splits["train"]

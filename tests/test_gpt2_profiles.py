@@ -11,10 +11,10 @@ import pytest
 import torch
 
 from rlhf_lite.config import get_profile
-from rlhf_lite.course.bench import GPT2_TOKENIZER, write_gpt2_shape
 from rlhf_lite.evaluate import kl_to_reference
 from rlhf_lite.models import generate
 from rlhf_lite.reward import score_responses
+from rlhf_lite.tools.gpt2_shape import GPT2_TOKENIZER, write_gpt2_shape
 
 needs_tokenizer = pytest.mark.skipif(not GPT2_TOKENIZER.is_dir(), reason="../shared/gpt2-tokenizer not present")
 
@@ -89,7 +89,8 @@ def _write_jsonl(path, rows):
 @pytest.mark.slow
 @needs_tokenizer
 def test_real_data_path_on_local_dolly_and_hh_files(small_gpt2, tmp_path, monkeypatch):
-    from rlhf_lite.stages import comparison_data, ppo_stage, reward_checkpoint, sft_checkpoint
+    from rlhf_lite.policy_stages import ppo_stage
+    from rlhf_lite.stages import comparison_data, reward_checkpoint, sft_checkpoint
 
     monkeypatch.setenv("RLHF_LITE_RUNS", str(tmp_path / "runs"))
     dolly = _write_jsonl(tmp_path / "dolly.jsonl", [

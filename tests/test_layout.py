@@ -93,7 +93,7 @@ def test_lora_targets_are_written_once():
 # Caches that cannot go stale
 # ---------------------------------------------------------------------------------------------
 def test_cache_keys_cover_settings_and_code(monkeypatch):
-    from rlhf_lite import stages
+    from rlhf_lite import cache as stages
 
     prof = get_profile("smoke")
     sft = stages.sft_key(prof)
@@ -107,7 +107,7 @@ def test_cache_keys_cover_settings_and_code(monkeypatch):
 
 
 def test_code_digest_follows_the_source():
-    from rlhf_lite.runtime import code_digest
+    from rlhf_lite.cache import code_digest
 
     assert code_digest("sft") == code_digest("sft") != code_digest("reward")
     assert code_digest("world") != code_digest("world/tasks")
@@ -172,16 +172,18 @@ def test_clipfrac_means_the_same_in_ppo_and_grpo():
 def test_cli_shows_a_traceback_for_errors_it_did_not_write(monkeypatch):
     import rlhf_lite.__main__ as cli
 
-    def broken(args):
+    def broken(**kwargs):
         return json.loads("{")  # a library's ValueError: a bug to see in full, not a one-line user error
 
-    monkeypatch.setattr(cli, "cmd_world", broken)
+    import rlhf_lite.commands
+
+    monkeypatch.setattr(rlhf_lite.commands, "world", broken)
     with pytest.raises(json.JSONDecodeError):
         cli.main(["world"])
     try:
         get_profile("tinny")
     except ValueError as e:
-        assert cli._raised_by_us(e)
+        assert cli.raised_by_us(e)
 
 
 def test_ppo_resume_refuses_a_checkpoint_for_another_policy(tmp_path):
@@ -189,9 +191,9 @@ def test_ppo_resume_refuses_a_checkpoint_for_another_policy(tmp_path):
 
     from rlhf_lite.checkpoint import CHECKPOINT
     from rlhf_lite.config import PPOConfig, RewardConfig
+    from rlhf_lite.files import save_state
     from rlhf_lite.ppo import build_policy, train_ppo
     from rlhf_lite.reward import build_reward_model
-    from rlhf_lite.runtime import save_state
 
     cfg = PPOConfig(steps=1)
     rm = build_reward_model(load_base("tiny")[0], RewardConfig())

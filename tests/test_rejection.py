@@ -46,8 +46,9 @@ def test_best_of_n_records_keep_each_prompts_best_finished_sample(world):
 def test_rejection_sampling_command_learns_its_kept_answers(tmp_path, capsys):
     from rlhf_lite.__main__ import main
     from rlhf_lite.config import get_profile
+    from rlhf_lite.policy_stages import load_policy
     from rlhf_lite.reward import load_reward_model
-    from rlhf_lite.stages import load_policy, reward_checkpoint, sft_checkpoint
+    from rlhf_lite.stages import reward_checkpoint, sft_checkpoint
     from rlhf_lite.world import world_from_config
 
     out = tmp_path / "rs"

@@ -1,8 +1,8 @@
 import shutil
 
 from rlhf_lite import REPO_URL
-from rlhf_lite.course.repo import repo_url_uses, set_repo_url
 from rlhf_lite.models import REPO_ROOT
+from rlhf_lite.tools.repo import repo_url_uses, set_repo_url
 
 
 def test_setup_cells_badges_and_constant_name_one_repository():

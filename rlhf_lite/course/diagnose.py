@@ -17,17 +17,23 @@ import itertools
 import math
 import random
 from collections import defaultdict
+from pathlib import Path
 from typing import Callable, Sequence
 
 import torch
 
 from ..data import render_prompt
 from ..dpo import sequence_logps
-from ..evaluate import best_of_n, best_of_n_kl, bootstrap_ci
+from ..ensemble import load_reward_ensemble
+from ..evaluate import best_of_n, best_of_n_kl, bootstrap_ci, prompt_win_rates
 from ..feedback import agreement, pref_probs
-from ..models import generate, pad_batch
-from ..reward import score_responses
-from ..world import CRITERIA, World
+from ..models import generate, load_base, pad_batch
+from ..pipeline import shown_path
+from ..policy_stages import load_policy, policy_adapter
+from ..reward import load_reward_model, record_scores, score_responses
+from ..runtime import pick_device
+from ..stages import base_checkpoint, comparison_data, reward_checkpoint, sft_checkpoint
+from ..world import CRITERIA, World, world_from_config
 from ..world.kb import Fact, make_names, person_facts, state
 from ..world.labelers import GATE, _norm, list_items
 from ..world.tasks import Task
@@ -333,3 +339,159 @@ def context_recall(model, tokenizer, world: World, n_people: int = 200, seed: in
         copied = [math.exp(x) for x in _logps_after(model, tokenizer, copies, batch_size)]  # p(surname | …)
     return {"passages": n_people, "name_copy": sum(copied) / len(copied), "value_recall": value["recall"],
             "value_chance": value["chance"]}
+
+
+# ---------------------------------------------------------------------------------------------
+# The report of ``python -m rlhf_lite diagnose``
+# ---------------------------------------------------------------------------------------------
+def verdict(lo: float, hi: float, up: str = "better", down: str = "worse") -> str:
+    """What a difference's 95 % interval [lo, hi] says: noise when it contains 0, else ``up`` or ``down``."""
+    return "noise" if lo <= 0 <= hi else up if lo > 0 else down
+
+
+def diagnose(profile, facts: int = 400, min_gap: float = 0.1, reward_model: Sequence[str] | None = None,
+             against: Sequence[str] | None = None, examples: int = 0, policy: Sequence[str] | None = None,
+             n: int = 300, device: str | None = None) -> dict:
+    """``diagnose``: the base and SFT models' recall of the world's facts and of a passage's, how often each takes up
+    its task, and which criteria the reward model (``reward_model``: saved ones, an ensemble if several) reads, with
+    ``against`` its difference from other reward models; ``policy``: trained policies beside best-of-n
+    (:func:`policy_frontier`). Prints the report and returns its numbers."""
+    if profile.data != "tinyworld":
+        raise ValueError(f"profile {profile.name!r} has no gold panel to diagnose against (data {profile.data!r}); "
+                         "use a TinyWorld profile: tiny, smoke or gpt2")
+    for path in policy or []:  # before the long work, not after it
+        policy_adapter(path, "--policy ")
+    device = pick_device(device)
+    world = world_from_config(profile.world)
+    report: dict = {}
+    print(f"profile {profile.name}: does each model know the world's facts? (the true value ranked first among every "
+          f"value its relation takes, {facts} facts)")
+    models = {name: load_base(str(path), device=device)
+              for name, path in (("base", base_checkpoint(profile, device=device)),
+                                 ("SFT", sft_checkpoint(profile, device=device)))}
+    for name, (model, tok) in models.items():
+        r = report.setdefault(name, {})["fact_recall"] = fact_recall(model, tok, world, n_facts=facts)
+        rows = ", ".join(f"{k} {v['recall']:.2f}" for k, v in r.items() if k != "all")
+        print(f"  {name:5s} {r['all']:.3f}   by relation: {rows}")
+    print(f"can each model read a passage? ({facts} passages about new people, three facts each: the probability "
+          "of continuing a person's first name with the surname the passage gave; one fact written again with every "
+          "value of its relation)")
+    for name, (model, tok) in models.items():
+        r = report[name]["context_recall"] = context_recall(model, tok, world, n_people=facts)
+        print(f"  {name:5s} copies the new name {r['name_copy']:.1%} of the time; ranks the passage's value first "
+              f"{r['value_recall']:.3f} (chance {r['value_chance']:.3f})")
+    tasks = world.splits["test"]
+    print(f"does each model take up the task? ({len(tasks)} test prompts, one answer each; an answer with neither the "
+          "expected content, nor a valid list item, nor any word of the task's topic is off-task)")
+    answers = {name: generate(model, tok, [render_prompt(tok, t.instruction, t.context, profile.sft.prompt_format)
+                                           for t in tasks], profile.max_new_tokens, seed=0)
+               for name, (model, tok) in models.items()}
+    report["base"]["off_task"] = off_task(world, tasks, answers["base"], against=answers["SFT"])  # base's wins too
+    report["SFT"]["off_task"] = off_task(world, tasks, answers["SFT"])
+    for name in models:
+        r = report[name]["off_task"]
+        shown = {k: "—" if r[k] is None else f"{r[k]:.3f}" for k in ("gold_off_task", "gold_on_task")}
+        print(f"  {name:5s} off-task {r['share']:.1%} of answers, gold {shown['gold_off_task']} "
+              f"(on-task answers {shown['gold_on_task']})")
+    r = report["base"]["off_task"]
+    print(f"  the held-out labelers prefer base's answer to SFT's {r['wins']:.1%} of the time; off-task answers carry "
+          f"{r['wins_off_task']:.1%} of those wins")
+    val = comparison_data(profile, device=device)["validation"]
+
+    def judge_of(paths):  # the saved reward models' mean reward, each answer of ``val`` scored once
+        rm, rm_tok = (load_reward_ensemble(paths, "mean", device) if len(paths) > 1 else
+                      load_reward_model(paths[0], device=device))
+        judge = record_scores(rm, rm_tok, profile.reward.max_length)
+        scores = {id(rec): judge(rec) for rec in val}
+        return lambda rec: scores[id(rec)]
+
+    paths = list(reward_model or [reward_checkpoint(profile, device=device)])
+    judge = judge_of(paths)
+    name = "the reward model" if len(paths) == 1 else f"the ensemble of {len(paths)} reward models (mean reward)"
+    # against itself, the difference is 0: the held-out labelers are scored once either way
+    d = report["reward_model"] = accuracy_difference(world, val, judge, judge_of(against) if against else judge,
+                                                     world.panel.held_out)
+    print(f"\n{name}: {', '.join(shown_path(p) for p in paths)}\nagrees with the held-out labelers on {d['a']:.3f} of "
+          "the validation pairs of SFT samples")
+    if against:
+        lo, hi = d["difference_ci"]
+        print(f"against {', '.join(against)} ({d['b']:.3f} on the same {d['pairs']:,} pairs of {d['prompts']} "
+              f"prompts): {d['difference']:+.3f} [{lo:+.3f}, {hi:+.3f}] (95 % paired bootstrap): {verdict(lo, hi)}")
+    a = report["by_criterion"] = agreement_by_criterion(world, val, judge, min_gap)
+    print(f"which criteria does it read? {a['pairs']} validation pairs whose gold scores differ by >= {min_gap}, each "
+          f"credited to the criterion that decides it; it orders {a['agreement']:.1%} of them as the gold panel does")
+    print(f"  {'criterion':15s} {'pairs':>6s} {'share':>6s} {'RM agrees':>9s} {'mean gap':>8s}")
+    for c, v in a["by_criterion"].items():
+        print(f"  {c:15s} {v['pairs']:6d} {v['share']:6.1%} {v['agreement']:9.1%} {v['mean_gap']:8.3f}")
+    for c, v in a["by_criterion"].items():
+        for m in v["misses"][:examples]:
+            if m is v["misses"][0]:
+                print(f"\n{c}: pairs it orders against the gold panel (largest gold gap first)")
+            task = world.tasks_by_id[m["prompt_id"]]
+            print(f"  {task.instruction[:90]!r} (gold gap {m['gap']:.2f})\n    better: {m['better'][:110]!r}\n"
+                  f"    worse:  {m['worse'][:110]!r}")
+    if policy:
+        report["policies"] = policy_frontier(profile, world, policy, paths[0] if len(paths) == 1 else
+                                             reward_checkpoint(profile, device=device), n, device)
+    return report
+
+
+def policy_frontier(profile, world: World, policies: Sequence[str], rm_path, n: int = 300,
+                    device: str | None = None) -> dict:
+    """``diagnose --policy``: trained policies beside best-of-n of the SFT model on the first ``n`` test prompts, in
+    reward and in gold, each judged against one more SFT answer that is none of the candidates; every policy is
+    compared with best-of-8 and with the first policy (95 % paired bootstraps). Returns
+    :func:`reward_gold_frontier`'s numbers with the win rates (``wins``)."""
+    rm, rm_tok = load_reward_model(rm_path, device=device)
+    sft, tok = load_base(str(sft_checkpoint(profile, device=device)), device=device)
+    tasks = world.splits["test"][:n]
+    ns = (1, 2, 4, 8)
+    print(f"\ndoes a policy get the gold its reward promises? {len(tasks)} test prompts; best-of-n of SFT samples "
+          f"(the reward model {shown_path(rm_path)} picks) against the policies, one sample each")
+
+    def run(model, seed):
+        return reward_and_gold(model, tok, rm, rm_tok, world, tasks, profile.sft.prompt_format,
+                               profile.max_new_tokens, profile.reward.max_length, seed)
+
+    samples = [run(sft, seed) for seed in range(max(ns))]
+    sft_answers = run(sft, max(ns))["gens"]  # one more SFT answer, none of the candidates: what all are judged against
+    answers = {str(path): run(load_policy(profile, path, device)[0], 0) for path in policies}
+    f = reward_gold_frontier(samples, answers, ns)
+    wins: dict[str, list[float]] = {}  # label -> per-prompt P(preferred to the SFT answer)
+
+    def preferred(gens, label: str) -> str:
+        wins[label] = prompt_win_rates(tasks, gens, sft_answers, world.panel.held_out)
+        lo, hi = bootstrap_ci(wins[label])
+        return f"{sum(wins[label]) / len(tasks):6.1%} [{lo:.1%}, {hi:.1%}]"
+
+    def chosen(r) -> list:
+        return [samples[j]["gens"][i] for i, j in enumerate(r["pick"])]
+
+    def diff(r, key):
+        lo, hi = r[f"{key}_ci"]
+        return f"{r[key]:+.3f} [{lo:+.3f}, {hi:+.3f}] {verdict(lo, hi, 'above', 'below')}"
+
+    print(f"  {'':30s} {'reward':>7s} {'gold':>6s}  held-out labelers prefer it to another SFT answer [95 %]")
+    for k, r in f["best_of"].items():
+        label = f"SFT best-of-{k} (KL ≤ {r['kl_bound']:.2f})"
+        print(f"  {label:30s} {r['reward']:+7.3f} {r['gold']:6.3f}  {preferred(chosen(r), f'best-of-{k}')}")
+    for k, r in f["gold_best_of"].items():
+        if k > 1:
+            label = f"  gold panel's best-of-{k}"
+            print(f"  {label:30s} {r['reward']:+7.3f} {r['gold']:6.3f}  {preferred(chosen(r), label)}")
+    top, first = f"best-of-{max(ns)}", next(iter(f["policies"]))
+    for name, r in f["policies"].items():
+        print(f"  {Path(name).name[:30]:30s} {r['reward']:+7.3f} {r['gold']:6.3f}  "
+              f"{preferred(answers[name]['gens'], name)}\n"
+              f"      gold vs SFT best-of-1 {diff(r, 'gold_vs_sft')}; vs best-of-{r['nearest_n']} (nearest reward) "
+              f"{diff(r, 'gold_vs_nearest')}")
+        for other in (top,) if name == first else (top, first):
+            gap = [a - b for a, b in zip(wins[name], wins[other])]
+            lo, hi = bootstrap_ci(gap)
+            print(f"      its win rate minus {Path(other).name}'s: {100 * sum(gap) / len(gap):+.1f} points "
+                  f"[{100 * lo:+.1f}, {100 * hi:+.1f}] {verdict(lo, hi, 'above', 'below')}")
+    print("  (95 % paired bootstrap over the prompts; every policy after the first is also compared with the first; "
+          "a policy below the best-of-n of equal reward has found the reward model's errors; in the gold panel's "
+          "best-of-n the panel's mean score picks, a perfect reward model: the most any reward model could buy at that "
+          "KL)")
+    return {**f, "wins": {k: sum(v) / len(v) for k, v in wins.items()}}

@@ -18,17 +18,20 @@ import dataclasses
 import gzip
 import json
 import os
+import re
 import shutil
 import time
 from pathlib import Path
 from typing import Callable
 
+from ..cache import code_digest, comparisons_key, config_key, reward_key, sft_key
 from ..checkpoint import load_trained_state
 from ..config import Profile
+from ..files import atomic_dir, foreign_files, load_state, save_state
 from ..models import load_base
-from ..runtime import atomic_dir, code_digest, config_key, load_state, runs_dir, save_state
+from ..runtime import runs_dir
 from ..sft import add_lora
-from ..stages import SFT_ADAPTERS, comparisons_key, reward_key, sft_key, write_sft_checkpoint
+from ..stages import SFT_ADAPTERS, write_sft_checkpoint
 
 STAGES = "stages"
 
@@ -115,7 +118,7 @@ def save_stages(profile: Profile) -> list[str]:
                     meta[field] = sft_name
                     (tmp / name).write_text(json.dumps(meta, indent=1))
         done.append(rm_name)
-    _prune(dest, {sft_name + ".safetensors", comp_name, rm_name})
+    _prune(dest, profile, {sft_name + ".safetensors", comp_name, rm_name})
     return done
 
 
@@ -176,11 +179,21 @@ def stage_names(profile: Profile) -> tuple[str, str, str]:
     return sft_name, comp_name, reward_key(profile, sft_name, comp_name)
 
 
-def _prune(dest: Path, keep: set[str]) -> None:
-    """Remove saved stages of older code or settings (they can never be used again)."""
+def _prune(dest: Path, profile: Profile, keep: set[str]) -> None:
+    """Remove saved stages of older code or settings (they can never be used again): only what ``save_stages``
+    wrote, named as it names them and holding its marks; any other file in ``dest`` is left alone."""
+    name = re.compile(rf"(sft|comparisons|reward)-{re.escape(profile.name)}-[0-9a-f]{{10}}(\.safetensors)?")
     for p in dest.iterdir():
-        if p.name not in keep and p.name.split("-")[0] in ("sft", "comparisons", "reward"):
-            shutil.rmtree(p) if p.is_dir() else p.unlink()
+        if p.name in keep or not name.fullmatch(p.name) or p.is_symlink():
+            continue
+        if p.is_dir() and not foreign_files(p, f"saved-{p.name.split('-')[0]}"):
+            shutil.rmtree(p)
+        elif p.is_file() and p.suffix == ".safetensors":
+            try:
+                load_state(p)
+            except ValueError:  # not a saved stage
+                continue
+            p.unlink()
 
 
 def _show(path: Path) -> str:
@@ -190,3 +203,14 @@ def _show(path: Path) -> str:
 
 def _duration(seconds: float) -> str:
     return f"{seconds:.0f} s" if seconds < 120 else f"{seconds / 60:.0f} min"
+
+
+def save_stages_command(profile: Profile) -> dict:
+    """``save-stages``: :func:`save_stages`, with what was saved printed; fails (exit 1) when a stage is missing."""
+    names = save_stages(profile)
+    for name in names:
+        print(f"saved {name}")
+    missing = 3 - len(names)
+    note = f"; {missing} stage(s) not cached under these settings yet (run the pipeline or the notebooks first)"
+    print(f"written to {saved_dir(profile) / STAGES}" + (note if missing else ""))
+    return {"saved": names, "exit": 1 if missing else 0}

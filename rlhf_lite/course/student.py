@@ -22,6 +22,7 @@ import tempfile
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+from ..files import write_text
 from ..models import REPO_ROOT
 
 SOLUTION_TAG = "solution"
@@ -136,11 +137,9 @@ def write_student_notebooks(out: str | Path, src: str | Path | None = None) -> l
     for p in paths:
         nb = read_notebook(p)
         target = out / p.name
-        tmp = target.with_suffix(".ipynb.tmp")
-        tmp.write_text(json.dumps(student_notebook(nb), indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
-        tmp.replace(target)  # never a half-written notebook under the real name
+        write_text(target, json.dumps(student_notebook(nb), indent=1, ensure_ascii=False) + "\n")  # never half-written
         written.append(target)
-        marker.write_text(json.dumps(sorted(ours | {t.name for t in written})))
+        write_text(marker, json.dumps(sorted(ours | {t.name for t in written})))
     return written
 
 
@@ -213,3 +212,35 @@ def _parses(source: str) -> bool:
     except SyntaxError:
         return False
     return True
+
+
+def student_notebooks_command(out: str, src: str | None = None) -> dict:
+    """``student-notebooks``: :func:`write_student_notebooks`, with each notebook's exercises printed."""
+    written = write_student_notebooks(out, src)
+    for path in written:
+        stubs = [fn for c in read_notebook(path)["cells"] if "exercise" in c.get("metadata", {}).get("tags", [])
+                 for fn in defined_functions("".join(c["source"]))]
+        print(f"{path}: " + (f"implement {', '.join(stubs)}" if stubs else "no implement-exercises"))
+    print(f"student notebooks written to {out}: solutions replaced by '# YOUR CODE HERE' stubs, outputs cleared; "
+          "the cell after each stub runs its checker")
+    return {"written": [str(p) for p in written]}
+
+
+def grade_command(notebooks: list[str]) -> dict:
+    """``grade``: run every implement-exercise's checker in each notebook; a notebook that cannot be read fails alone.
+    Fails (exit 1) unless every exercise passes."""
+    total = passed = 0
+    for path in notebooks:
+        try:
+            graded = grade_notebook(path)
+        except (ValueError, OSError) as e:  # a damaged or missing notebook fails alone; the others are still graded
+            total += 1
+            print(f"✗ {path}: cannot grade it: {e}")
+            continue
+        for row in graded:
+            total, passed = total + 1, passed + row["passed"]
+            name = ", ".join(row["functions"]) or f"cell {row['cell']}"
+            detail = "" if row["passed"] else f"\n    {row['message']}"
+            print(f"{'✓' if row['passed'] else '✗'} {path}: {name}{detail}")
+    print(f"{passed}/{total} exercises pass their checkers")
+    return {"passed": passed, "total": total, "exit": 0 if passed == total else 1}

@@ -220,3 +220,16 @@ def _rank_through_widget(page: Page, port: int, token: str, root: Path, runs: Pa
     shot = out / "03_human_feedback-smoke-run.png"
     page.screenshot(shot)
     report["screenshots"].append(str(shot))
+
+
+def browser_check_command(out: str = "runs/browser-check", chromium: str = "chromium") -> dict:
+    """``browser-check``: :func:`browser_check`, with its screenshots and problems printed; fails (exit 1) on any
+    problem."""
+    report = browser_check(out, chromium=chromium)
+    for shot in report["screenshots"]:
+        print(f"screenshot: {shot}")
+    print(f"ranking clicked through notebook 03's widget and saved: {'yes' if report['ranking_saved'] else 'NO'}")
+    for problem in report["problems"]:
+        print(f"✗ {problem}")
+    print("no problems found" if not report["problems"] else f"{len(report['problems'])} problems")
+    return {**report, "exit": 0 if report["ranking_saved"] and not report["problems"] else 1}

@@ -18,9 +18,10 @@ from datetime import datetime
 from pathlib import Path
 
 from ..config import get_profile
+from ..course.student import read_notebook
+from ..files import WRITTEN_BY, check_output_file, write_text
 from ..models import REPO_ROOT
-from ..runtime import atomic_file
-from .student import read_notebook
+from ..runtime import runs_dir
 
 NOTEBOOKS = REPO_ROOT / "notebooks"
 SMOKE_BUDGET_S = 15 * 60
@@ -97,6 +98,8 @@ def notebook_times(profile: str = "smoke", mode: str = "execute", only: list[str
     if mode not in ("execute", "recorded"):
         raise ValueError(f"mode must be 'execute' or 'recorded', got {mode!r}")
     get_profile(profile)  # a typo'd profile stops here, with the list of valid ones
+    if out:
+        check_output_file(out, "notebook-times")  # before the work: an existing file of yours is never replaced
     rows = []
     for path in notebook_paths(folder, only):
         rows.append(execute_seconds(path, profile) if mode == "execute" else recorded_seconds(path))
@@ -105,8 +108,7 @@ def notebook_times(profile: str = "smoke", mode: str = "execute", only: list[str
     total = sum(r["seconds"] or 0 for r in rows)
     result = {"profile": profile, "mode": mode, "notebooks": rows, "total_s": round(total, 1)}
     if out:
-        with atomic_file(out) as tmp:
-            Path(tmp).write_text(json.dumps(result, indent=1) + "\n")
+        write_text(out, json.dumps({WRITTEN_BY: "notebook-times", **result}, indent=1) + "\n")
     return result
 
 
@@ -121,3 +123,14 @@ def times_table(result: dict) -> str:
         ok = "within" if total <= SMOKE_BUDGET_S else "OVER"
         lines.append(f"{ok} the smoke budget of {SMOKE_BUDGET_S // 60} min (CI runs these under pytest --nbval-lax)")
     return "\n".join(lines)
+
+
+def notebook_times_command(notebook_profile: str = "smoke", recorded: bool = False, only: list[str] | None = None,
+                           out: str | None = None) -> dict:
+    """``notebook-times``: time the notebooks (or read the recorded times), print the table, write the JSON."""
+    mode = "recorded" if recorded else "execute"
+    out = out or runs_dir() / f"notebook-times-{notebook_profile}-{mode}.json"
+    result = notebook_times(notebook_profile, mode, only, out=out)
+    print(times_table(result))
+    print(f"written to {out}")
+    return result

@@ -60,3 +60,11 @@ def set_repo_url(url: str, root: Path = REPO_ROOT) -> list[str]:
             path.write_text(new)
             changed.append(name)
     return changed
+
+
+def repo_url_command(url: str) -> dict:
+    """``repo-url``: point the Colab setup cells, badges and ``REPO_URL`` at ``url`` (:func:`set_repo_url`)."""
+    changed = set_repo_url(url)
+    print(f"pointed the Colab setup cells, badges and REPO_URL at {url}: {len(changed)} files changed"
+          + (f" ({', '.join(changed)})" if changed else ""))
+    return {"changed": changed}

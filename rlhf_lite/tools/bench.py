@@ -26,23 +26,24 @@ import statistics
 import tempfile
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
+from typing import Sequence
 
 import torch
 
 from ..config import DPOConfig, GRPOConfig, LoRAConfig, PPOConfig, RewardConfig, SFTConfig, get_profile
+from ..course.trl_bridge import TRL_HINT, trl_dpo, trl_grpo, trl_reward, trl_sft, trl_version
 from ..data import render_prompt
 from ..dpo import build_dpo_policy, train_dpo
 from ..feedback import variant_comparisons
+from ..files import WRITTEN_BY, check_output_file, write_text
 from ..grpo import build_grpo_policy, train_grpo
-from ..models import REPO_ROOT, TINY_BASE, load_base, transformer_body
+from ..models import TINY_BASE, load_base, transformer_body
 from ..ppo import build_policy, train_ppo
 from ..reward import build_reward_model, train_reward_model
-from ..runtime import MemoryMonitor, atomic_dir, atomic_file, autocast, hf_bars_off, pick_precision, quiet, versions
+from ..runtime import MemoryMonitor, autocast, pick_precision, quiet, runs_dir, versions
 from ..sft import add_lora, tokenize_records, train_sft
 from ..world import world_from_config
-from .trl_bridge import TRL_HINT, trl_dpo, trl_grpo, trl_reward, trl_sft, trl_version
-
-GPT2_TOKENIZER = REPO_ROOT.parent / "shared" / "gpt2-tokenizer"
+from .gpt2_shape import write_gpt2_shape
 
 
 @dataclass
@@ -118,31 +119,6 @@ def bench_model_dir(model: str, workdir: str | Path) -> Path:
     if not (out / "config.json").is_file():
         write_gpt2_shape(out)
     return out
-
-
-# The few small layers of ``write_gpt2_shape(small=True)``: GPT-2's vocabulary and context, a fraction of its width
-SMALL_GPT2 = {"n_layer": 2, "n_embd": 64, "n_head": 2}
-
-
-def write_gpt2_shape(out: str | Path, small: bool = False, tokenizer_dir: str | Path = GPT2_TOKENIZER) -> Path:
-    """Write a GPT-2-shaped model folder with random weights (seed 0) and the real 50,257-token GPT-2 tokenizer:
-    ``GPT2Config()`` itself (124 M parameters, the benchmarks' shape), or with ``small`` 2 layers of width 64 (the
-    offline stand-in for GPT-2 that ``pipeline --profile gpt2-smoke --base-model PATH`` runs in seconds). It loads
-    with ``from_pretrained`` like the hub's ``gpt2``. Returns ``out``."""
-    from transformers import AutoTokenizer, GPT2Config, GPT2LMHeadModel
-
-    tokenizer_dir = Path(tokenizer_dir)
-    if not (tokenizer_dir / "tokenizer.json").is_file() and not (tokenizer_dir / "vocab.json").is_file():
-        raise FileNotFoundError(f"a GPT-2-shaped model needs the GPT-2 tokenizer files in {tokenizer_dir} (the "
-                                "course's shared folder, next to the repository); copy them there, or use --model tiny")
-    tok = AutoTokenizer.from_pretrained(str(tokenizer_dir))
-    torch.manual_seed(0)
-    cfg = GPT2Config(bos_token_id=tok.eos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.eos_token_id,
-                     **(SMALL_GPT2 if small else {}))
-    with atomic_dir(out, "gpt2-shape") as tmp, hf_bars_off():
-        GPT2LMHeadModel(cfg).save_pretrained(str(tmp))
-        tok.save_pretrained(str(tmp))
-    return Path(out)
 
 
 def fresh_model(model_dir: Path, device: str):
@@ -397,6 +373,8 @@ def run_bench(cfg: BenchConfig, out: str | Path | None = None, progress: bool = 
     """The rows ``rows_wanted`` (of :data:`ROWS`) for ``cfg``; TRL's side when TRL is installed (otherwise a note says
     how to add it). Writes the result as JSON to ``out`` when given. Returns it (``rows``, ``ppo_memory``, ``setup``,
     ``notes``)."""
+    if out:
+        check_output_file(out, "bench")  # before the work: an existing file of yours is never replaced
     quiet()
     with_trl = trl_version() is not None
     notes = [] if with_trl else [f"TRL rows skipped: {TRL_HINT}"]
@@ -431,8 +409,7 @@ def run_bench(cfg: BenchConfig, out: str | Path | None = None, progress: bool = 
                         "gpu_peak_tflops": gpu_peak_tflops(gpu, precision) if gpu else None},
               "rows": rows, "ppo_memory": memory, "notes": notes}
     if out:
-        with atomic_file(out) as tmp:
-            Path(tmp).write_text(json.dumps(result, indent=1) + "\n")
+        write_text(out, json.dumps({WRITTEN_BY: "bench", **result}, indent=1) + "\n")
     return result
 
 
@@ -488,3 +465,16 @@ def bench_table(result: dict, markdown: bool = False) -> str:
     notes = [r["note"] for r in result["rows"] if r.get("note")][:1] + result["notes"]
     lines += [f"note: {n}" for n in notes]
     return "\n".join(lines)
+
+
+def bench_command(model: str = "tiny", device: str = "cpu", out: str | None = None, repeats: int | None = None,
+                  smoke: bool = False, rows: Sequence[str] = ROWS, markdown: bool = False) -> dict:
+    """``bench``: run the rows, print the table, write the JSON (default ``runs/bench-MODEL-DEVICE.json``)."""
+    cfg = bench_config(model, device, smoke=smoke)
+    if repeats:
+        cfg = replace(cfg, repeats=repeats)
+    out = out or runs_dir() / f"bench-{model}-{device}{'-smoke' if smoke else ''}.json"
+    result = run_bench(cfg, out, rows_wanted=rows)
+    print(bench_table(result, markdown=markdown))
+    print(f"written to {out}")
+    return result
