@@ -45,12 +45,17 @@ def load_trainable(policy: PolicyWithValue, weights: dict[str, torch.Tensor], so
 
 def _load_exactly(module: torch.nn.Module, weights: dict[str, torch.Tensor], expected: set[str], misfit: str,
                   why: str) -> None:
-    """Load ``weights`` into ``module`` when their names are exactly ``expected``; otherwise stop with ``misfit``,
-    the names missing and unexpected, and ``why``."""
+    """Load ``weights`` into ``module`` when their names are exactly ``expected`` and their shapes the module's;
+    otherwise stop with ``misfit``, the names missing, unexpected or of another shape, and ``why``."""
     found = set(weights)
     if found != expected:
         raise ValueError(f"{misfit} (missing {sorted(expected - found)[:3]}, "
                          f"unexpected {sorted(found - expected)[:3]}); {why}")
+    own = module.state_dict()
+    wrong = [f"{k} {tuple(weights[k].shape)} (here {tuple(own[k].shape)})" for k in sorted(found)
+             if weights[k].shape != own[k].shape]
+    if wrong:
+        raise ValueError(f"{misfit} (another shape: {', '.join(wrong[:3])}); {why}")
     module.load_state_dict(weights, strict=False)
 
 

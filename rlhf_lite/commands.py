@@ -85,7 +85,8 @@ def evaluate(profile: Profile, model: str | None = None, n: int = 200, k: int = 
     w = world_from_config(profile.world)
     lm, tok = load_base(model or profile.base_model, device=pick_device(device))
     tasks = w.splits["test"][:n]
-    r = gold_eval(lm, tok, w, tasks, max_new_tokens=profile.max_new_tokens, seed=seed, progress=True)
+    fmt = profile.sft.prompt_format
+    r = gold_eval(lm, tok, w, tasks, max_new_tokens=profile.max_new_tokens, seed=seed, fmt=fmt, progress=True)
     print(f"model {model or profile.base_model} on {len(tasks)} test prompts (profile {profile.name}):")
     print(f"  gold score of its responses: {r['gold']:.3f}   reference responses: {r['reference_gold']:.3f}   "
           f"EOS rate: {r['eos_rate']:.2f}")
@@ -95,7 +96,7 @@ def evaluate(profile: Profile, model: str | None = None, n: int = 200, k: int = 
     if k > 1:  # panel agreement on pairs of this model's own samples, as InstructGPT measured it
         pairs = []
         for i, t in enumerate(tasks):
-            g = generate(lm, tok, [render_prompt(tok, t.instruction, t.context)] * 2, profile.max_new_tokens,
+            g = generate(lm, tok, [render_prompt(tok, t.instruction, t.context, fmt)] * 2, profile.max_new_tokens,
                          seed=seed + 1000 + i)
             pairs.append((t, g[0].text, g[1].text))
         metrics["panel_agreement"] = w.panel.agreement(pairs)

@@ -1,7 +1,6 @@
 """Evaluation against the gold panel: how good are a model's responses, by the world's own standards."""
 from __future__ import annotations
 
-import math
 import random
 from statistics import mean
 from typing import Sequence
@@ -207,24 +206,8 @@ def demonstration_quality(world: World, tasks: Sequence[Task]) -> dict:
 
 
 # ---------------------------------------------------------------------------------------------
-# Best-of-n and Gao et al.'s over-optimisation fits
+# Gao et al.'s over-optimisation fits (best-of-n itself: rlhf_lite.best_of_n)
 # ---------------------------------------------------------------------------------------------
-def best_of_n_kl(n: int) -> float:
-    """Analytic KL of best-of-n sampling to the sampling policy: log n − (n − 1)/n nats (Stiennon et al.
-    2020, App. G; Gao et al. 2022, §2.2). 0 for n = 1, growing like log n."""
-    if n < 1:
-        raise ValueError(f"n must be ≥ 1, got {n}")
-    return math.log(n) - (n - 1) / n
-
-
-def best_of_n(scores: Sequence[Sequence[float]], n: int) -> list[int]:
-    """For each prompt's candidate scores (at least ``n`` of them), the index of the highest-scoring among
-    the first ``n``: best-of-n selection against a reward model."""
-    if any(len(s) < n for s in scores):
-        raise ValueError(f"best_of_n needs at least n={n} candidates per prompt")
-    return [max(range(n), key=lambda j: s[j]) for s in scores]
-
-
 def fit_overoptimization(d: Sequence[float], r: Sequence[float], form: str) -> dict:
     """Least-squares fit of Gao et al.'s (2022, eq. 1–2) gold-reward curves in d = √KL, with R(0) = 0
     (pass rewards relative to the starting policy):

@@ -253,8 +253,8 @@ def pref_probs(world, rec: dict, judge) -> list[float]:
     pairs = distinct_pairs(rec)
     if isinstance(judge, Labeler):
         t = world.tasks_by_id[rec["prompt_id"]]
-        s = [judge.score(t.instruction, t.context, r, f, task=t).total for r,
-             f in zip(rec["responses"], rec["finished"])]
+        s = [judge.score(t.instruction, t.context, r, f, task=t).total
+             for r, f in zip(rec["responses"], rec["finished"])]
         return [prefer_prob(s[i], s[j], judge.temperature) for i, j in pairs]
     s = judge(rec)
     return [1.0 if s[i] > s[j] else 0.0 if s[i] < s[j] else 0.5 for i, j in pairs]
@@ -296,9 +296,8 @@ def split_hh(chosen: str, rejected: str, where: str = "row") -> tuple[str, str, 
     for name, reply in (("chosen", c), ("rejected", r)):
         if HH_HUMAN in "\n\n" + reply or HH_ASSISTANT in "\n\n" + reply:
             raise DataFormatError(f"{where}: the two dialogues differ before their last Assistant turn (the {name} "
-                                  "reply "
-                                  f"after the shared prompt contains further turns); a preference pair must be two "
-                                  "replies to the same conversation")
+                                  "reply after the shared prompt contains further turns); a preference pair must be "
+                                  "two replies to the same conversation")
     return prompt, c, r
 
 
@@ -334,8 +333,7 @@ def preference_records(rows: Sequence[dict], source: str) -> list[dict]:
                     "responses": [c, r], "ranking": [0, 1], "finished": [True, True]})
     if same:
         warnings.warn(f"{source}: dropped {same} of {len(rows)} rows whose chosen and rejected replies are the same "
-                      "text "
-                      "(no preference to learn from)", stacklevel=2)
+                      "text (no preference to learn from)", stacklevel=2)
     if not out:
         raise DataFormatError(f"{source}: no usable preference pairs (every row's chosen reply equals its rejected "
                               "one)")

@@ -41,8 +41,7 @@ def load_base(name: str = "tiny", device: str = "cpu", dtype: torch.dtype | None
     local = TINY_BASE if name == "tiny" else Path(name)
     if name == "tiny" and not local.is_dir():
         raise FileNotFoundError(f"the shipped TinyWorld model is not at {local}. Install from a clone of the "
-                                "repository "
-                                f"(`pip install -e .`), or {REBUILD_HINT} and pass that folder")
+                                f"repository (`pip install -e .`), or {REBUILD_HINT} and pass that folder")
     if local.is_dir():
         check_model_folder(local, REBUILD_HINT)
         source = str(local)
@@ -306,15 +305,14 @@ def generate(model, tokenizer, prompts: list[str], max_new_tokens: int = 64, tem
     try:
         limit = getattr(model.config, "n_positions", None) or getattr(model.config, "max_position_embeddings", None)
         for i in progress_bar(range(0, len(prompts), batch_size), desc="generate", enabled=progress):
-            enc = {k: v.to(model.device) for k,
-                   v in pad_batch([encode_prompt(tokenizer, p) for p in prompts[i:i + batch_size]],
-                                                                 tokenizer.pad_token_id, side="left").items()}
+            batch = pad_batch([encode_prompt(tokenizer, p) for p in prompts[i:i + batch_size]], tokenizer.pad_token_id,
+                              side="left")
+            enc = {k: v.to(model.device) for k, v in batch.items()}
             if limit and enc["input_ids"].shape[1] + max_new_tokens > limit:
                 lengths = enc["attention_mask"].sum(1).tolist()
                 j = max(range(len(lengths)), key=lengths.__getitem__)
                 raise ValueError(f"prompt {i + j} is {lengths[j]} tokens; with max_new_tokens={max_new_tokens} it does "
-                                 "not "
-                                 f"fit the model's context of {limit} tokens. Shorten the prompt or lower "
+                                 f"not fit the model's context of {limit} tokens. Shorten the prompt or lower "
                                  "max_new_tokens: "
                                  f"{prompts[i + j][:80]!r}…")
             new = sample_tokens(model, enc["input_ids"], enc["attention_mask"], max_new_tokens, eos, do_sample,

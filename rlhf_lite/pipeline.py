@@ -65,9 +65,7 @@ def run_pipeline(profile: str | Profile | None = None, out: str | Path | None = 
                          f"trains on real data ({prof.data}), which has no gold judge. Run the notebooks for it, or "
                          "pick --profile tiny, smoke, gpt2 or gpt2-smoke")
     device, precision = placement(device)
-    # the settings this job uses (notebook 07's DPO and GRPO settings do not change its results), and where it ran
-    key = config_key({k: v for k, v in asdict(prof).items() if k not in ("dpo", "grpo")},
-                     code_digest("pipeline"), *device_tag(device, precision))
+    key = pipeline_key(prof, device, precision)
     if reuse and out and (Path(out) / "metrics.json").is_file():
         old = json.loads((Path(out) / "metrics.json").read_text())
         if old.get("setup", {}).get("config_key") == key:
@@ -149,6 +147,13 @@ def run_pipeline(profile: str | Profile | None = None, out: str | Path | None = 
     print(results_table(metrics))
     print(f"metrics, samples and plots in {shown_path(out)}")
     return metrics
+
+
+def pipeline_key(profile: Profile, device: str = "cpu", precision: str = "fp32") -> str:
+    """What a pipeline run's results depend on: the settings it uses (notebook 07's DPO and GRPO settings change
+    nothing here), the code of this module and of everything it imports, and (on a GPU) where it ran."""
+    return config_key({k: v for k, v in asdict(profile).items() if k not in ("dpo", "grpo")},
+                      code_digest("pipeline"), *device_tag(device, precision))
 
 
 def shown_path(path: Path) -> str:

@@ -17,17 +17,16 @@ from typing import Sequence
 
 import torch
 
+from .best_of_n import best_of_n_records
 from .checkpoint import CHECKPOINT
 from .config import DPOConfig, PPOConfig, Profile, get_profile
 from .data import load_instruction_dataset
 from .dpo import build_dpo_policy, train_dpo
-from .ensemble import load_reward_ensemble
-from .files import atomic_dir, open_output_dir, write_text
+from .files import atomic_dir, check_output_dir, open_output_dir, write_text
 from .models import load_base
 from .ppo import build_policy, train_ppo
 from .pretrain import corpus_blocks
-from .rejection import best_of_n_records
-from .reward import load_reward_model, same_tokenizer
+from .reward import load_reward_ensemble, load_reward_model, same_tokenizer
 from .runtime import autocast, hf_bars_off, pick_device, placement, seed_everything
 from .sft import add_lora, train_sft
 from .stages import comparison_data, rank_samples, reward_checkpoint, sft_checkpoint
@@ -159,7 +158,7 @@ def ppo_stage(profile: Profile | None = None, cfg: PPOConfig | None = None, out_
     """Step 3 for a profile: the cached SFT model and reward model, a LoRA policy, ``train_ppo`` on the
     training users' prompts (PPO-ptx when ``cfg.ptx_coef`` > 0, mixing in the pretraining corpus), on ``device``.
     ``reward_model``: a saved reward model's folder (``reward --out``) to train against instead of the cached one,
-    or several, read as one :class:`~rlhf_lite.ensemble.RewardEnsemble` whose members' rewards ``combine`` joins
+    or several, read as one :class:`~rlhf_lite.reward.RewardEnsemble` whose members' rewards ``combine`` joins
     (``"mean"`` or ``"min"``).
     ``init``: a saved policy (:func:`load_policy`) to start from instead of the SFT model, e.g. a rejection-sampling
     one as in Llama 2 (§3.2.3); it is also the KL reference (Llama 2's π₀, the policy PPO starts from).
@@ -206,7 +205,11 @@ def ppo_stage(profile: Profile | None = None, cfg: PPOConfig | None = None, out_
 def _ppo_run(out_dir, resume: bool, init, paths: list, combine: str) -> tuple[Path, str | None, list]:
     """``ppo_stage``'s output folder, checked and claimed before any work, and what the run trains from: a resumed
     run's recorded start and reward models unless others are named (then they must be the same)."""
-    out = open_output_dir(out_dir, "ppo", PPO_FILES)
+    out = check_output_dir(out_dir, "ppo")
+    if resume and not (out / CHECKPOINT).is_file():
+        raise FileNotFoundError(f"--resume, but there is no checkpoint in --out {out}; pass the --out folder of the "
+                                "interrupted run, or leave out --resume to start a new one")
+    out = open_output_dir(out, "ppo", PPO_FILES)
     before = recorded_run(out) if (out / CHECKPOINT).is_file() else {}  # nothing trained yet: nothing to match
     if (out / CHECKPOINT).is_file() and not resume:
         raise ValueError(f"--out {out} holds the checkpoint of an earlier PPO run; add --resume to continue it, or "
@@ -238,7 +241,7 @@ def rejection_sampling_stage(profile: Profile | None = None, n: int = 8, n_promp
     rm, _ = load_reward_model(reward_checkpoint(profile, progress=progress, device=device), device=device)
     sft, tok = starting_model(profile, init, progress, device)
     tasks = world_from_config(profile.world).splits["train"][: n_prompts or None]
-    cfg = replace(profile.sft, epochs=epochs)
+    cfg = replace(profile.sft, epochs=epochs, max_steps=0)  # all of the epochs asked for, whatever SFT's step cap
     with autocast(device, precision):
         records = best_of_n_records(sft, tok, rm, tasks, n, cfg.prompt_format, profile.max_new_tokens,
                                     profile.reward.max_length, seed=cfg.seed + 100, progress=progress)

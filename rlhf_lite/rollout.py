@@ -154,7 +154,7 @@ def response_outputs(policy: PolicyWithValue, ids: torch.Tensor, attn: torch.Ten
     """Log-probs of the response tokens and per-token entropy, both [b, R], for rows of a rollout.
 
     The speed path of :func:`policy_logprobs` (the plain spec: one forward pass, then :func:`response_logprobs`);
-    ``tests/test_rollout.py`` checks both give the same numbers. Cheaper because columns that
+    ``tests/test_ppo.py`` checks both give the same numbers. Cheaper because columns that
     are padding in every row are cut off first (so length-grouped minibatches waste little compute on
     padding), and the LM head runs only where a response token is predicted (with a 2,048-token
     vocabulary it would otherwise spend a fifth of the forward pass on prompt positions nobody reads).

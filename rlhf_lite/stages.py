@@ -242,8 +242,8 @@ def _measure_reward_model(rm: RewardModel, tok, profile: Profile, cfg: RewardCon
 
     def gold(rec):
         t = world.tasks_by_id[rec["prompt_id"]]
-        return [world.panel.gold_score(t.instruction, t.context, r, f, task=t) for r,
-                f in zip(rec["responses"], rec["finished"])]
+        return [world.panel.gold_score(t.instruction, t.context, r, f, task=t)
+                for r, f in zip(rec["responses"], rec["finished"])]
 
     variants = variant_comparisons(world, world.splits["validation"][: cfg.n_eval_prompts], train_labs, tok,
                                    profile.sft.prompt_format, seed=cfg.seed)

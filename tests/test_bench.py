@@ -27,7 +27,7 @@ def _well_formed(side):
 def test_smoke_bench_writes_table_and_json(tmp_path):
     out = tmp_path / "bench.json"
     result = run_bench(bench_config("tiny", smoke=True), out, progress=False)
-    assert json.loads(out.read_text()) == json.loads(json.dumps(result))
+    assert json.loads(out.read_text()) == {"written_by": "bench", **json.loads(json.dumps(result))}
     assert [r["row"] for r in result["rows"]] == ROW_NAMES
     for r in result["rows"]:
         _well_formed(r["ours"])

@@ -90,9 +90,11 @@ def test_ppo_command_checkpoints_and_resumes(tmp_path):
     r = run("ppo", "--init", str(tmp_path / "ppo"), "--out", str(tmp_path / "next"), "--steps", "1")
     assert r.returncode == 0, r.stderr
     assert json.loads((tmp_path / "next" / "start.json").read_text())["init"] == str((tmp_path / "ppo").resolve())
-    (tmp_path / "other").mkdir()
-    (tmp_path / "other" / "start.json").write_text(json.dumps({"init": "/elsewhere"}))  # a run from another start
-    r = run("ppo", "--init", str(tmp_path / "ppo"), "--out", str(tmp_path / "other"), "--resume")
-    assert r.returncode == 2 and "started from /elsewhere" in r.stderr
+    r = run("ppo", "--out", str(tmp_path / "next"), "--steps", "2", "--resume")  # its start, as recorded
+    assert r.returncode == 0, r.stderr
+    r = run("ppo", "--init", str(tmp_path / "next"), "--out", str(tmp_path / "ppo"), "--steps", "3", "--resume")
+    assert r.returncode == 2 and "not from" in r.stderr  # a run from another start is not continued from this one
+    r = run("ppo", "--out", str(tmp_path / "fresh2"), "--steps", "1", "--reward-model", str(tmp_path / "ppo"))
+    assert r.returncode == 2 and "not a saved reward model" in r.stderr
     r = run("ppo", "--init", str(tmp_path / "ppo"), "--out", str(tmp_path / "ppo"), "--resume")  # over itself
     assert r.returncode == 2 and "both name" in r.stderr

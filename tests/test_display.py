@@ -37,3 +37,27 @@ def test_readable_marks_bytes_that_are_not_text_and_shortens():
     assert readable("Dear Minbrum, I\ufffdiss you\x01 in Meholm.") == "Dear Minbrum, I▯iss you▯ in Meholm."
     assert readable("line one\nline two\tend") == "line one\nline two\tend"  # newlines and tabs are text
     assert readable("abcdefgh", 5) == "abcd…" and readable("abcde", 5) == "abcde"
+
+
+def test_the_fallback_works_with_ipywidgets_7(monkeypatch):
+    """ipywidgets 7 (Colab's) has no _repr_mimebundle_: a widget displays itself through _ipython_display_."""
+    import IPython.display
+
+    shown, handled = [], []
+
+    class Widget7:  # the attributes ipywidgets 7.7's Widget uses to display itself
+        _view_name, _model_id = "VBoxView", "abc123"
+
+        def __repr__(self):
+            return "VBox(children=(HTML(value='<b>Rank…"
+
+        def _handle_displayed(self, **kwargs):
+            handled.append(kwargs)
+
+    monkeypatch.setattr(IPython.display, "display", lambda data, raw=False: shown.append((data, raw)))
+    w = static_fallback(Widget7(), "[ranking widget: run this cell]")
+    w._ipython_display_()
+    assert shown == [({"text/plain": "[ranking widget: run this cell]",
+                       "application/vnd.jupyter.widget-view+json": {"version_major": 2, "version_minor": 0,
+                                                                    "model_id": "abc123"}}, True)]
+    assert handled == [{}]

@@ -1,9 +1,8 @@
 import pytest
 import torch
 
-from rlhf_lite.ensemble import RewardEnsemble, combine_rewards, load_reward_ensemble
 from rlhf_lite.models import last_token_index, load_base, pad_batch
-from rlhf_lite.reward import RewardModel
+from rlhf_lite.reward import RewardEnsemble, RewardModel, combine_rewards, load_reward_ensemble
 from rlhf_lite.rollout import score_and_features
 
 

@@ -7,9 +7,8 @@ import sys
 import pytest
 import torch
 
+from rlhf_lite.best_of_n import best_of_n, best_of_n_kl
 from rlhf_lite.evaluate import (
-    best_of_n,
-    best_of_n_kl,
     bootstrap_ci,
     closed_tasks,
     demonstration_quality,
@@ -225,8 +224,8 @@ def test_diagnose_sets_a_policy_beside_best_of_n(tmp_path, capsys):
     assert "second round" in out and "pairs of the policy's own answers" in out
     saved = json.loads((tmp_path / "rm2" / "reward_model.json").read_text())["metrics"]
     assert saved["prompts"] == len(first["train"]) + len(unranked)
-    assert set(saved["policy_pairs"]) == {"accuracy_heldout_labelers", "first_round_accuracy", "difference_ci",
-                                          "panel_agreement"}
+    assert set(saved["policy_pairs"]) == {"accuracy_heldout_labelers", "first_round_accuracy", "difference",
+                                          "difference_ci", "pairs", "prompts", "panel_agreement"}
     assert main(["--profile", "smoke", "ppo", "--steps", "1", "--reward-model", str(tmp_path / "rm2"), "--out",
                  str(tmp_path / "ppo2")]) == 0
     assert "against the reward model in" in capsys.readouterr().out

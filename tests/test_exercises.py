@@ -161,6 +161,7 @@ def test_ppo_checkers_accept_the_reference_and_explain_mistakes(capsys):
 
 
 def test_new_checkers_accept_the_reference(capsys):
+    from rlhf_lite.best_of_n import best_of_n_kl
     from rlhf_lite.course.exercises import (
         check_best_of_n_kl,
         check_dpo_loss,
@@ -170,7 +171,6 @@ def test_new_checkers_accept_the_reference(capsys):
     )
     from rlhf_lite.data import format_prompt
     from rlhf_lite.dpo import dpo_loss
-    from rlhf_lite.evaluate import best_of_n_kl
     from rlhf_lite.grpo import group_advantages
     from rlhf_lite.world.labelers import prefer_prob
 

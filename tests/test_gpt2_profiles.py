@@ -127,3 +127,27 @@ def test_pipeline_refuses_real_data_with_the_reason():
 
     with pytest.raises(ValueError, match="no gold judge.*pick --profile tiny, smoke, gpt2 or gpt2-smoke"):
         run_pipeline("gpt2-hub", "/nonexistent/never-written")
+
+
+@pytest.mark.slow
+@needs_tokenizer
+def test_a_restored_sft_model_sits_on_the_base_it_was_trained_on(small_gpt2, tmp_path, monkeypatch):
+    """gpt2-smoke's SFT adapters were trained on GPT-2 after continued pretraining: restored from the saved
+    adapters, the SFT model is the trained one bit for bit (not the adapters merged into the raw hub model)."""
+    from safetensors.torch import load_file
+
+    from rlhf_lite.course.saved import restore_stages, save_stages
+    from rlhf_lite.stages import sft_checkpoint
+
+    monkeypatch.setenv("RLHF_LITE_RUNS", str(tmp_path / "runs"))
+    monkeypatch.setenv("RLHF_LITE_SAVED", str(tmp_path / "saved"))
+    prof = get_profile("gpt2-smoke", str(small_gpt2))
+    trained = sft_checkpoint(prof, progress=False)
+    weights = load_file(str(trained / "model.safetensors"))
+    assert save_stages(prof)[0] == trained.name
+    import shutil
+
+    shutil.rmtree(trained)  # a fresh runs folder, but continued pretraining still cached beside it
+    assert restore_stages(prof) == [trained.name]
+    restored = load_file(str(trained / "model.safetensors"))
+    assert restored.keys() == weights.keys() and all(torch.equal(restored[k], weights[k]) for k in weights)

@@ -13,9 +13,10 @@ from rlhf_lite.models import TINY_BASE, load_base
 
 PACKAGE = Path(__file__).resolve().parent.parent / "rlhf_lite"
 ALGORITHMS = ["config", "runtime", "checkpoint", "world/__init__", "world/kb", "world/corpus", "world/tasks",
-              "world/labelers", "models", "data", "pretrain", "sft", "feedback", "reward", "ensemble", "rollout", "ppo",
-              "dpo", "grpo", "rejection", "evaluate"]
-PLUMBING = {"stages", "pipeline", "__main__", "course"}
+              "world/labelers", "world/writers", "world/fluency", "models", "data", "pretrain", "sft", "feedback",
+              "reward", "rollout", "ppo", "dpo", "grpo", "best_of_n", "evaluate"]
+PLUMBING = {"cache", "stages", "policy_stages", "pipeline", "commands", "__main__", "course", "tools"}
+README = Path(__file__).resolve().parent.parent / "README.md"
 # the only imports an algorithm module may make inside a function: optional extras (the ranking widget, QLoRA,
 # parquet files) and platform-specific fallbacks
 OPTIONAL = {"ipywidgets", "bitsandbytes", "pyarrow", "resource", "ctypes"}
@@ -51,6 +52,42 @@ def test_algorithm_modules_import_at_the_top_and_nothing_private(name):
         private = [x for x in names if x.startswith("_")]
         assert not private, f"{name} imports private {private} from {module}"
         assert module.split("/")[0] not in PLUMBING, f"algorithm module {name} imports {module} (plumbing)"
+
+
+def readme_order() -> list[str]:
+    """The algorithm modules in the order the README's Layout section lists them (``world/`` as one entry)."""
+    text = README.read_text()
+    block = text[text.index("## Layout"):].split("```")[1]
+    return [line.split()[0].removeprefix("rlhf_lite/").removesuffix(".py").rstrip("/")
+            for line in block.splitlines() if line.startswith("rlhf_lite/")]
+
+
+def test_algorithms_import_only_what_the_readme_lists_above_them():
+    order = readme_order()
+    assert {n.split("/")[0] for n in ALGORITHMS} | {"files"} == set(order)  # every algorithm module is listed
+    for name in ALGORITHMS:
+        here = order.index(name.split("/")[0])
+        for module, _ in package_imports(tree(name), name):
+            top = module.rstrip("/").split("/")[0]
+            if top != name.split("/")[0]:  # within world/, its modules import each other
+                assert order.index(top) < here, f"{name} imports {module}, listed below it in the README"
+
+
+FILE_CALLS = {"rename", "replace", "unlink", "rmdir", "rmtree", "remove", "fsync", "flock", "lockf", "ftruncate",
+              "move", "chmod"}
+
+
+@pytest.mark.parametrize("name", ALGORITHMS)
+def test_algorithms_leave_locks_renames_deletes_and_fsyncs_to_files_py(name):
+    for node in ast.walk(tree(name)):
+        if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr in FILE_CALLS:
+            receiver = ast.unparse(node.func.value)
+            if node.func.attr in ("replace", "remove", "move") and receiver not in ("os", "shutil"):
+                continue  # str.replace, list.remove and the like
+            raise AssertionError(f"{name}: {ast.unparse(node)[:80]} (file handling belongs in rlhf_lite/files.py)")
+        if isinstance(node, (ast.Import, ast.ImportFrom)):
+            names = [a.name for a in node.names] + [getattr(node, "module", None) or ""]
+            assert not {"fcntl", "shutil", "tempfile"} & set(names), f"{name} imports {names}"
 
 
 def test_the_import_graph_has_no_cycle():

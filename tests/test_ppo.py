@@ -284,19 +284,19 @@ def test_trimmed_forward_equals_the_plain_one(smoke_parts):
 def test_ptx_rows_do_not_change_the_minibatch_order(smoke_parts, monkeypatch):
     """PPO and PPO-ptx differ only in γ·(pretraining loss): the rows PPO-ptx draws come from a generator of their own,
     so the minibatches (and everything else) are the same as PPO's."""
-    import rlhf_lite.ppo as ppo
+    import rlhf_lite.rollout as rollout  # where the minibatches are drawn (rlhf_lite.rollout.minibatches)
 
     profile, rm, world, fresh_policy = smoke_parts
     prompts = [t.instruction for t in world.splits["train"][:8]]
     orders = []
-    real = ppo.length_grouped_batches
+    real = rollout.length_grouped_batches
 
     def record(*args, **kwargs):
         out = real(*args, **kwargs)
         orders[-1].append(out)
         return out
 
-    monkeypatch.setattr(ppo, "length_grouped_batches", record)
+    monkeypatch.setattr(rollout, "length_grouped_batches", record)
     for gamma in (0.0, 1.0):
         orders.append([])
         cfg = replace(profile.ppo, ptx_coef=gamma)

@@ -22,15 +22,15 @@ from typing import Callable, Sequence
 
 import torch
 
+from ..best_of_n import best_of_n, best_of_n_kl
 from ..data import render_prompt
 from ..dpo import sequence_logps
-from ..ensemble import load_reward_ensemble
-from ..evaluate import best_of_n, best_of_n_kl, bootstrap_ci, prompt_win_rates
+from ..evaluate import bootstrap_ci, prompt_win_rates
 from ..feedback import agreement, pref_probs
 from ..models import generate, load_base, pad_batch
 from ..pipeline import shown_path
 from ..policy_stages import load_policy, policy_adapter
-from ..reward import load_reward_model, record_scores, score_responses
+from ..reward import load_reward_ensemble, load_reward_model, record_scores, score_responses
 from ..runtime import pick_device
 from ..stages import base_checkpoint, comparison_data, reward_checkpoint, sft_checkpoint
 from ..world import CRITERIA, World, world_from_config

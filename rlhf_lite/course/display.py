@@ -27,16 +27,31 @@ def readable(text: str, limit: int | None = None) -> str:
 
 def static_fallback(widget, text: str):
     """``widget``, with ``text`` as the plain-text form of its output (what a reader without a kernel sees). Returns
-    the same widget, so it can end a cell: ``static_fallback(ranking_widget(session), "…")``."""
-    bundle = widget._repr_mimebundle_  # ipywidgets 8; 7.x displays through _ipython_display_ and keeps its repr
+    the same widget, so it can end a cell: ``static_fallback(ranking_widget(session), "…")``. Works with ipywidgets
+    8 (JupyterLab) and 7 (what Colab ships), which display a widget in different ways."""
+    bundle = getattr(widget, "_repr_mimebundle_", None)
+    if bundle is not None:  # ipywidgets 8: the display bundle comes from _repr_mimebundle_
+        def with_text(**kwargs):
+            data = bundle(**kwargs)
+            if isinstance(data, dict):
+                data["text/plain"] = text
+            return data
 
-    def with_text(**kwargs):
-        data = bundle(**kwargs)
-        if isinstance(data, dict):
-            data["text/plain"] = text
-        return data
+        widget._repr_mimebundle_ = with_text
+        return widget
 
-    widget._repr_mimebundle_ = with_text
+    def display_with_text(**kwargs):  # ipywidgets 7: _ipython_display_ sends the bundle itself, with repr as its text
+        from IPython.display import display
+
+        data = {"text/plain": text}
+        if widget._view_name is not None:
+            data["application/vnd.jupyter.widget-view+json"] = {"version_major": 2, "version_minor": 0,
+                                                                 "model_id": widget._model_id}
+        display(data, raw=True)
+        if widget._view_name is not None:
+            widget._handle_displayed(**kwargs)
+
+    widget._ipython_display_ = display_with_text
     return widget
 
 

@@ -9,9 +9,9 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from ..best_of_n import best_of_n_kl
 from ..data import IGNORE_INDEX, build_sft_example, format_prompt
 from ..dpo import dpo_loss
-from ..evaluate import best_of_n_kl
 from ..feedback import ranking_to_pairs
 from ..grpo import group_advantages
 from ..models import last_token_index
@@ -356,8 +356,7 @@ def check_ppo_policy_loss(fn) -> None:
             why = "no clipping: take the max of −A·ρ and −A·clip(ρ, 1 − ε, 1 + ε)"
         elif _close(got, masked_mean(torch.min(-adv * ratio, -adv * clipped), m)):
             why = ("min instead of max: PPO takes the *pessimistic* bound. As a loss (negated objective) that is the "
-                   "max "
-                   "of −A·ρ and −A·clip(ρ)")
+                   "max of −A·ρ and −A·clip(ρ)")
         elif _close(got, torch.max(-adv * ratio, -adv * clipped).mean()):
             why = "you averaged over padding too: take the mean over masked (response) tokens only"
         elif _close(got, -want):
@@ -434,7 +433,7 @@ def check_format_prompt(fn) -> None:
 # Notebook 06: best-of-n
 # ---------------------------------------------------------------------------------------------
 def check_best_of_n_kl(fn) -> None:
-    """Check ``fn(n) -> float`` against :func:`rlhf_lite.evaluate.best_of_n_kl` (log n − (n − 1)/n)."""
+    """Check ``fn(n) -> float`` against :func:`rlhf_lite.best_of_n.best_of_n_kl` (log n − (n − 1)/n)."""
     import math
 
 
@@ -449,8 +448,7 @@ def check_best_of_n_kl(fn) -> None:
             continue
         if abs(got - math.log(n)) < 1e-6:
             why = ("log n is an upper bound, not the KL: best-of-n keeps some of the sampling policy's spread; "
-                   "subtract "
-                   "(n − 1)/n")
+                   "subtract (n − 1)/n")
         elif abs(got - math.log2(n) + (n - 1) / n) < 1e-6 or abs(got - math.log2(n)) < 1e-6:
             why = "use the natural log: KL is in nats here"
         else:

@@ -31,7 +31,7 @@ from ..files import atomic_dir, foreign_files, load_state, save_state
 from ..models import load_base
 from ..runtime import runs_dir
 from ..sft import add_lora
-from ..stages import SFT_ADAPTERS, write_sft_checkpoint
+from ..stages import SFT_ADAPTERS, base_checkpoint, write_sft_checkpoint
 
 STAGES = "stages"
 
@@ -136,7 +136,7 @@ def restore_stages(profile: Profile) -> list[str]:
             print(f"saved SFT adapters are for full-precision LoRA; profile {profile.name!r} trains its SFT model")
         else:
             state = load_state(src / f"{sft_name}.safetensors")
-            model, tok = load_base(profile.base_model)
+            model, tok = load_base(base_checkpoint(profile))  # the base it was trained on (after continued pretraining)
             model = add_lora(model, profile.sft, profile.lora)
             load_trained_state(model, state["adapter"], f"the adapters in {src / sft_name}.safetensors")
             write_sft_checkpoint(cache / sft_name, model, tok, state["history"], lora=True)

@@ -131,8 +131,7 @@ def write_student_notebooks(out: str | Path, src: str | Path | None = None) -> l
     clash = [p.name for p in paths if (out / p.name).exists() and p.name not in ours]
     if clash:
         raise ValueError(f"--out {out} already holds {', '.join(clash[:3])}{' …' if len(clash) > 3 else ''}, not "
-                         "written "
-                         "by student-notebooks (a student's work?); pick another folder or move them away")
+                         "written by student-notebooks (a student's work?); pick another folder or move them away")
     written = []
     for p in paths:
         nb = read_notebook(p)

@@ -148,14 +148,16 @@ def browser_check(out: str | Path, chromium: str = "chromium", notebooks: str | 
             json.dumps({"windowingMode": "none"}))
         env = {**os.environ, "RLHF_LITE_PROFILE": "smoke", "RLHF_LITE_RUNS": str(runs), "TQDM_DISABLE": "1",
                "JUPYTER_CONFIG_DIR": str(Path(tmp) / "jupyter-config"), "JUPYTERLAB_SETTINGS_DIR": str(settings)}
-        lab = subprocess.Popen([sys.executable, "-m", "jupyterlab", "--no-browser", f"--port={port}",
-                                f"--IdentityProvider.token={token}", f"--ServerApp.root_dir={root}", "--allow-root",
-                                "--LabApp.expose_app_in_browser=True", "--ServerApp.open_browser=False"],
-                               env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        browser = subprocess.Popen([exe, "--headless=new", "--no-sandbox", "--disable-gpu",
-                                    f"--remote-debugging-port={debug_port}", f"--user-data-dir={profile_dir}",
-                                    "about:blank"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        procs = []  # whatever started is stopped again, even if the next one fails to start
         try:
+            procs.append(subprocess.Popen([sys.executable, "-m", "jupyterlab", "--no-browser", f"--port={port}",
+                                           f"--IdentityProvider.token={token}", f"--ServerApp.root_dir={root}",
+                                           "--allow-root", "--LabApp.expose_app_in_browser=True",
+                                           "--ServerApp.open_browser=False"],
+                                          env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+            procs.append(subprocess.Popen([exe, "--headless=new", "--no-sandbox", "--disable-gpu",
+                                           f"--remote-debugging-port={debug_port}", f"--user-data-dir={profile_dir}",
+                                           "about:blank"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
             _wait_http(f"http://127.0.0.1:{port}/api/status?token={token}", 120)
             _wait_http(f"http://127.0.0.1:{debug_port}/json/version", 60)
             page = Page(debug_port)
@@ -182,9 +184,9 @@ def browser_check(out: str | Path, chromium: str = "chromium", notebooks: str | 
                 report["screenshots"].append(str(shot))
                 report["problems"].append(f"03 on smoke: {e}")
         finally:
-            browser.terminate()
-            lab.terminate()
-            for proc in (browser, lab):
+            for proc in procs:
+                proc.terminate()
+            for proc in procs:
                 try:
                     proc.wait(20)
                 except subprocess.TimeoutExpired:

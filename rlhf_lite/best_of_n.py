@@ -1,16 +1,22 @@
-"""Rejection-sampling fine-tuning (Touvron et al. 2023, Llama 2, §3.2.3): sample n answers to each training prompt
-from the SFT model, keep the one the reward model scores highest, and fine-tune on the kept answers with the SFT
-loss. It is best-of-n distilled into one sample: the policy learns answers of the kind the reward model was trained
-to rank (the SFT model's own), where best-of-n's gold follows its reward, instead of searching beyond them as PPO
-does. Llama 2 used it before PPO in its later rounds.
+"""Best-of-n: sample n answers, keep the one the reward model scores highest; and rejection-sampling fine-tuning
+(Touvron et al. 2023, Llama 2, §3.2.3), best-of-n distilled into one sample.
 
-1. :func:`best_of_n_records`: n samples per prompt, scored by the reward model, the best one kept as a record
-2. :func:`train_sft` (``rlhf_lite.sft``) on those records, LoRA on the SFT model: the stage is
-   ``rlhf_lite.stages.rejection_sampling_stage``, the command ``python -m rlhf_lite rejection-sampling``
+Best-of-n needs no training: its KL to the sampling policy is known in closed form (:func:`best_of_n_kl`), which
+makes it the yardstick every trained policy is set beside (Gao et al. 2022). Rejection sampling fine-tunes on the
+best-of-n answers with the SFT loss: the policy learns answers of the kind the reward model was trained to rank (the
+SFT model's own), where best-of-n's gold follows its reward, instead of searching beyond them as PPO does. Llama 2
+used it before PPO in its later rounds.
+
+1. :func:`best_of_n_kl`, :func:`best_of_n`: the selection and its KL
+2. :func:`pick_best`, :func:`best_of_n_records`: n samples per prompt, scored by the reward model, the best finished
+   one kept as a record
+3. :func:`train_sft` (``rlhf_lite.sft``) on those records, LoRA on the SFT model: the stage is
+   ``rlhf_lite.policy_stages.rejection_sampling_stage``, the command ``python -m rlhf_lite rejection-sampling``
 """
 
 from __future__ import annotations
 
+import math
 from typing import Sequence
 
 import torch
@@ -19,6 +25,22 @@ from .data import render_prompt
 from .models import generate
 from .reward import score_responses
 from .runtime import progress_bar
+
+
+def best_of_n_kl(n: int) -> float:
+    """Analytic KL of best-of-n sampling to the sampling policy: log n − (n − 1)/n nats (Stiennon et al.
+    2020, App. G; Gao et al. 2022, §2.2). 0 for n = 1, growing like log n."""
+    if n < 1:
+        raise ValueError(f"n must be ≥ 1, got {n}")
+    return math.log(n) - (n - 1) / n
+
+
+def best_of_n(scores: Sequence[Sequence[float]], n: int) -> list[int]:
+    """For each prompt's candidate scores (at least ``n`` of them), the index of the highest-scoring among
+    the first ``n``: best-of-n selection against a reward model."""
+    if any(len(s) < n for s in scores):
+        raise ValueError(f"best_of_n needs at least n={n} candidates per prompt")
+    return [max(range(n), key=lambda j: s[j]) for s in scores]
 
 
 def pick_best(rewards: Sequence[Sequence[float]], finished: Sequence[Sequence[bool]]) -> list[int | None]:
