@@ -49,12 +49,22 @@ def _normal(parts: list[str]) -> str | None:
     return name if name and _module_file(name) else None
 
 
+def _runtime_nodes(tree: ast.AST):
+    """Every node of ``tree`` except what sits under ``if TYPE_CHECKING:`` (imports for annotations only)."""
+    for node in ast.iter_child_nodes(tree):
+        if isinstance(node, ast.If) and ast.unparse(node.test) in ("TYPE_CHECKING", "typing.TYPE_CHECKING"):
+            yield from (n for child in node.orelse for n in [child, *_runtime_nodes(child)])
+            continue
+        yield node
+        yield from _runtime_nodes(node)
+
+
 @lru_cache(maxsize=None)
 def _imports(name: str, source: str) -> frozenset[str]:
     """The package modules that module ``name`` imports anywhere in its source (``source``: for the cache)."""
     here = name.split("/") if _module_file(name).name == "__init__.py" else name.split("/")[:-1]
     found = set()
-    for node in ast.walk(ast.parse(source)):
+    for node in _runtime_nodes(ast.parse(source)):
         if isinstance(node, ast.ImportFrom):
             if node.level:
                 base = here[: len(here) - (node.level - 1)] + (node.module.split(".") if node.module else [])

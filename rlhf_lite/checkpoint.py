@@ -8,12 +8,15 @@ from __future__ import annotations
 
 from dataclasses import asdict
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 
 from .config import PPOConfig
 from .files import load_state, save_state
-from .rollout import PolicyWithValue
+
+if TYPE_CHECKING:  # for the annotations only: the SFT stage, which saves its adapters here, never runs PPO code
+    from .rollout import PolicyWithValue
 
 CHECKPOINT = "ppo_checkpoint.safetensors"
 

@@ -20,7 +20,7 @@ def test_the_stages_closure_is_read_from_the_imports():
     for module in ("stages", "sft", "data", "models", "world/labelers", "feedback", "reward", "runtime", "config",
                    "checkpoint", "files", "cache", "pretrain"):
         assert module in closure, module
-    for module in ("ppo", "grpo", "dpo", "policy_stages", "pipeline", "__main__", "commands"):
+    for module in ("ppo", "grpo", "dpo", "rollout", "policy_stages", "pipeline", "__main__", "commands"):
         assert module not in closure, module  # later stages do not retrain earlier ones
     assert {"ppo", "policy_stages", "stages", "evaluate"} <= set(import_closure("pipeline"))
 
@@ -93,3 +93,19 @@ def test_saved_cells_are_keyed_on_their_code_closure(tmp_path, monkeypatch):
     assert saved_cell("c", compute, key=1, profile=SMOKE, rerun=False, code=("ppo",)).loaded
     monkeypatch.setattr("rlhf_lite.course.saved.code_digest", lambda *names: "edited rollout.py")
     assert saved_cell("c", compute, key=1, profile=SMOKE, rerun=False, code=("ppo",))["x"] == 2
+
+
+def test_saved_cells_are_keyed_on_the_lora_settings_and_the_device(tmp_path, monkeypatch):
+    from rlhf_lite.config import LoRAConfig
+    from rlhf_lite.course.saved import saved_cell
+
+    monkeypatch.setenv("RLHF_LITE_SAVED", str(tmp_path))
+
+    def run(profile):
+        return saved_cell("c", lambda: {"x": 1}, key=1, profile=profile, rerun=False, code=("sft",)).loaded
+
+    assert not run(SMOKE) and run(SMOKE)
+    assert not run(replace(SMOKE, lora=LoRAConfig(r=4)))  # adapters of another rank: computed again
+    assert run(replace(SMOKE, lora=LoRAConfig(r=4)))
+    monkeypatch.setattr(cache, "placement", lambda device=None: ("cuda", "bf16"))  # a GPU runtime
+    assert not run(replace(SMOKE, lora=LoRAConfig(r=4)))

@@ -24,7 +24,7 @@ import time
 from pathlib import Path
 from typing import Callable
 
-from ..cache import code_digest, comparisons_key, config_key, reward_key, sft_key
+from ..cache import code_digest, comparisons_key, config_key, reward_key, sft_key, where
 from ..checkpoint import load_trained_state
 from ..config import Profile
 from ..files import atomic_dir, foreign_files, load_state, save_state
@@ -54,13 +54,15 @@ def saved_cell(name: str, compute: Callable[[], dict], *, key, profile: Profile,
                code: tuple[str, ...] = (), took: Callable[[dict], float] | None = None) -> SavedResult:
     """Run ``compute()`` (it returns a dict of numbers, strings, lists, dicts and tensors) and save its result as
     ``<saved_dir>/<name>.safetensors``; or, when ``rerun`` is False and that file holds a result saved under the same
-    key, load it instead. The key hashes ``key`` (anything :func:`rlhf_lite.runtime.config_key` takes: settings,
-    upstream stage names) and the source of the package modules named in ``code`` (e.g. ``("ppo", "rollout")``).
+    key, load it instead. The key hashes ``key`` (anything :func:`rlhf_lite.cache.config_key` takes: settings,
+    upstream stage names), the profile's LoRA settings, the device (a GPU's results are not the CPU's) and the source
+    of the package modules named in ``code`` and of everything they import (e.g. ``("ppo",)``).
     ``took(result)``, for work that ``compute`` may reuse from an earlier run (the pipeline's), gives the seconds
     the work itself took; by default it is how long ``compute()`` ran. Either way the result is a
     :class:`SavedResult`."""
     path = saved_dir(profile) / f"{name}.safetensors"
-    digest = config_key(profile.name, name, *(key if isinstance(key, tuple) else (key,)), code_digest(*code))
+    digest = config_key(profile.name, name, *(key if isinstance(key, tuple) else (key,)), profile.lora,
+                        *where(None), code_digest(*code))
     if not rerun and path.is_file():
         state = load_state(path)
         if state.get("key") == digest:
