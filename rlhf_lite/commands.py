@@ -260,7 +260,7 @@ def ppo(profile: Profile, out: str | None = None, resume: bool = False, reward_m
     if init:
         print(f"starting from the policy in {init} (also the KL reference)")
     _, _, _, history = ppo_stage(profile, cfg, out_dir=out, resume=resume, device=device, reward_model=reward_model,
-                                 init=init, combine=combine or "mean")
+                                 init=init, combine=combine)
     last = {k: round(history[-1][k], 4) for k in ("step", "reward", "kl", "gold", "eos_rate", "response_length")
             if k in history[-1]}
     print(json.dumps(last))

@@ -154,12 +154,12 @@ def policy_comparisons(profile: Profile, policy: str | Path, progress: bool = Tr
 def ppo_stage(profile: Profile | None = None, cfg: PPOConfig | None = None, out_dir: str | Path | None = None,
               resume: bool = False, progress: bool = True, callback=None, device: str | None = None,
               reward_model: str | Path | Sequence[str | Path] | None = None, init: str | Path | None = None,
-              combine: str = "mean"):
+              combine: str | None = None):
     """Step 3 for a profile: the cached SFT model and reward model, a LoRA policy, ``train_ppo`` on the
     training users' prompts (PPO-ptx when ``cfg.ptx_coef`` > 0, mixing in the pretraining corpus), on ``device``.
     ``reward_model``: a saved reward model's folder (``reward --out``) to train against instead of the cached one,
     or several, read as one :class:`~rlhf_lite.reward.RewardEnsemble` whose members' rewards ``combine`` joins
-    (``"mean"`` or ``"min"``).
+    (``"mean"``, the default, or ``"min"``).
     ``init``: a saved policy (:func:`load_policy`) to start from instead of the SFT model, e.g. a rejection-sampling
     one as in Llama 2 (§3.2.3); it is also the KL reference (Llama 2's π₀, the policy PPO starts from).
     ``out_dir``: where checkpoints and the final adapter go (``adapter/``, with ``start.json``: what the run was
@@ -176,9 +176,10 @@ def ppo_stage(profile: Profile | None = None, cfg: PPOConfig | None = None, out_
         raise ValueError(f"PPOConfig.value_init={cfg.value_init!r} copies the reward model's head into the critic; "
                          "an ensemble of reward models has no single head to copy: use value_init='zero'")
     if out_dir is not None:  # before any model is loaded or trained
-        out_dir, init, paths = _ppo_run(out_dir, resume, init, paths, combine)
+        out_dir, init, paths, combine = _ppo_run(out_dir, resume, init, paths, combine)
     elif init is not None:
         init = saved_policy(init)
+    combine = combine or "mean"
     device, precision = placement(device)
     rm_path = paths[0] if len(paths) == 1 else None if paths else reward_checkpoint(profile, progress, device)
     rm, rm_tok = load_reward_ensemble(paths, combine, device) if len(paths) > 1 else \
@@ -202,7 +203,7 @@ def ppo_stage(profile: Profile | None = None, cfg: PPOConfig | None = None, out_
     return policy, tok, rm, history
 
 
-def _ppo_run(out_dir, resume: bool, init, paths: list, combine: str) -> tuple[Path, str | None, list]:
+def _ppo_run(out_dir, resume: bool, init, paths: list, combine: str | None) -> tuple[Path, str | None, list, str]:
     """``ppo_stage``'s output folder, checked and claimed before any work, and what the run trains from: a resumed
     run's recorded start and reward models unless others are named (then they must be the same)."""
     out = check_output_dir(out_dir, "ppo")
@@ -218,17 +219,18 @@ def _ppo_run(out_dir, resume: bool, init, paths: list, combine: str) -> tuple[Pa
         init = before.get("init")
     init = saved_policy(init, out) if init is not None else None
     models = [str(Path(p).resolve()) for p in paths] or (before.get("reward_model") if resume else None) or []
+    combine = combine or (before.get("combine") if resume else None) or "mean"
     run = {"init": init, "reward_model": models or None, "combine": combine if len(models) > 1 else None}
     if before and {k: before.get(k) for k in run} != run:
         raise ValueError(f"--out {out} holds a run trained from {before}, not from {run}; resume it with the same "
                          "--init and --reward-model, or pick a new folder")
     record_start(out, init, reward_model=run["reward_model"], combine=run["combine"])
-    return out, init, models
+    return out, init, models, combine
 
 
 def rejection_sampling_stage(profile: Profile | None = None, n: int = 8, n_prompts: int = 0, epochs: int = 2,
                              progress: bool = True, device: str | None = None, init: str | Path | None = None):
-    """Rejection-sampling fine-tuning (:mod:`rlhf_lite.rejection`) for a TinyWorld profile: the cached SFT model
+    """Rejection-sampling fine-tuning (:mod:`rlhf_lite.best_of_n`) for a TinyWorld profile: the cached SFT model
     samples ``n`` answers to each of the first ``n_prompts`` training prompts (0: all), the cached reward model keeps
     the best of each, and LoRA adapters on the SFT model learn them for ``epochs`` with the profile's SFT settings.
     ``init``: a saved policy (:func:`load_policy`) to sample from and put the adapters on instead, Llama 2's next
