@@ -109,3 +109,9 @@ def test_saved_cells_are_keyed_on_the_lora_settings_and_the_device(tmp_path, mon
     assert run(replace(SMOKE, lora=LoRAConfig(r=4)))
     monkeypatch.setattr(cache, "placement", lambda device=None: ("cuda", "bf16"))  # a GPU runtime
     assert not run(replace(SMOKE, lora=LoRAConfig(r=4)))
+
+
+def test_modules_are_named_with_dots_or_slashes():
+    assert code_digest("course.trl_bridge") == code_digest("course/trl_bridge") != code_digest("course/saved")
+    with pytest.raises(ValueError, match="no module rlhf_lite.rejection"):  # a module that is gone is an error
+        code_digest("rejection")
