@@ -82,7 +82,6 @@ def _imports(name: str, source: str) -> frozenset[str]:
 def import_closure(*names: str) -> list[str]:
     """Every package module that the modules ``names`` are made of: themselves, and what they import, directly or
     not. A package (``"world"``) counts all its files."""
-    names = tuple(n.replace(".", "/") for n in names)  # "course.trl_bridge" or "course/trl_bridge"
     todo, seen = list(names), set()
     while todo:
         name = todo.pop()

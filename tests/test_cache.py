@@ -111,7 +111,11 @@ def test_saved_cells_are_keyed_on_the_lora_settings_and_the_device(tmp_path, mon
     assert not run(replace(SMOKE, lora=LoRAConfig(r=4)))
 
 
-def test_modules_are_named_with_dots_or_slashes():
-    assert code_digest("course.trl_bridge") == code_digest("course/trl_bridge") != code_digest("course/saved")
+def test_saved_cells_name_modules_with_dots_or_slashes(tmp_path, monkeypatch):
+    from rlhf_lite.course.saved import saved_cell
+
+    monkeypatch.setenv("RLHF_LITE_SAVED", str(tmp_path))
+    saved_cell("c", lambda: {"x": 1}, key=1, profile=SMOKE, rerun=False, code=("course.trl_bridge",))
+    assert saved_cell("c", lambda: {"x": 2}, key=1, profile=SMOKE, rerun=False, code=("course/trl_bridge",)).loaded
     with pytest.raises(ValueError, match="no module rlhf_lite.rejection"):  # a module that is gone is an error
         code_digest("rejection")

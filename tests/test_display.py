@@ -14,12 +14,25 @@ def _items(world, n=2):
     return out
 
 
-def test_ranking_widget_saves_a_readable_fallback(world, tmp_path):
+def displayed(widget, monkeypatch) -> dict:
+    """The bundle a notebook saves for ``widget``: ipywidgets 8 builds it in _repr_mimebundle_, 7 (Colab's) sends
+    it from _ipython_display_."""
+    if hasattr(widget, "_repr_mimebundle_"):
+        return widget._repr_mimebundle_()
+    import IPython.display
+
+    sent = []
+    monkeypatch.setattr(IPython.display, "display", lambda data, raw=False: sent.append(data))
+    widget._ipython_display_()
+    return sent[0]
+
+
+def test_ranking_widget_saves_a_readable_fallback(world, tmp_path, monkeypatch):
     W = pytest.importorskip("ipywidgets")
     session = RankingSession(world, _items(world), RankingStore(tmp_path / "you.jsonl"))
     text = ranking_preview(session)
     ui = static_fallback(ranking_widget(session), text)
-    bundle = ui._repr_mimebundle_()
+    bundle = displayed(ui, monkeypatch)
     assert bundle["text/plain"] == text and "application/vnd.jupyter.widget-view+json" in bundle
     assert "VBox" not in text and "run this cell" in text
     item = _items(world)[0]
@@ -30,7 +43,7 @@ def test_ranking_widget_saves_a_readable_fallback(world, tmp_path):
     session.submit([0, 1, 2])
     assert ranking_preview(session) == "[ranking widget: nothing left to rank]"
     out = static_fallback(W.Output(), "")
-    assert out._repr_mimebundle_()["text/plain"] == ""
+    assert displayed(out, monkeypatch)["text/plain"] == ""
 
 
 def test_readable_marks_bytes_that_are_not_text_and_shortens():

@@ -62,7 +62,7 @@ def saved_cell(name: str, compute: Callable[[], dict], *, key, profile: Profile,
     :class:`SavedResult`."""
     path = saved_dir(profile) / f"{name}.safetensors"
     digest = config_key(profile.name, name, *(key if isinstance(key, tuple) else (key,)), profile.lora,
-                        *where(None), code_digest(*code))
+                        *where(None), code_digest(*(c.replace(".", "/") for c in code)))  # "course.trl_bridge" too
     if not rerun and path.is_file():
         state = load_state(path)
         if state.get("key") == digest:
