@@ -187,14 +187,11 @@ def writers_vs_sft(tasks, sft_gens, labelers, seed: int = 0) -> dict:
 
 def _save(out: Path, metrics: dict, histories: dict, res: dict) -> None:
     """metrics.json, ppo_history.json, samples.json and the plots; each file appears whole or not at all."""
-    def write(name: str, text: str) -> None:
-        write_text(out / name, text)
-
-    write("ppo_history.json", json.dumps(histories, indent=1) + "\n")
-    write("samples.json",
-          json.dumps({name: [g.text for g in res[name]["gens"][:50]] for name in MODELS}, indent=1) + "\n")
+    write_text(out / "ppo_history.json", json.dumps(histories, indent=1) + "\n")
+    write_text(out / "samples.json",
+               json.dumps({name: [g.text for g in res[name]["gens"][:50]] for name in MODELS}, indent=1) + "\n")
     plot_results(metrics, histories, out)
-    write("metrics.json", json.dumps(metrics, indent=1) + "\n")
+    write_text(out / "metrics.json", json.dumps(metrics, indent=1) + "\n")
 
 
 def results_table(m: dict) -> str:
