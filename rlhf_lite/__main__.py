@@ -114,8 +114,8 @@ COMMANDS: dict[str, tuple[str, str, list]] = {
         opt("--init", metavar="PATH", help="sample from this saved policy (an earlier `rejection-sampling --out "
             "PATH`: Llama 2's next round) instead of the SFT model"), *DEVICE]),
     "pipeline": ("commands:pipeline", "the main job: SFT → comparisons → RM → PPO and PPO-ptx → evaluation", [
-        opt("--profile", default=argparse.SUPPRESS, help="tiny, smoke, gpt2 or gpt2-smoke (default: "
-            "$RLHF_LITE_PROFILE, else tiny)"),
+        opt("--profile", default=argparse.SUPPRESS, help="tiny, smoke, gpt2, gpt2-smoke, gpt2-hub or gpt2-hub-smoke "
+            "(default: $RLHF_LITE_PROFILE, else tiny; real data: the reward model judges)"),
         opt("--out", help="folder for metrics.json, plots and logs (default runs/<timestamp>)"),
         opt("--seed", type=at_least(0), default=0, help="seed of every stage (default 0); same seed, same metrics"),
         *DEVICE]),
@@ -158,6 +158,8 @@ COMMANDS: dict[str, tuple[str, str, list]] = {
                    "tokenizer from ../shared/gpt2-tokenizer): an offline stand-in for the hub's gpt2", [
         opt("--out", required=True, help="folder to write"),
         opt("--small", action="store_true", help="2 layers of width 64 instead of GPT-2's 12 of 768")]),
+    "memory-plan": ("tools.memory_plan:memory_plan_command", "each stage's peak GPU memory for the GPT-2 profiles on "
+                    "a 16 GB T4, by calculation (the README's table)", []),
     "repo-url": ("tools.repo:repo_url_command", "point the notebooks' Colab cells and the README's badges at a fork",
                  [opt("url", help="https://github.com/OWNER/NAME")]),
     "notebook-times": ("tools.notebook_times:notebook_times_command", "each notebook's wall time: executed now on a "
@@ -177,8 +179,8 @@ def parser() -> tuple[argparse.ArgumentParser, dict]:
     """The argument parser, and the alias options' destinations → what ``--set`` fields they stand for."""
     p = argparse.ArgumentParser(prog="python -m rlhf_lite", description="rlhf-lite: InstructGPT's pipeline, small "
                                 "enough to read and run. The main job: `python -m rlhf_lite pipeline`.")
-    p.add_argument("--profile", default=None, help="smoke, tiny, gpt2, gpt2-smoke or gpt2-hub (default: "
-                   "$RLHF_LITE_PROFILE, else tiny)")
+    p.add_argument("--profile", default=None, help="smoke, tiny, gpt2, gpt2-smoke, gpt2-hub or gpt2-hub-smoke "
+                   "(default: $RLHF_LITE_PROFILE, else tiny)")
     p.add_argument("--base-model", default=None, metavar="PATH", help="the GPT-2 profiles' base model: a folder with "
                    "its weights and tokenizer, or a hub name (default: $RLHF_LITE_BASE_MODEL, else gpt2)")
     p.add_argument("--set", action="append", default=[], metavar="SECTION.FIELD=VALUE",

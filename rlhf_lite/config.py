@@ -11,6 +11,8 @@ Profiles (pick with the ``RLHF_LITE_PROFILE`` environment variable, default ``ti
 * ``gpt2-hub``   — real GPT-2 on real data: Dolly-15k demonstrations and HH-RLHF comparisons from the hub
   (``data`` and ``reward.source`` may also name local files in those schemas). No gold judge there: models are
   compared by reward-model score and KL only.
+* ``gpt2-hub-smoke`` — the ``gpt2-hub`` code path at ``gpt2-smoke`` sizes, on the local files in those schemas in
+  ``data/hub-smoke`` (CI, with ``--base-model PATH``).
 
 ``$RLHF_LITE_BASE_MODEL`` (or the commands' ``--base-model``) points the GPT-2 profiles at a local model folder.
 """
@@ -20,6 +22,7 @@ import dataclasses
 import math
 import os
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 
 PROFILE_ENV = "RLHF_LITE_PROFILE"
 BASE_MODEL_ENV = "RLHF_LITE_BASE_MODEL"
@@ -112,6 +115,9 @@ class SFTConfig:
     """Stop after this many optimizer steps (0: run all epochs)."""
     batch_size: int = 16
     """Examples per optimizer step."""
+    micro_batch_size: int = 0
+    """Examples per forward pass: a step's ``batch_size`` examples go through in pieces of this many and their gradients
+    add up to the same update (gradient accumulation; 0: all at once). Lowers peak memory, not the result."""
     lr: float = 2e-3
     """Peak AdamW learning rate (linear warm-up, then linear decay to 0). LoRA tolerates a higher one."""
     warmup_steps: int = 20
@@ -165,6 +171,10 @@ class RewardConfig:
     ``reward --epochs 2`` measures a second one here (docs/results.md)."""
     batch_size: int = 8
     """Prompts per optimizer step; all K responses of a prompt go in one forward pass."""
+    micro_batch_size: int = 0
+    """Prompts per forward pass: a step's ``batch_size`` prompts (each with all its K responses) go through in pieces
+    of this many and their gradients add up to the same update (gradient accumulation; 0: all at once). Lowers peak
+    memory, not the result."""
     lr: float = 1e-3
     """Peak AdamW learning rate (linear warm-up, linear decay to 0)."""
     warmup_steps: int = 10
@@ -261,6 +271,10 @@ class DPOConfig:
     """Passes over the comparisons."""
     batch_size: int = 8
     """Prompts per optimizer step; all K responses of a prompt go through the policy and the reference once."""
+    micro_batch_size: int = 0
+    """Prompts per forward pass: a step's ``batch_size`` prompts (each with all its K responses) go through in pieces
+    of this many and their gradients add up to the same update (gradient accumulation; 0: all at once). Lowers peak
+    memory, not the result."""
     warmup_steps: int = 10
     """Linear warm-up steps."""
     max_length: int = 256
@@ -318,7 +332,7 @@ class Profile:
     """A named bundle of settings: which base model, how big a world, how long each stage runs."""
 
     name: str
-    """smoke, tiny, gpt2, gpt2-smoke or gpt2-hub."""
+    """smoke, tiny, gpt2, gpt2-smoke, gpt2-hub or gpt2-hub-smoke."""
     base_model: str
     """"tiny" (the shipped TinyWorld GPT-2), or a hub name or local folder such as "gpt2". A hub model on TinyWorld
     data first learns the world's language (continued pretraining with ``pretrain``'s steps, batch and learning
@@ -418,16 +432,16 @@ PROFILES: dict[str, Profile] = {
     # yet measured on a GPU. The learning rates are the usual ones for LoRA at this size (3-5 times below tiny's).
     "gpt2": Profile("gpt2", "gpt2",
                     pretrain=PretrainConfig(steps=1000, batch_size=16, lr=3e-4, warmup_steps=50),
-                    sft=SFTConfig(lr=5e-4), reward=RewardConfig(lr=2e-4), ppo=PPOConfig(lr=1e-4),
-                    dpo=DPOConfig(lr=1e-4), grpo=GRPOConfig(lr=1e-4)),
+                    sft=SFTConfig(lr=5e-4), reward=RewardConfig(lr=2e-4, micro_batch_size=2), ppo=PPOConfig(lr=1e-4),
+                    dpo=DPOConfig(lr=1e-4, micro_batch_size=2), grpo=GRPOConfig(lr=1e-4)),
     "gpt2-hub": Profile("gpt2-hub", "gpt2",
                         sft=SFTConfig(max_length=512, epochs=1, batch_size=8, lr=2e-4, eval_every=200,
                                       max_new_tokens=128),
                         reward=RewardConfig(source="hh-rlhf", n_prompts=20000, n_eval_prompts=1000, lr=1e-4,
-                                            max_length=512, eval_every=200, max_new_tokens=128),
+                                            max_length=512, eval_every=200, max_new_tokens=128, micro_batch_size=4),
                         ppo=PPOConfig(steps=100, batch_size=64, minibatch_size=8, lr=1e-4, max_new_tokens=128,
                                       ptx_batch_size=4),
-                        dpo=DPOConfig(lr=5e-5, max_length=512, eval_every=200),
+                        dpo=DPOConfig(lr=5e-5, max_length=512, eval_every=200, micro_batch_size=4),
                         grpo=GRPOConfig(steps=100, minibatch_size=8, lr=1e-4, max_new_tokens=128),
                         n_eval_prompts=200, max_new_tokens=128, data="dolly"),
 }
@@ -440,6 +454,17 @@ PROFILES["gpt2-smoke"] = replace(_smoke, name="gpt2-smoke", base_model="gpt2", w
                                  sft=replace(_smoke.sft, max_steps=10, batch_size=8, eval_every=5, warmup_steps=2),
                                  reward=replace(_smoke.reward, n_prompts=24, n_eval_prompts=8),
                                  ppo=replace(_smoke.ppo, steps=2, checkpoint_every=1), n_eval_prompts=16)
+# gpt2-hub-smoke: gpt2-hub's code path (real-data loaders, HH dialogues rendered in the policy's format, prompts too
+# long for the context left out) at gpt2-smoke's sizes, on local files in Dolly's and HH-RLHF's schemas; SFT and
+# the reward model accumulate gradients over micro-batches, as gpt2-hub's reward model and DPO do
+HUB_SMOKE_DATA = Path(__file__).resolve().parent.parent / "data" / "hub-smoke"
+_g2s = PROFILES["gpt2-smoke"]
+PROFILES["gpt2-hub-smoke"] = replace(_g2s, name="gpt2-hub-smoke", data=str(HUB_SMOKE_DATA / "dolly-format.jsonl"),
+                                     sft=replace(_g2s.sft, max_length=512, micro_batch_size=4),
+                                     reward=replace(_g2s.reward, source=str(HUB_SMOKE_DATA / "hh-rlhf-format.jsonl"),
+                                                    n_prompts=24, n_eval_prompts=4, max_length=512,
+                                                    micro_batch_size=2),
+                                     dpo=replace(_g2s.dpo, max_length=512, micro_batch_size=2))
 
 
 def get_profile(name: str | None = None, base_model: str | None = None) -> Profile:

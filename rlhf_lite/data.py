@@ -8,7 +8,7 @@ works, and this module makes each visible:
 * **the label mask**: loss only on response tokens (``-100`` elsewhere);
 * **the end**: the response is followed by EOS and *its label is kept*. GPT-2 has no pad token, so
   pad == EOS, and masking labels by ``input_ids == pad_token_id`` silently drops the EOS label: the
-  model never learns to stop (trl#1623).
+  model never learns to stop (trl#976, fixed by PRs #988 and #992).
 """
 from __future__ import annotations
 
@@ -312,14 +312,29 @@ def read_records(path: str | os.PathLike) -> list[dict]:
     return out
 
 
+VALIDATION_FRACTION = 0.05
+
+
+def hold_out(records: Dataset, fraction: float = VALIDATION_FRACTION, seed: int = 0) -> DatasetDict:
+    """"train" and "validation" splits of one list of records: ``fraction`` of them (at least one) held out at
+    random with ``seed``. A single record stays "train" only."""
+    if len(records) < 2:
+        return DatasetDict({"train": records})
+    split = records.train_test_split(test_size=fraction, seed=seed)
+    return DatasetDict({"train": split["train"], "validation": split["test"]})
+
+
 def load_instruction_dataset(source: str = "tinyworld", world_config=None):
     """Instruction data as a ``datasets.DatasetDict`` with Dolly's columns.
 
     * ``"tinyworld"``: the generated world (``world_config``, default: the current profile's); train/validation/
       test split by user. ``response`` is the demonstration a writer gave (``world.writers``); columns also carry
       ``prompt_id``, ``user_id``, ``task_type``, ``writer`` and ``reference`` (the perfect answer).
-    * ``"dolly"``: ``databricks/databricks-dolly-15k`` from the Hugging Face Hub (a "train" split).
-    * a path to a local ``.json``/``.jsonl``/``.csv``/``.parquet`` file in the same schema ("train").
+    * ``"dolly"``: ``databricks/databricks-dolly-15k`` from the Hugging Face Hub;
+    * a path to a local ``.json``/``.jsonl``/``.csv``/``.parquet`` file in the same schema.
+
+    Dolly and local files come as one list of records: :func:`hold_out` keeps 5 % of them as the "validation"
+    split, the same rows for the SFT stage, notebook 02 and the RL prompts (which come from "train").
     """
     if source == "tinyworld":
         world = world_from_config(world_config or get_profile().world)
@@ -338,8 +353,8 @@ def load_instruction_dataset(source: str = "tinyworld", world_config=None):
         _check_columns(ds.column_names, name)
         for n, rec in enumerate(ds):
             validate_record(dict(rec), f"{name}, row {n}")
-        return DatasetDict({"train": ds})
+        return hold_out(ds)
     if Path(source).suffix or os.sep in source or Path(source).exists():
-        return DatasetDict({"train": Dataset.from_list(read_records(source))})
+        return hold_out(Dataset.from_list(read_records(source)))
     raise ValueError(f"unknown instruction data source {source!r}: use 'tinyworld', 'dolly', or a path to a "
                      ".json/.jsonl/.csv/.parquet file")

@@ -26,7 +26,7 @@ from .config import DPOConfig, LoRAConfig, validate_config
 from .data import encode_response
 from .feedback import accuracy_against, ranking_to_pairs
 from .models import frozen_with_adapters, pad_batch, position_ids_from_mask, transformer_body
-from .runtime import optimizer_step, progress_bar, warmup_linear_schedule
+from .runtime import backward, micro_batches, optimizer_step, progress_bar, warmup_linear_schedule
 
 
 # ---------------------------------------------------------------------------------------------
@@ -196,16 +196,29 @@ def train_dpo(lm, tokenizer, train: Sequence[dict], cfg: DPOConfig, validation: 
         order = list(range(len(data)))
         rng.shuffle(order)
         for i in range(0, len(order), cfg.batch_size):
-            loss, s = records_loss(lm, tokenizer, [data[j] for j in order[i:i + cfg.batch_size]], cfg)
-            optimizer_step(loss, params, opt, sched, cfg.grad_clip, f"DPO step {step + 1}",
-                           f"Lower DPOConfig.lr (now {cfg.lr}) or beta (now {cfg.beta}).")
+            batch = [data[j] for j in order[i:i + cfg.batch_size]]
+            parts = micro_batches(batch, cfg.micro_batch_size)  # one part, unless gradients are accumulated
+            ranked = [sum(bool(ranking_to_pairs(r["ranking"])) for r in part) for part in parts]  # records with a pair
+            what, hint = f"DPO step {step + 1}", f"Lower DPOConfig.lr (now {cfg.lr}) or beta (now {cfg.beta})."
+            logged, stats = 0.0, []
+            for k, part in enumerate(parts):
+                loss, s = records_loss(lm, tokenizer, part, cfg)
+                if len(parts) > 1:  # the loss is a mean over the batch's ranked records: weigh each part by its share
+                    loss = loss * (ranked[k] / max(sum(ranked), 1))
+                logged = logged + loss.item()
+                stats.append(s)
+                if k + 1 < len(parts):
+                    backward(loss, what, hint)
+            optimizer_step(loss, params, opt, sched, cfg.grad_clip, what, hint)
+            s = {name: torch.cat([p[name] for p in stats])
+                 for name in ("chosen_rewards", "rejected_rewards", "margins")}
             step += 1
-            history["train"].append({"step": step, "loss": loss.item(), "accuracy": s["accuracy"].item(),
+            history["train"].append({"step": step, "loss": logged, "accuracy": pair_correct(s["margins"]).mean().item(),
                                      "chosen_reward": s["chosen_rewards"].mean().item(),
                                      "rejected_reward": s["rejected_rewards"].mean().item(),
                                      "margin": s["margins"].mean().item()})
             bar.update(1)
-            bar.set_postfix(loss=f"{loss.item():.3f}", acc=f"{s['accuracy'].item():.2f}")
+            bar.set_postfix(loss=f"{logged:.3f}", acc=f"{history['train'][-1]['accuracy']:.2f}")
             if step % cfg.eval_every == 0 or step == total:
                 log_eval(step)
     bar.close()

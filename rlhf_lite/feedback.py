@@ -29,6 +29,7 @@ import itertools
 import json
 import os
 import random
+import re
 import warnings
 from pathlib import Path
 from typing import Callable, Sequence
@@ -337,6 +338,35 @@ def preference_records(rows: Sequence[dict], source: str) -> list[dict]:
     if not out:
         raise DataFormatError(f"{source}: no usable preference pairs (every row's chosen reply equals its rejected "
                               "one)")
+    return out
+
+
+def dialogue_turns(prompt: str) -> list[tuple[str, str]]:
+    """An HH-RLHF prompt as (role, text) turns:
+    ``"\\n\\nHuman: Hi\\n\\nAssistant: Hello\\n\\nHuman: Why?\\n\\nAssistant:"`` →
+    ``[("Human", "Hi"), ("Assistant", "Hello"), ("Human", "Why?")]`` (the open Assistant turn at the end, which the
+    reply fills, is left out)."""
+    text = prompt.lstrip("\n")
+    text = "\n\n" + text if text.startswith(("Human:", "Assistant:")) else prompt
+    parts = re.split(r"\n\n(Human|Assistant):", text)  # ["", "Human", " Hi", "Assistant", " Hello", …]
+    turns = [(role, text.strip()) for role, text in zip(parts[1::2], parts[2::2])]
+    return turns[:-1] if turns and turns[-1] == ("Assistant", "") else turns
+
+
+def in_policy_format(records: Sequence[dict], tokenizer, fmt: str = "alpaca") -> list[dict]:
+    """Real preference data with its prompts rendered in the policy's prompt format (``render_prompt``), so that the
+    reward model learns to score text laid out as the policy will write it in PPO. An HH-RLHF dialogue becomes its
+    last human turn as the instruction and the turns before it as the context (``Human: …`` / ``Assistant: …``
+    lines); a plain-text prompt (TRL format) becomes the instruction. ``tokenizer`` is only read by chat templates."""
+    out = []
+    for rec in records:
+        turns = dialogue_turns(rec["prompt"])
+        if turns and turns[-1][0] == "Human" and turns[-1][1]:
+            instruction = turns[-1][1]
+            context = "\n".join(f"{role}: {text}" for role, text in turns[:-1])
+        else:
+            instruction, context = rec["prompt"].strip(), ""
+        out.append({**rec, "prompt": render_prompt(tokenizer, instruction, context, fmt)})
     return out
 
 

@@ -112,27 +112,21 @@ def clear_output_dir(out: Path, kind: str) -> None:
         shutil.rmtree(out)
 
 
+def _fsync(path: Path) -> None:
+    """Flush a file or a folder to disk (some file systems cannot fsync a folder: then its files are flushed)."""
+    with contextlib.suppress(OSError):
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
 def _fsync_tree(root: Path) -> None:
     """Flush every file under ``root`` and the folders themselves to disk (before a rename publishes them)."""
     for p in sorted(root.rglob("*"), reverse=True) + [root]:
-        if p.is_symlink():
-            continue
-        fd = os.open(p, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        except OSError:  # some file systems cannot fsync a folder; the files themselves were flushed
-            pass
-        finally:
-            os.close(fd)
-
-
-def _fsync_dir(folder: Path) -> None:
-    with contextlib.suppress(OSError):
-        fd = os.open(folder, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+        if not p.is_symlink():
+            _fsync(p)
 
 
 @contextlib.contextmanager
@@ -156,7 +150,7 @@ def atomic_dir(out: str | os.PathLike, kind: str = "output"):
             old.rmdir()
             out.rename(old)
         tmp.rename(out)
-        _fsync_dir(out.resolve().parent)
+        _fsync(out.resolve().parent)
     except BaseException:
         if old is not None and old.exists() and not out.exists():
             old.rename(out)  # put the previous output back
@@ -184,7 +178,7 @@ def atomic_file(path: str | os.PathLike):
             os.fsync(f.fileno())
         os.chmod(tmp, 0o644)  # mkstemp makes it private
         os.replace(tmp, path)
-        _fsync_dir(path.parent)
+        _fsync(path.parent)
     finally:
         tmp.unlink(missing_ok=True)
 

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 from peft import LoraConfig, get_peft_model
 from transformers import AutoModelForCausalLM, AutoTokenizer, DynamicCache
 from transformers.pytorch_utils import Conv1D
@@ -25,6 +26,28 @@ TINY_BASE = REPO_ROOT / "data" / "tiny-base"
 REBUILD_HINT = "rebuild it with `python -m rlhf_lite pretrain --out data/tiny-base` (about 20 min on 2 CPU cores)"
 
 
+# ---------------------------------------------------------------------------------------------
+# Heads in float32
+# ---------------------------------------------------------------------------------------------
+class Float32Linear(torch.nn.Linear):
+    """A linear layer that computes in float32 with autocast off, whatever the precision around it: x [*, d] ->
+    [*, out]. Under bf16 autocast a logit near 10 is only resolved to about 0.06, which puts noise into per-token
+    log-probabilities, KL, PPO's ratio and the reward model's score; these outputs are small, so float32 costs
+    little (verl and OpenRLHF keep them in float32 too). Without autocast (the CPU) it is ``nn.Linear`` exactly."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        with torch.autocast(x.device.type, enabled=False):
+            return F.linear(x.float(), self.weight.float(), None if self.bias is None else self.bias.float())
+
+
+def in_float32(layer: torch.nn.Module) -> torch.nn.Module:
+    """``layer`` (an ``nn.Linear``: an LM head, a reward or value head) turned into a :class:`Float32Linear`, in
+    place: the same parameters (a tied LM head stays tied), the same state dict. Anything else is returned as is."""
+    if type(layer) is torch.nn.Linear:
+        layer.__class__ = Float32Linear
+    return layer
+
+
 def load_base(name: str = "tiny", device: str = "cpu", dtype: torch.dtype | None = None, **kwargs):
     """Load a causal LM and its tokenizer, set up the same way for every stage. Returns (model, tokenizer).
 
@@ -34,7 +57,9 @@ def load_base(name: str = "tiny", device: str = "cpu", dtype: torch.dtype | None
     * padding side: left. Decoder-only models generate after the last position, so a batch of prompts
       must end flush right; training collators pad right themselves.
     * dtype: float32 unless asked. CPUs run float32 fastest and these models are small; on a GPU, pass
-      ``torch.bfloat16``/``torch.float16`` or use autocast.
+      ``torch.bfloat16``/``torch.float16`` or use autocast (``rlhf_lite.runtime.course_precision``).
+    * the LM head computes in float32 under autocast too (:func:`in_float32`): log-probabilities, KL and
+      PPO's ratios are read from it.
     The model is returned in eval mode (dropout off); training loops switch it on themselves.
     Extra keyword arguments go to ``from_pretrained`` (e.g. ``quantization_config``).
     """
@@ -75,6 +100,7 @@ def load_base(name: str = "tiny", device: str = "cpu", dtype: torch.dtype | None
     if model.generation_config is not None:
         model.generation_config.pad_token_id = tokenizer.pad_token_id
         model.generation_config.eos_token_id = tokenizer.eos_token_id
+    in_float32(model.get_output_embeddings())
     if "quantization_config" not in kwargs:  # quantized weights are placed by from_pretrained itself
         model = model.to(device)
     return model.eval(), tokenizer

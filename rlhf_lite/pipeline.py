@@ -1,10 +1,13 @@
-"""The main job: SFT → comparisons → reward model → PPO and PPO-ptx → evaluation, on TinyWorld.
+"""The main job: SFT → comparisons → reward model → PPO and PPO-ptx → evaluation.
 
 ``python -m rlhf_lite pipeline [--profile tiny] [--out DIR] [--seed S] [--device auto|cpu|cuda]`` runs
 :func:`run_pipeline`, prints an InstructGPT-style results table and writes ``DIR/metrics.json`` (plus plots and the
 PPO logs). Stages whose output is already cached under ``runs/cache`` with identical settings are reused, not
 retrained; point ``$RLHF_LITE_RUNS`` at an empty folder to time a run from scratch. The GPT-2 profiles run the same
 job on a hub model (``--base-model PATH`` for one on disk), after continued pretraining on TinyWorld's corpus.
+On real data (``gpt2-hub``: Dolly and HH-RLHF, or local files in their schemas) there is no gold judge and no
+pretraining corpus: the job trains SFT, the reward model and PPO, and measures them with the reward model and the
+KL to SFT only (:func:`reward_model_evaluation`).
 """
 from __future__ import annotations
 
@@ -13,26 +16,29 @@ import os
 import time
 from dataclasses import asdict, replace
 from pathlib import Path
+from types import SimpleNamespace
 
 import matplotlib
 import torch
 
 from .cache import code_digest, config_key, continues_pretraining, device_tag
 from .config import Profile, get_profile
+from .data import load_instruction_dataset, render_prompt
 from .evaluate import (
     bootstrap_ci,
     closed_tasks,
     demonstration_quality,
     evaluate_model,
     fluency_probes,
+    kl_to_reference,
     prompt_win_rates,
 )
 from .files import clear_output_dir, open_output_dir, write_text
-from .models import load_base
-from .policy_stages import ppo_stage
+from .models import generate, load_base
+from .policy_stages import context_limit, fitting_prompts, ppo_stage
 from .pretrain import corpus_blocks
-from .reward import load_reward_model
-from .runtime import autocast, placement, quiet, rounded, runs_dir, seed_everything
+from .reward import load_reward_model, score_responses
+from .runtime import course_precision, placement, quiet, rounded, runs_dir, seed_everything
 from .stages import base_checkpoint, comparison_data, reward_checkpoint, sft_checkpoint
 from .world import world_from_config
 
@@ -60,10 +66,7 @@ def run_pipeline(profile: str | Profile | None = None, out: str | Path | None = 
     empty or an earlier pipeline run's: no file of yours is ever written over."""
     quiet()
     prof = seeded_profile(profile if isinstance(profile, Profile) else get_profile(profile, base_model), seed)
-    if prof.data != "tinyworld":
-        raise ValueError(f"the pipeline measures every model with TinyWorld's gold panel; profile {prof.name!r} "
-                         f"trains on real data ({prof.data}), which has no gold judge. Run the notebooks for it, or "
-                         "pick --profile tiny, smoke, gpt2 or gpt2-smoke")
+    real = prof.data != "tinyworld"  # real data: no gold judge, no pretraining corpus (so no PPO-ptx)
     device, precision = placement(device)
     key = pipeline_key(prof, device, precision)
     if reuse and out and (Path(out) / "metrics.json").is_file():
@@ -77,7 +80,7 @@ def run_pipeline(profile: str | Profile | None = None, out: str | Path | None = 
         clear_output_dir(out / name, "ppo")
     times: dict[str, float] = {}
     t_start = time.time()
-    n_stages = 7 if continues_pretraining(prof) else 6
+    n_stages = 5 + continues_pretraining(prof) + (not real)
 
     def stage(name, fn):
         print(f"[{len(times) + 1}/{n_stages}] {name}", flush=True)
@@ -95,6 +98,23 @@ def run_pipeline(profile: str | Profile | None = None, out: str | Path | None = 
     rm_metrics = json.loads((rm_dir / "reward_model.json").read_text())["metrics"]
     ppo, tok, _, ppo_hist = stage("ppo", lambda: ppo_stage(prof, prof.ppo, out / "ppo", progress=progress,
                                                            device=device))
+    if real:
+        res, metrics = stage("evaluation", lambda: reward_model_evaluation(prof, tok, sft_dir, ppo, rm_dir, device,
+                                                                           precision, seed))
+        metrics["rm"] = {"accuracy_heldout_labelers": rm_metrics["accuracy_heldout_labelers"],
+                         "comparisons": rm_metrics["comparisons"]}
+        metrics["setup"] = {"profile": prof.name, "base_model": prof.base_model, "data": prof.data,
+                            "comparisons": prof.reward.source, "device": device, "precision": precision, "seed": seed,
+                            "config_key": key, "ppo_steps": prof.ppo.steps, "ppo_batch_size": prof.ppo.batch_size,
+                            "beta": prof.ppo.init_kl_coef,
+                            "judge": "the reward model (real data has no gold judge): a PPO gain here is a proxy gain",
+                            "intervals": "95 % paired bootstrap over held-out prompts (2,000 resamples)"}
+        metrics["runtime_s"] = {**times, "total": round(time.time() - t_start, 1)}
+        metrics = rounded(metrics)
+        _save(out, metrics, {"ppo": ppo_hist}, res)
+        print(reward_model_table(metrics))
+        print(f"metrics, samples and plots in {shown_path(out)}")
+        return metrics
     ptx_cfg = replace(prof.ppo, ptx_coef=prof.ptx_coef)
     ptx, _, _, ptx_hist = stage("ppo_ptx", lambda: ppo_stage(prof, ptx_cfg, out / "ppo_ptx", progress=progress,
                                                              device=device))
@@ -107,7 +127,7 @@ def run_pipeline(profile: str | Profile | None = None, out: str | Path | None = 
         models = {"base": (load_base(base_checkpoint(prof, progress, device), device=device)[0], None),
                   "sft": (load_base(str(sft_dir), device=device)[0], None),
                   "ppo": (ppo.lm, ppo), "ppo_ptx": (ptx.lm, ptx)}
-        with torch.no_grad(), autocast(device, precision):
+        with torch.no_grad(), course_precision(device, precision):
             res = {name: evaluate_model(m, tok, world, tasks, closed, prof.max_new_tokens, prof.sft.prompt_format,
                                         seed, heldout, pol, progress) for name, (m, pol) in models.items()}
         held = world.panel.held_out
@@ -121,7 +141,7 @@ def run_pipeline(profile: str | Profile | None = None, out: str | Path | None = 
         for name in ("ppo", "ppo_ptx"):
             res[name]["hallucination_vs_sft"] = res[name]["hallucination_rate"] / sft_h if sft_h else None
         rm, rm_tok = load_reward_model(rm_dir, device=device)
-        with torch.no_grad(), autocast(device, precision):
+        with torch.no_grad(), course_precision(device, precision):
             probes = fluency_probes(world, tasks, rm, rm_tok, prof.sft.prompt_format, seed, prof.reward.max_length)
         extra = {"demonstrations": {**demonstration_quality(world, tasks),
                                     **writers_vs_sft(tasks, res["sft"]["gens"], held, seed)},
@@ -147,6 +167,63 @@ def run_pipeline(profile: str | Profile | None = None, out: str | Path | None = 
     print(results_table(metrics))
     print(f"metrics, samples and plots in {shown_path(out)}")
     return metrics
+
+
+def reward_model_evaluation(prof: Profile, tok, sft_dir: Path, ppo, rm_dir: Path, device: str, precision: str,
+                            seed: int = 0) -> tuple[dict, dict]:
+    """How a real-data run is measured, without a gold judge: base, SFT and PPO answer the held-out prompts of the
+    instruction data (its validation split, those that fit the context, at most ``n_eval_prompts``), the reward
+    model scores every answer, and PPO's KL to SFT is estimated on its own samples. Win rates and score
+    differences are the reward model's, with 95 % paired-bootstrap intervals over prompts. PPO optimised this very
+    reward model, so its gain here is a proxy gain (Gao et al. 2023): read it beside the KL.
+    Returns (per-model results with the generations, metrics)."""
+    rows = load_instruction_dataset(prof.data)["validation"]
+    sft_model = load_base(str(sft_dir), device=device)[0]
+    tasks = [SimpleNamespace(instruction=r["instruction"], context=r["context"] or "") for r in rows]
+    tasks = fitting_prompts(tasks, tok, prof.sft.prompt_format, context_limit(sft_model, prof), prof.max_new_tokens,
+                            what="evaluation prompts")
+    tasks = tasks[: prof.n_eval_prompts]
+    prompts = [render_prompt(tok, t.instruction, t.context, prof.sft.prompt_format) for t in tasks]
+    rm, rm_tok = load_reward_model(rm_dir, device=device)
+    models = {"base": load_base(base_checkpoint(prof, False, device), device=device)[0], "sft": sft_model,
+              "ppo": ppo.lm}
+    res = {}
+    with torch.no_grad(), course_precision(device, precision):
+        for name, model in models.items():
+            gens = generate(model, tok, prompts, prof.max_new_tokens, seed=seed)
+            scores = score_responses(rm, rm_tok, prompts, [g.text for g in gens], [g.finished for g in gens],
+                                     prof.reward.max_length)
+            res[name] = {"gens": gens, "scores": scores, "rm_score": sum(scores) / len(scores),
+                         "eos_rate": sum(g.finished for g in gens) / len(gens),
+                         "response_length": sum(len(g.token_ids) for g in gens) / len(gens)}
+        res["ppo"]["kl_to_sft"] = kl_to_reference(ppo, tok, prompts, res["ppo"]["gens"], prof.ppo.temperature)
+    for name, other in (("sft", "base"), ("ppo", "sft")):
+        a, b = res[name]["scores"], res[other]["scores"]
+        wins = [1.0 if x > y else 0.5 if x == y else 0.0 for x, y in zip(a, b)]
+        diffs = [x - y for x, y in zip(a, b)]
+        res[name].update({f"rm_winrate_vs_{other}": sum(wins) / len(wins),
+                          f"rm_winrate_vs_{other}_ci": bootstrap_ci(wins, seed=seed),
+                          f"rm_score_vs_{other}": sum(diffs) / len(diffs),
+                          f"rm_score_vs_{other}_ci": bootstrap_ci(diffs, seed=seed)})
+    metrics = {name: {k: v for k, v in r.items() if k not in ("gens", "scores")} for name, r in res.items()}
+    metrics["setup_prompts"] = {"held_out": len(rows), "evaluated": len(prompts)}
+    return res, metrics
+
+
+def reward_model_table(m: dict) -> str:
+    """The table of a real-data run: the reward model's view of base, SFT and PPO."""
+    rows = [f"{'model':<6} {'RM score':>9} {'RM win rate [95 % interval]':>36} {'EOS':>6} {'KL→SFT':>7}"]
+    for name, other in (("base", None), ("sft", "base"), ("ppo", "sft")):
+        r, win = m[name], "—"
+        if other:
+            lo, hi = r[f"rm_winrate_vs_{other}_ci"]
+            win = f"{r[f'rm_winrate_vs_{other}']:.1%} [{lo:.1%}, {hi:.1%}] vs {other}"
+        kl = f"{r['kl_to_sft']:.2f}" if "kl_to_sft" in r else "—"
+        rows.append(f"{name:<6} {r['rm_score']:>9.3f} {win:>36} {r['eos_rate']:>6.1%} {kl:>7}")
+    rows.append(f"judge: {m['setup']['judge']}; {m['setup_prompts']['evaluated']} held-out prompts; reward-model "
+                f"accuracy {m['rm']['accuracy_heldout_labelers']:.3f} on held-out pairs; total time "
+                f"{m['runtime_s']['total']:.0f} s")
+    return "\n".join(rows)
 
 
 def pipeline_key(profile: Profile, device: str = "cpu", precision: str = "fp32") -> str:
@@ -189,7 +266,7 @@ def _save(out: Path, metrics: dict, histories: dict, res: dict) -> None:
     """metrics.json, ppo_history.json, samples.json and the plots; each file appears whole or not at all."""
     write_text(out / "ppo_history.json", json.dumps(histories, indent=1) + "\n")
     write_text(out / "samples.json",
-               json.dumps({name: [g.text for g in res[name]["gens"][:50]] for name in MODELS}, indent=1) + "\n")
+               json.dumps({name: [g.text for g in r["gens"][:50]] for name, r in res.items()}, indent=1) + "\n")
     plot_results(metrics, histories, out)
     write_text(out / "metrics.json", json.dumps(metrics, indent=1) + "\n")
 
@@ -230,15 +307,17 @@ def plot_results(metrics: dict, histories: dict, out: Path) -> None:
     import matplotlib.pyplot as plt  # after choosing the file-only backend
 
     fig, ax = plt.subplots(figsize=(5, 3.2))
-    bars = [("SFT vs base", metrics["sft"], "base"), ("PPO vs SFT", metrics["ppo"], "sft"),
-            ("PPO-ptx vs SFT", metrics["ppo_ptx"], "sft")]
-    heights = [r[f"winrate_vs_{o}"] for _, r, o in bars]
-    errors = [[h - r[f"winrate_vs_{o}_ci"][0] for h, (_, r, o) in zip(heights, bars)],
-              [r[f"winrate_vs_{o}_ci"][1] - h for h, (_, r, o) in zip(heights, bars)]]
-    ax.bar([b[0] for b in bars], heights, yerr=errors, capsize=4, color=["#999", "#d62728", "#ff9896"])
+    judge = "" if "ppo_ptx" in metrics else "rm_"  # real data: the reward model's win rates, no PPO-ptx
+    pairs = (("SFT vs base", "sft", "base"), ("PPO vs SFT", "ppo", "sft"), ("PPO-ptx vs SFT", "ppo_ptx", "sft"))
+    bars = [(label, metrics[name], o) for label, name, o in pairs if name in metrics]
+    heights = [r[f"{judge}winrate_vs_{o}"] for _, r, o in bars]
+    errors = [[h - r[f"{judge}winrate_vs_{o}_ci"][0] for h, (_, r, o) in zip(heights, bars)],
+              [r[f"{judge}winrate_vs_{o}_ci"][1] - h for h, (_, r, o) in zip(heights, bars)]]
+    ax.bar([b[0] for b in bars], heights, yerr=errors, capsize=4, color=["#999", "#d62728", "#ff9896"][:len(bars)])
     ax.axhline(0.5, color="k", lw=0.8, ls="--")
     ax.set_ylim(0, 1)
-    ax.set_ylabel("win rate, held-out labelers\n(95 % paired bootstrap)")
+    ax.set_ylabel(("win rate, held-out labelers" if not judge else "win rate by the reward model")
+                  + "\n(95 % paired bootstrap)")
     fig.tight_layout()
     fig.savefig(out / "winrates.png", dpi=120)
     plt.close(fig)

@@ -20,14 +20,14 @@ import torch
 from .best_of_n import best_of_n_records
 from .checkpoint import CHECKPOINT
 from .config import DPOConfig, PPOConfig, Profile, get_profile
-from .data import load_instruction_dataset
+from .data import load_instruction_dataset, render_prompt
 from .dpo import build_dpo_policy, train_dpo
 from .files import atomic_dir, check_output_dir, open_output_dir, write_text
-from .models import load_base
+from .models import encode_prompt, load_base
 from .ppo import build_policy, train_ppo
 from .pretrain import corpus_blocks
 from .reward import load_reward_ensemble, load_reward_model, same_tokenizer
-from .runtime import autocast, hf_bars_off, pick_device, placement, seed_everything
+from .runtime import course_precision, hf_bars_off, pick_device, placement, seed_everything
 from .sft import add_lora, train_sft
 from .stages import comparison_data, rank_samples, reward_checkpoint, sft_checkpoint
 from .world import world_from_config
@@ -141,7 +141,7 @@ def policy_comparisons(profile: Profile, policy: str | Path, progress: bool = Tr
     train_tasks = second_round_prompts(profile, world, prompts)
     model, tok = load_policy(profile, policy, device)
     rounds = {}
-    with autocast(device, precision), torch.no_grad():
+    with course_precision(device, precision), torch.no_grad():
         for split, tasks, seed in (("train", train_tasks, cfg.seed + 10),
                                    ("validation", world.splits["validation"][: cfg.n_eval_prompts], cfg.seed + 11)):
             rounds[split] = rank_samples(model, tok, world, profile, tasks, seed, progress=progress)
@@ -193,8 +193,10 @@ def ppo_stage(profile: Profile | None = None, cfg: PPOConfig | None = None, out_
                          "SFT model (the same profile and base model)")
     policy = build_policy(sft, rm, cfg, profile.lora)
     world, prompts = rl_prompts(profile)
+    prompts = fitting_prompts(prompts, tok, profile.sft.prompt_format, context_limit(sft, profile), cfg.max_new_tokens,
+                              report=profile.data != "tinyworld")
     ptx = corpus_blocks(tok, "train", profile.pretrain, max_docs=4000) if cfg.ptx_coef > 0 else None
-    with autocast(device, precision):
+    with course_precision(device, precision):
         history = train_ppo(policy, rm, tok, prompts, cfg, profile.sft.prompt_format, world, ptx, out_dir, resume,
                             progress, callback)
     if out_dir is not None:
@@ -244,7 +246,7 @@ def rejection_sampling_stage(profile: Profile | None = None, n: int = 8, n_promp
     sft, tok = starting_model(profile, init, progress, device)
     tasks = world_from_config(profile.world).splits["train"][: n_prompts or None]
     cfg = replace(profile.sft, epochs=epochs, max_steps=0)  # all of the epochs asked for, whatever SFT's step cap
-    with autocast(device, precision):
+    with course_precision(device, precision):
         records = best_of_n_records(sft, tok, rm, tasks, n, cfg.prompt_format, profile.max_new_tokens,
                                     profile.reward.max_length, seed=cfg.seed + 100, progress=progress)
         seed_everything(cfg.seed)
@@ -264,9 +266,33 @@ def dpo_stage(profile: Profile | None = None, cfg: DPOConfig | None = None, prog
     data = comparison_data(profile, progress=progress, device=device)
     sft, tok = load_base(str(sft_checkpoint(profile, progress=progress, device=device)), device=device)
     model = build_dpo_policy(sft, cfg, profile.lora)
-    with autocast(device, precision):
+    with course_precision(device, precision):
         history = train_dpo(model, tok, data["train"], cfg, data["validation"], progress=progress)
     return model, tok, history
+
+
+def context_limit(model, profile: Profile) -> int:
+    """The most tokens a prompt and its answer may take: the model's context window, and no more than the SFT
+    stage's ``max_length`` (what the policy learned to answer at, and what the memory plan counts on)."""
+    window = getattr(model.config, "n_positions", None) or getattr(model.config, "max_position_embeddings", None)
+    return min(profile.sft.max_length, window or profile.sft.max_length)
+
+
+def fitting_prompts(tasks: Sequence, tokenizer, fmt: str, limit: int, max_new_tokens: int,
+                    report: bool = True, what: str = "RL prompts") -> list:
+    """The tasks whose prompt, rendered in ``fmt``, leaves room for a ``max_new_tokens`` answer within ``limit``
+    tokens. Dolly has contexts of thousands of characters; sampling after one would overrun the model's window.
+    Prints how many were kept (always with ``report``, else only when some were left out)."""
+    room = limit - max_new_tokens
+    kept = [t for t in tasks
+            if len(encode_prompt(tokenizer, render_prompt(tokenizer, t.instruction, t.context, fmt))) <= room]
+    if report or len(kept) < len(tasks):
+        print(f"{what}: {len(kept):,} of {len(tasks):,} fit in {room} tokens, leaving {max_new_tokens} for the "
+              f"answer within {limit}; {len(tasks) - len(kept):,} longer ones are left out")
+    if not kept:
+        raise ValueError(f"no prompt fits in {room} tokens ({limit} less {max_new_tokens} for the answer); raise "
+                         "sft.max_length or lower ppo.max_new_tokens")
+    return kept
 
 
 def rl_prompts(profile: Profile) -> tuple[object | None, list]:

@@ -20,7 +20,7 @@ from torch import nn
 from .checkpoint import CHECKPOINT, load_checkpoint, save_checkpoint
 from .config import LoRAConfig, PPOConfig, validate_config
 from .data import render_prompt
-from .models import Generation, frozen_with_adapters, last_token_index
+from .models import Generation, frozen_with_adapters, in_float32, last_token_index
 from .rollout import (
     PolicyWithValue,
     PromptOrder,
@@ -167,7 +167,7 @@ def build_policy(sft_model: nn.Module, reward_model, cfg: PPOConfig, lora: LoRAC
     if cfg.value_init not in ("zero", "reward_model"):
         raise ValueError(f"PPOConfig.value_init must be 'zero' or 'reward_model', got {cfg.value_init!r}")
     lm = frozen_with_adapters(sft_model, lora, cfg.seed)
-    head = nn.Linear(reward_model.head.in_features, 1)
+    head = in_float32(nn.Linear(reward_model.head.in_features, 1))  # V in float32 under autocast
     if cfg.value_init == "reward_model":
         head.load_state_dict(reward_model.head.state_dict())
     else:

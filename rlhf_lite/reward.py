@@ -36,13 +36,14 @@ from .files import atomic_dir
 from .models import (
     dropout_off,
     frozen_with_adapters,
+    in_float32,
     last_token_index,
     load_base,
     pad_batch,
     position_ids_from_mask,
     transformer_body,
 )
-from .runtime import hf_bars_off, optimizer_step, progress_bar, warmup_linear_schedule
+from .runtime import backward, hf_bars_off, micro_batches, optimizer_step, progress_bar, warmup_linear_schedule
 
 
 # ---------------------------------------------------------------------------------------------
@@ -101,7 +102,7 @@ class RewardModel(nn.Module):
         super().__init__()
         self.lm = lm
         d = hidden_size or lm.config.hidden_size
-        self.head = nn.Linear(d, 1)  # [d] -> one scalar: the only output
+        self.head = in_float32(nn.Linear(d, 1))  # [d] -> one scalar: the only output, in float32 under autocast
         with torch.random.fork_rng(devices=[]):  # N(0, 1/(d+1)) (Stiennon et al. 2020), bias 0
             torch.manual_seed(seed)
             nn.init.normal_(self.head.weight, std=1.0 / math.sqrt(d + 1))
@@ -228,14 +229,23 @@ def train_reward_model(rm: RewardModel, tokenizer, train: Sequence[dict], cfg: R
         rng.shuffle(order)
         for i in range(0, len(order), per_step):
             idx = order[i:i + per_step]
-            loss, acc = _records_loss(rm, [enc[j] for j in idx], [data[j] for j in idx], tokenizer.pad_token_id)
-            optimizer_step(loss, params, opt, sched, cfg.grad_clip, f"reward-model step {step + 1}",
-                           f"Lower RewardConfig.lr (now {cfg.lr}).")
+            parts = micro_batches(idx, cfg.micro_batch_size)  # one part, unless gradients are accumulated
+            what, hint = f"reward-model step {step + 1}", f"Lower RewardConfig.lr (now {cfg.lr})."
+            logged, acc = 0.0, []
+            for k, part in enumerate(parts):
+                loss, part_acc = _records_loss(rm, [enc[j] for j in part], [data[j] for j in part],
+                                               tokenizer.pad_token_id)
+                if len(parts) > 1:  # the batch's loss is a mean over its prompts: weigh each part by its share
+                    loss = loss * (len(part) / len(idx))
+                logged, acc = logged + loss.item(), acc + part_acc
+                if k + 1 < len(parts):
+                    backward(loss, what, hint)
+            optimizer_step(loss, params, opt, sched, cfg.grad_clip, what, hint)
             step += 1
             history["responses_forwarded"] += sum(len(enc[j]) for j in idx)
-            history["train"].append({"step": step, "loss": loss.item(), "accuracy": sum(acc) / max(len(acc), 1)})
+            history["train"].append({"step": step, "loss": logged, "accuracy": sum(acc) / max(len(acc), 1)})
             bar.update(1)
-            bar.set_postfix(loss=f"{loss.item():.3f}")
+            bar.set_postfix(loss=f"{logged:.3f}")
             if step % cfg.eval_every == 0 or step == total:
                 log_eval(step)
     bar.close()

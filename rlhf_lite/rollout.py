@@ -150,8 +150,10 @@ def policy_logprobs(policy: PolicyWithValue, ids: torch.Tensor, attn: torch.Tens
 
 
 def response_outputs(policy: PolicyWithValue, ids: torch.Tensor, attn: torch.Tensor, prompt_len: int,
-                     temperature: float, reference: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
-    """Log-probs of the response tokens and per-token entropy, both [b, R], for rows of a rollout.
+                     temperature: float, reference: bool = False,
+                     entropy: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Log-probs of the response tokens [b, R] for rows of a rollout, and (``entropy=True``, where it is logged:
+    the rollout) the policy's entropy at each response position [b, R], else None.
 
     The speed path of :func:`policy_logprobs` (the plain spec: one forward pass, then :func:`response_logprobs`);
     ``tests/test_ppo.py`` checks both give the same numbers. Cheaper because columns that
@@ -167,12 +169,14 @@ def response_outputs(policy: PolicyWithValue, ids: torch.Tensor, attn: torch.Ten
         h = transformer_body(policy.lm)(input_ids=ids_t, attention_mask=attn_t,
                                         position_ids=position_ids_from_mask(attn_t),
                                         use_cache=False).last_hidden_state  # [b, T', d]
-    logits = policy.lm.get_output_embeddings()(h[:, P - 1:-1]).float() / temperature  # [b, R', V]
+    logits = policy.lm.get_output_embeddings()(h[:, P - 1:-1]).float() / temperature  # [b, R', V], float32
     logp_all = torch.log_softmax(logits, -1)
     logprobs = logp_all.gather(-1, ids_t[:, P:, None]).squeeze(-1)  # [b, R']
-    entropy = -(logp_all.exp() * logp_all).sum(-1).detach()  # [b, R']
     pad = R - logprobs.size(1)  # right columns cut off above: back to [b, R] (they are off the mask)
-    return nn.functional.pad(logprobs, (0, pad)), nn.functional.pad(entropy, (0, pad))
+    if not entropy:  # a full-vocabulary pass saved in every update minibatch
+        return nn.functional.pad(logprobs, (0, pad)), None
+    ent = -(logp_all.exp() * logp_all).sum(-1).detach()  # [b, R']
+    return nn.functional.pad(logprobs, (0, pad)), nn.functional.pad(ent, (0, pad))
 
 
 def score_and_features(reward_model, ids: torch.Tensor, attn: torch.Tensor, prompt_len: int) -> tuple[torch.Tensor,
@@ -255,7 +259,7 @@ def rollout(policy: PolicyWithValue, reward_model, tokenizer, prompts: Sequence[
         # 3. Log-probs of the sampled tokens under the policy and the reference (same temperature)
         logprobs, ref_logprobs, entropy = (torch.zeros(len(prompts), mask.size(1), device=device) for _ in range(3))
         for mb in chunks:
-            logprobs[mb], entropy[mb] = response_outputs(policy, ids[mb], attn[mb], P, cfg.temperature)
+            logprobs[mb], entropy[mb] = response_outputs(policy, ids[mb], attn[mb], P, cfg.temperature, entropy=True)
             ref_logprobs[mb] = response_outputs(policy, ids[mb], attn[mb], P, cfg.temperature, reference=True)[0]
     return Rollout(gens, ids, attn, mask, batch["finished"], P, lengths, chunks, rm_scores, scores, feats, logprobs,
                    ref_logprobs, entropy)

@@ -68,13 +68,27 @@ def pick_precision(device: str, prefer: str | None = None) -> str:
     return choice
 
 
-def autocast(device: str, precision: str = "fp32"):
-    """The context every stage's work runs in on ``device``: ``torch.autocast`` to bfloat16 for "bf16", nothing
-    for "fp32" (so CPU runs are unchanged, bit for bit)."""
+def course_precision(device: str | None = None, precision: str | None = None):
+    """The context every stage's and notebook's work runs in, the one place the course's precision is set: on a GPU,
+    TF32 matrix products where the GPU has them (compute capability ≥ 8) and ``torch.autocast`` to bfloat16 for
+    "bf16" (``precision``, default :func:`pick_precision`'s); on the CPU nothing, so CPU results stay bit for bit.
+    Heads and losses stay float32 either way (``rlhf_lite.models.in_float32``)."""
 
-    if precision == "bf16":
-        return torch.autocast("cuda", dtype=torch.bfloat16)
-    return contextlib.nullcontext()
+    device = pick_device(device)
+    precision = precision or pick_precision(device)
+    if not device.startswith("cuda"):
+        return contextlib.nullcontext()
+    if torch.cuda.get_device_capability(device)[0] >= 8:
+        torch.backends.cuda.matmul.fp32_precision = "tf32"
+    return torch.autocast("cuda", dtype=torch.bfloat16) if precision == "bf16" else contextlib.nullcontext()
+
+
+def compute_dtype(device: str) -> torch.dtype:
+    """The dtype quantized (QLoRA) layers compute in on ``device``: bfloat16 on GPUs that have it natively
+    (compute capability ≥ 8), float16 on older ones such as the T4, float32 on the CPU."""
+    if not device.startswith("cuda"):
+        return torch.float32
+    return torch.bfloat16 if torch.cuda.get_device_capability(device)[0] >= 8 else torch.float16
 
 
 def placement(device: str | None = None) -> tuple[str, str]:
@@ -161,6 +175,23 @@ def warmup_linear_schedule(optimizer, warmup_steps: int, total_steps: int):
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
 
+def micro_batches(items: list, size: int) -> list[list]:
+    """Gradient accumulation's parts of one batch: ``items`` in consecutive pieces of ``size`` (0, or a size at
+    least the batch's: the whole batch in one piece). Each piece's loss is weighted by its share of the batch and
+    backpropagated on its own (:func:`backward`), so one optimizer step sees the gradient of the whole batch while
+    only one piece's activations are in memory at a time."""
+    if size <= 0 or size >= len(items):
+        return [list(items)]
+    return [list(items[i:i + size]) for i in range(0, len(items), size)]
+
+
+def backward(loss, what: str, hint: str) -> None:
+    """``loss.backward()`` after checking the loss is finite (see :func:`check_finite`): the first micro-batches of
+    an accumulated step; the last goes through :func:`optimizer_step`."""
+    check_finite(loss, f"{what}: the loss", hint)
+    loss.backward()
+
+
 def check_finite(x, what: str, hint: str) -> None:
     """Stop with a FloatingPointError if ``x`` (a tensor) has a NaN or an infinity. The message names ``what``
     (e.g. "PPO step 7: reward"), how many entries are not finite, the first of them with their positions, and
@@ -181,8 +212,7 @@ def optimizer_step(loss, params, optimizer, scheduler, grad_clip: float, what: s
     clear the gradients. A NaN or infinite loss or gradient stops *before* the update (the error names ``what``,
     e.g. "SFT step 12"), so the weights stay finite and the step named is the one that produced it."""
 
-    check_finite(loss, f"{what}: the loss", hint)
-    loss.backward()
+    backward(loss, what, hint)
     norm = torch.nn.utils.clip_grad_norm_(params, grad_clip)
     if not torch.isfinite(norm):
         optimizer.zero_grad(set_to_none=True)
@@ -206,22 +236,25 @@ def current_rss_mb() -> float:
 
 
 class MemoryMonitor:
-    """``with MemoryMonitor() as m: ...`` then ``m.seconds`` and ``m.peak_mb``: wall time, and the peak memory the
-    block added on top of what was in use when it started: CPU resident memory sampled every 20 ms by a thread
-    (after handing freed heap memory back to the OS, so that an earlier block's leftovers do not hide this
-    one's), or on CUDA ``torch.cuda.max_memory_allocated`` (exact)."""
+    """``with MemoryMonitor(model) as m: ...`` then ``m.seconds`` and ``m.peak_mb``: wall time, and the peak memory
+    the block added on top of what was in use when it started, on the device the work runs on: ``device`` is a
+    device name, or a model (the device its parameters are on), or None (:func:`pick_device`'s). CPU: resident
+    memory sampled every 20 ms by a thread (after handing freed heap memory back to the OS, so that an earlier
+    block's leftovers do not hide this one's); CUDA: ``torch.cuda.max_memory_allocated`` (exact)."""
 
-    def __init__(self, device: str = "cpu", interval: float = 0.02):
-        self.device, self.interval = str(device), interval
+    def __init__(self, device: "str | torch.device | torch.nn.Module | None" = None, interval: float = 0.02):
+        if isinstance(device, torch.nn.Module):
+            device = next(device.parameters()).device
+        self.device, self.interval = str(device) if device is not None else pick_device(), interval
 
     def __enter__(self):
 
 
         self.cuda = self.device.startswith("cuda") and torch.cuda.is_available()
         if self.cuda:
-            torch.cuda.synchronize()
-            torch.cuda.reset_peak_memory_stats()
-            self.start = torch.cuda.memory_allocated() / 2**20
+            torch.cuda.synchronize(self.device)
+            torch.cuda.reset_peak_memory_stats(self.device)
+            self.start = torch.cuda.memory_allocated(self.device) / 2**20
         else:
             import ctypes
 
@@ -245,8 +278,8 @@ class MemoryMonitor:
 
 
         if self.cuda:
-            torch.cuda.synchronize()
-            self.peak = torch.cuda.max_memory_allocated() / 2**20
+            torch.cuda.synchronize(self.device)
+            self.peak = torch.cuda.max_memory_allocated(self.device) / 2**20
         else:
             self._stop.set()
             self._thread.join()

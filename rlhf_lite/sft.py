@@ -20,7 +20,7 @@ from transformers import BitsAndBytesConfig
 from .config import LoRAConfig, SFTConfig, validate_config
 from .data import IGNORE_INDEX, SFTCollator, TruncationWarning, length_grouped_batches, render_prompt, sft_example
 from .models import add_lora_adapters, generate, load_base
-from .runtime import optimizer_step, progress_bar, warmup_linear_schedule
+from .runtime import backward, compute_dtype, micro_batches, optimizer_step, progress_bar, warmup_linear_schedule
 
 
 def sft_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -59,13 +59,14 @@ def count_parameters(model) -> dict[str, int]:
 def load_quantized(name: str, bits: str = "4bit", device: str = "cpu"):
     """Load a base model with bitsandbytes-quantized weights for QLoRA (Dettmers et al. 2023).
 
-    "4bit": NF4 weights, double quantization, bfloat16 compute; "8bit": LLM.int8(). If bitsandbytes
+    "4bit": NF4 weights, double quantization, computing in the GPU's native half precision
+    (``runtime.compute_dtype``: bfloat16 on an A100/L4/H100, float16 on a T4); "8bit": LLM.int8(). If bitsandbytes
     cannot run here, say so in one line and load full precision instead. Returns (model, tokenizer, mode).
     """
     if bits not in ("4bit", "8bit"):
         raise ValueError(f"quantization must be '4bit' or '8bit', got {bits!r}")
     qcfg = (BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
-                               bnb_4bit_compute_dtype=torch.bfloat16) if bits == "4bit"
+                               bnb_4bit_compute_dtype=compute_dtype(device)) if bits == "4bit"
             else BitsAndBytesConfig(load_in_8bit=True))
     warnings.filterwarnings("ignore", message=".*inputs will be cast from torch.float32.*")  # bnb says it every call
     try:
@@ -166,19 +167,28 @@ def train_sft(model, tokenizer, dataset, cfg: SFTConfig, progress: bool = True) 
     log_eval(0)
     step, bar = 0, progress_bar(total=total_steps, desc="sft", enabled=progress)
     lengths = [len(e["input_ids"]) for e in train]
+    supervised = [sum(l != IGNORE_INDEX for l in e["labels"][1:]) for e in train]  # tokens each example's loss is on
+    what, hint = "SFT step {}", f"Lower SFTConfig.lr (now {cfg.lr})."
     while step < total_steps:
         for idx in length_grouped_batches(lengths, cfg.batch_size, g):
-            batch = {k: v.to(device) for k, v in collate([train[j] for j in idx]).items()}
-            logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
-                           use_cache=False).logits  # [B, T, V]; no KV cache kept, nothing is generated
-            loss = sft_loss(logits, batch["labels"])
-            optimizer_step(loss, params, opt, sched, cfg.grad_clip, f"SFT step {step + 1}",
-                           f"Lower SFTConfig.lr (now {cfg.lr}).")
+            parts = micro_batches(idx, cfg.micro_batch_size)  # one part, unless gradients are accumulated
+            logged = 0.0
+            for k, part in enumerate(parts):
+                batch = {name: v.to(device) for name, v in collate([train[j] for j in part]).items()}
+                logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                               use_cache=False).logits  # [b, T, V]; no KV cache kept, nothing is generated
+                loss = sft_loss(logits, batch["labels"])
+                if len(parts) > 1:  # the batch's loss is a mean over its tokens: weigh each part by its share
+                    loss = loss * (sum(supervised[j] for j in part) / sum(supervised[j] for j in idx))
+                logged += loss.item()
+                history["tokens"] += int(batch["attention_mask"].sum())
+                if k + 1 < len(parts):
+                    backward(loss, what.format(step + 1), hint)
+            optimizer_step(loss, params, opt, sched, cfg.grad_clip, what.format(step + 1), hint)
             step += 1
-            history["tokens"] += int(batch["attention_mask"].sum())
-            history["train"].append({"step": step, "loss": loss.item(), "lr": sched.get_last_lr()[0]})
+            history["train"].append({"step": step, "loss": logged, "lr": sched.get_last_lr()[0]})
             bar.update(1)
-            bar.set_postfix(loss=f"{loss.item():.3f}")
+            bar.set_postfix(loss=f"{logged:.3f}")
             if step % cfg.eval_every == 0 or step == total_steps:
                 log_eval(step)
             if step >= total_steps:

@@ -38,6 +38,7 @@ from .feedback import (
     agreement_matrix,
     collect_comparisons,
     expected_agreement,
+    in_policy_format,
     load_preference_dataset,
     read_comparisons,
     variant_comparisons,
@@ -53,7 +54,7 @@ from .reward import (
     save_reward_model,
     train_reward_model,
 )
-from .runtime import autocast, hf_bars_off, pick_device, placement, rounded, runs_dir, seed_everything
+from .runtime import course_precision, hf_bars_off, pick_device, placement, rounded, runs_dir, seed_everything
 from .sft import add_lora, count_parameters, load_quantized, train_sft
 from .world import world_from_config
 
@@ -76,7 +77,7 @@ def base_checkpoint(profile: Profile | None = None, progress: bool = True, devic
     if not (out / "config.json").is_file():
         print(f"{profile.base_model} has not learned TinyWorld's language yet: continued pretraining on its corpus "
               f"({profile.pretrain.steps} steps, cached in runs/cache/{out.name})")
-        with autocast(device, precision):
+        with course_precision(device, precision):
             card = continue_pretraining(profile.base_model, profile.pretrain, out, device, progress)
         print(f"continued pretraining done in {card['wall_time_s']:.0f} s: held-out loss "
               f"{card['heldout_loss_before']:.3f} -> {card['final_heldout_loss']:.3f}")
@@ -101,7 +102,7 @@ def train_sft_model(profile: Profile, cfg: SFTConfig | None = None, progress: bo
     else:
         model, tok = load_base(base, device=device)
     model = add_lora(model, cfg, profile.lora) if cfg.lora else model
-    with autocast(device, precision):
+    with course_precision(device, precision):
         history = train_sft(model, tok, data, cfg, progress=progress)
     history["parameters"] = count_parameters(model)
     history["n_train_examples"] = len(data["train"])
@@ -161,7 +162,7 @@ def comparisons_dir(profile: Profile, progress: bool = True, device: str | None 
           f"{cfg.n_prompts + cfg.n_eval_prompts} prompts and ranking them")
     world = world_from_config(profile.world)
     model, tok = load_base(str(sft_dir), device=device)
-    with atomic_dir(out, "comparisons") as tmp, autocast(device, precision):
+    with atomic_dir(out, "comparisons") as tmp, course_precision(device, precision):
         for split, n, seed in (("train", cfg.n_prompts, cfg.seed), ("validation", cfg.n_eval_prompts, cfg.seed + 1)):
             rank_samples(model, tok, world, profile, world.splits[split][:n], seed,
                          RankingStore(tmp / f"{split}.jsonl"), progress)
@@ -177,7 +178,8 @@ def comparison_data(profile: Profile | None = None, progress: bool = True,
     TinyWorld: the SFT model (:func:`sft_checkpoint`) samples K responses per prompt; training prompts are ranked
     by the training labelers, one labeler per prompt; validation prompts (held-out users) too, to measure the
     reward model on people it has not seen. Held-out labelers never rank anything here: they only judge. Real data
-    (``source`` "hh-rlhf" or a file): its own splits.
+    (``source`` "hh-rlhf" or a file): its own splits (a tenth of a file held out), prompts rendered in the policy's
+    prompt format (:func:`~rlhf_lite.feedback.in_policy_format`).
     """
     profile = profile or get_profile()
     cfg = profile.reward
@@ -189,7 +191,10 @@ def comparison_data(profile: Profile | None = None, progress: bool = True,
             rng = random.Random(cfg.seed)
             rng.shuffle(train)
             val, train = train[: max(1, len(train) // 10)], train[max(1, len(train) // 10):]
-        return {"train": train[: cfg.n_prompts], "validation": val[: cfg.n_eval_prompts]}
+        fmt = profile.sft.prompt_format  # the reward model reads prompts as the policy will write them
+        tok = None if fmt == "alpaca" else load_base(base_checkpoint(profile, progress, "cpu"))[1]
+        return {"train": in_policy_format(train[: cfg.n_prompts], tok, fmt),
+                "validation": in_policy_format(val[: cfg.n_eval_prompts], tok, fmt)}
     out = comparisons_dir(profile, progress, device)
     return {split: read_comparisons(out / f"{split}.jsonl") for split in ("train", "validation")}
 
@@ -213,12 +218,12 @@ def train_reward_stage(profile: Profile | None = None, cfg: RewardConfig | None 
     train = data["train"] + (more["train"] if more else [])
     lm, tok = load_base(str(sft_checkpoint(profile, progress=progress, device=device)), device=device)
     rm = build_reward_model(lm, cfg, profile.lora).to(device)
-    with autocast(device, precision):
+    with course_precision(device, precision):
         history = train_reward_model(rm, tok, train, cfg, data["validation"], progress=progress)
     metrics = {"comparisons": history["pairs"], "prompts": len(train),
                "wall_time_s": round(history["wall_time_s"], 1), "validation_loss": history["eval"][-1]["loss"],
                "validation_accuracy": history["eval"][-1]["accuracy"]}
-    with autocast(device, precision):
+    with course_precision(device, precision):
         if cfg.source == "tinyworld":
             metrics.update(_measure_reward_model(rm, tok, profile, cfg, data["validation"]))
         else:

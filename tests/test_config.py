@@ -10,7 +10,7 @@ from rlhf_lite.config import PROFILES, get_profile
 
 
 def test_profiles_and_env(monkeypatch):
-    assert set(PROFILES) == {"smoke", "tiny", "gpt2", "gpt2-smoke", "gpt2-hub"}
+    assert set(PROFILES) == {"smoke", "tiny", "gpt2", "gpt2-smoke", "gpt2-hub", "gpt2-hub-smoke"}
     monkeypatch.delenv("RLHF_LITE_PROFILE", raising=False)
     assert get_profile().name == "tiny"
     monkeypatch.setenv("RLHF_LITE_PROFILE", "gpt2")

@@ -1,4 +1,5 @@
 import json
+import math
 import warnings
 from pathlib import Path
 
@@ -75,7 +76,7 @@ def test_collator_pads_right_and_keeps_the_real_eos_label(gpt2_tok):
 
 @needs_gpt2
 def test_masking_by_pad_id_loses_the_eos_label(gpt2_tok):
-    """The bug we avoid (trl#1623): a collator that sets labels = -100 wherever input == pad id."""
+    """The bug we avoid (trl#976): a collator that sets labels = -100 wherever input == pad id."""
     from transformers import DataCollatorForLanguageModeling
 
     ex = build_sft_example(gpt2_tok, format_prompt("Hi"), "Hello there.", 64)
@@ -172,8 +173,25 @@ def test_local_file_loads_identically_to_generated_data(tinyworld, tmp_path, suf
         import pandas as pd
         df = pd.DataFrame(rows)
         df.to_csv(path, index=False) if suffix == ".csv" else df.to_parquet(path)
-    loaded = load_instruction_dataset(str(path))["train"]
-    assert loaded.to_list() == tinyworld["train"].to_list()
+    loaded = load_instruction_dataset(str(path))
+    got = loaded["train"].to_list() + loaded["validation"].to_list()
+    assert sorted(got, key=lambda r: r["prompt_id"]) == sorted(rows, key=lambda r: r["prompt_id"])
+    assert len(loaded["validation"]) == math.ceil(0.05 * len(rows))  # 5 % held out, as notebook 02 holds out
+
+
+def test_a_one_list_source_gets_the_same_validation_split_every_time(tmp_path):
+    """Dolly and local files come as one list: the same 5 % is held out for the SFT stage and notebook 02, and the
+    RL prompts (the "train" split) never include it."""
+    rows = [{"instruction": f"Name colour {i}.", "context": "", "response": "Red.", "category": "brainstorming"}
+            for i in range(40)]
+    path = tmp_path / "d.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    a, b = load_instruction_dataset(str(path)), load_instruction_dataset(str(path))
+    assert a["validation"].to_list() == b["validation"].to_list() and len(a["validation"]) == 2
+    assert not {r["instruction"] for r in a["validation"]} & {r["instruction"] for r in a["train"]}
+    one = tmp_path / "one.jsonl"
+    one.write_text(json.dumps(rows[0]) + "\n")
+    assert list(load_instruction_dataset(str(one))) == ["train"]  # one record: nothing to hold out
 
 
 def write(tmp_path, name, text):

@@ -5,7 +5,7 @@ import torch
 from rlhf_lite import cache
 from rlhf_lite.cache import device_tag
 from rlhf_lite.config import get_profile
-from rlhf_lite.runtime import autocast, pick_device, pick_precision
+from rlhf_lite.runtime import course_precision, pick_device, pick_precision
 
 no_gpu = pytest.mark.skipif(torch.cuda.is_available(), reason="checks the messages of a machine without a GPU")
 
@@ -47,7 +47,7 @@ def test_precision_is_fp32_on_the_cpu(monkeypatch):
         pick_precision("cpu", "bf16")
     with pytest.raises(ValueError, match=r"unknown precision 'fp16'.*auto, fp32, bf16"):
         pick_precision("cpu", "fp16")
-    with autocast("cpu", "fp32"):  # fp32: no autocast at all, so CPU results stay bit for bit
+    with course_precision("cpu"):  # the CPU: no autocast at all, so CPU results stay bit for bit
         assert not torch.is_autocast_enabled("cpu") and not torch.is_autocast_enabled("cuda")
 
 
@@ -78,3 +78,15 @@ def test_published_gpu_peaks_for_mfu():
     assert gpu_peak_tflops("NVIDIA H100 PCIe", "bf16") == 756.0  # not the SXM part's peak
     assert gpu_peak_tflops("Tesla T4", "fp32") == 8.1 and gpu_peak_tflops("Tesla T4", "bf16") is None
     assert gpu_peak_tflops("Some Future GPU", "bf16") is None
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (.ci/gpu-check runs it)")
+def test_the_course_precision_on_a_gpu():
+    from rlhf_lite.runtime import compute_dtype
+
+    native_bf16 = torch.cuda.get_device_capability()[0] >= 8
+    with course_precision("cuda"):
+        assert torch.is_autocast_enabled("cuda") == native_bf16
+        if native_bf16:
+            assert torch.backends.cuda.matmul.fp32_precision == "tf32"
+    assert compute_dtype("cuda") == (torch.bfloat16 if native_bf16 else torch.float16)

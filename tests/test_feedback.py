@@ -244,3 +244,17 @@ def test_second_round_prompts_are_the_unranked_or_all(world):
     assert second_round_prompts(every, world, "all") == train
     with pytest.raises(ValueError, match="'unranked'.*'all'"):
         second_round_prompts(prof, world, "first")
+
+
+def test_hh_dialogues_in_the_policy_prompt_format():
+    from rlhf_lite.feedback import dialogue_turns, in_policy_format
+
+    two = "\n\nHuman: Hi there\n\nAssistant: Hello!\n\nHuman: Why is the sky blue?\n\nAssistant:"
+    assert dialogue_turns(two) == [("Human", "Hi there"), ("Assistant", "Hello!"), ("Human", "Why is the sky blue?")]
+    assert dialogue_turns("Human: One?\n\nAssistant:") == [("Human", "One?")]  # no leading blank line
+    recs = in_policy_format([{"prompt": two, "responses": ["a", "b"]},
+                             {"prompt": "Write a poem.", "responses": ["a", "b"]}], None)
+    assert recs[0]["prompt"] == ("### Instruction:\nWhy is the sky blue?\n\n### Context:\nHuman: Hi there\n"
+                                 "Assistant: Hello!\n\n### Response:\n")
+    assert recs[1]["prompt"] == "### Instruction:\nWrite a poem.\n\n### Response:\n"  # TRL's plain prompt
+    assert recs[0]["responses"] == ["a", "b"]  # only the prompt changes

@@ -269,7 +269,9 @@ def test_trimmed_forward_equals_the_plain_one(smoke_parts):
                                   ids, P, 0.7)
         assert torch.allclose(policy_logprobs(policy, ids, attn, P, 0.7), plain * b["mask"], atol=1e-6)  # the spec
         rows = [0, 3]  # a subset: its padding columns are trimmed away
-        lp, ent = response_outputs(policy, ids[rows], attn[rows], P, 0.7)
+        lp, ent = response_outputs(policy, ids[rows], attn[rows], P, 0.7, entropy=True)
+        lp_only, no_entropy = response_outputs(policy, ids[rows], attn[rows], P, 0.7)  # the updates' call
+        assert no_entropy is None and torch.equal(lp_only, lp)  # entropy only where it is logged, same log-probs
         ref_fast = response_outputs(policy, ids[rows], attn[rows], P, 0.7, reference=True)[0]
         ref_plain = policy_logprobs(policy, ids[rows], attn[rows], P, 0.7, reference=True)
         scores, feats = score_and_features(rm, ids[rows], attn[rows], P)

@@ -133,7 +133,7 @@ def check_build_sft_example(fn, tokenizer) -> None:
         n_prompt = want["labels"].count(IGNORE_INDEX)
         if got["labels"][-1] == IGNORE_INDEX and want["labels"][-1] == eos:
             raise ExerciseError(f"{where}: the EOS label is -100. Keep it (labels[-1] = eos_token_id), even though "
-                                "pad == eos for GPT-2: it is what teaches the model to stop (trl#1623)")
+                                "pad == eos for GPT-2: it is what teaches the model to stop (trl#976)")
         if any(l != IGNORE_INDEX for l in got["labels"][:n_prompt]):
             raise ExerciseError(f"{where}: prompt positions must have label -100 (no loss on the prompt)")
         shifted = want["input_ids"][1:] + [IGNORE_INDEX]

@@ -29,7 +29,7 @@ from ..checkpoint import load_trained_state
 from ..config import Profile
 from ..files import atomic_dir, foreign_files, load_state, save_state
 from ..models import load_base
-from ..runtime import runs_dir
+from ..runtime import course_precision, runs_dir
 from ..sft import add_lora
 from ..stages import SFT_ADAPTERS, base_checkpoint, write_sft_checkpoint
 
@@ -56,7 +56,8 @@ def saved_cell(name: str, compute: Callable[[], dict], *, key, profile: Profile,
     ``<saved_dir>/<name>.safetensors``; or, when ``rerun`` is False and that file holds a result saved under the same
     key, load it instead. The key hashes ``key`` (anything :func:`rlhf_lite.cache.config_key` takes: settings,
     upstream stage names), the profile's LoRA settings, the device (a GPU's results are not the CPU's) and the source
-    of the package modules named in ``code`` and of everything they import (e.g. ``("ppo",)``).
+    of the package modules named in ``code`` and of everything they import (e.g. ``("ppo",)``). ``compute()`` runs
+    in the course's precision (:func:`rlhf_lite.runtime.course_precision`), as the stages do.
     ``took(result)``, for work that ``compute`` may reuse from an earlier run (the pipeline's), gives the seconds
     the work itself took; by default it is how long ``compute()`` ran. Either way the result is a
     :class:`SavedResult`."""
@@ -73,7 +74,8 @@ def saved_cell(name: str, compute: Callable[[], dict], *, key, profile: Profile,
             return out
         print(f"the saved result in {_show(path)} is for other settings or code: computing this cell again")
     t0 = time.time()
-    result = _plain(compute())
+    with course_precision():  # on a GPU, the stages' precision (TF32, bf16 autocast where native); the CPU: as is
+        result = _plain(compute())
     seconds = round(took(result) if took else time.time() - t0, 1)
     path.parent.mkdir(parents=True, exist_ok=True)
     save_state(path, {"key": digest, "seconds": seconds, "result": result})

@@ -40,7 +40,7 @@ from ..grpo import build_grpo_policy, train_grpo
 from ..models import TINY_BASE, load_base, transformer_body
 from ..ppo import build_policy, train_ppo
 from ..reward import build_reward_model, train_reward_model
-from ..runtime import MemoryMonitor, autocast, pick_precision, quiet, runs_dir, versions
+from ..runtime import MemoryMonitor, course_precision, pick_precision, quiet, runs_dir, versions
 from ..sft import add_lora, tokenize_records, train_sft
 from ..world import world_from_config
 from .gpt2_shape import write_gpt2_shape
@@ -392,7 +392,7 @@ def run_bench(cfg: BenchConfig, out: str | Path | None = None, progress: bool = 
         del base
         data = bench_data(tok, cfg)
         precision = pick_precision(cfg.device)
-        with autocast(cfg.device, precision):  # both sides alike
+        with course_precision(cfg.device, precision):  # both sides alike
             for name, fn in steps:
                 if progress:
                     print(f"bench: {name} …", flush=True)
