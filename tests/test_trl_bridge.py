@@ -4,7 +4,16 @@ import sys
 import pytest
 import torch
 
-from rlhf_lite.course.trl_bridge import TRL_HINT, preference_rows, require_trl, rm_reward_function, sft_rows
+from rlhf_lite.config import SFTConfig
+from rlhf_lite.course.trl_bridge import (
+    TRL_HINT,
+    preference_rows,
+    require_trl,
+    rm_reward_function,
+    sft_rows,
+    sft_token_rows,
+)
+from rlhf_lite.data import build_sft_example
 from rlhf_lite.models import load_base
 from rlhf_lite.runtime import MemoryMonitor
 
@@ -13,6 +22,12 @@ def test_rows_in_trl_formats():
     _, tok = load_base("tiny")
     rows = sft_rows([{"instruction": "Name a river.", "context": "", "response": "The Nile."}], tok)
     assert rows == [{"prompt": "### Instruction:\nName a river.\n\n### Response:\n", "completion": "The Nile."}]
+    # what trl_sft trains on: our own SFT example token for token, the mask where our labels are kept (EOS too)
+    rec = {"instruction": "Name a river.", "context": "", "response": "The Nile.", "category": "open_qa"}
+    (tokens,) = sft_token_rows([rec], tok, SFTConfig())
+    ours = build_sft_example(tok, rows[0]["prompt"], "The Nile.", 256)
+    assert tokens["input_ids"] == ours["input_ids"] and tokens["input_ids"][-1] == tok.eos_token_id
+    assert tokens["completion_mask"] == [int(l != -100) for l in ours["labels"]] and tokens["completion_mask"][-1] == 1
     recs = [{"prompt": "P", "responses": ["a", "b", "c", "d"], "ranking": [3, [0, 2], 1]}]
     assert [(r["chosen"], r["rejected"]) for r in preference_rows(recs)] == \
         [("d", "a"), ("d", "c"), ("d", "b"), ("a", "b"), ("c", "b")]  # the tie (a, c) gives no row

@@ -2,7 +2,7 @@
 
 | rlhf_lite                                 | TRL (``pip install "rlhf-lite[trl]"``)                  |
 |-------------------------------------------|---------------------------------------------------------|
-| ``sft.train_sft`` (label mask on prompts)  | ``SFTTrainer``, prompt/completion data, ``completion_only_loss=True`` |
+| ``sft.train_sft`` (label mask on prompts)  | ``SFTTrainer`` on our tokens, ``completion_only_loss=True`` |
 | ``reward.train_reward_model`` (C(K,2))     | ``RewardTrainer`` on (prompt, chosen, rejected) pairs   |
 | ``dpo.train_dpo``                          | ``DPOTrainer`` with a LoRA ``peft_config`` and no ``ref_model`` (adapters
 off = reference) |
@@ -61,6 +61,19 @@ def sft_rows(records: Sequence[dict], tokenizer, fmt: str = "alpaca") -> list[di
             for r in records]
 
 
+def sft_token_rows(records: Sequence[dict], tokenizer, cfg) -> list[dict]:
+    """Dolly records -> TRL's already-tokenized rows ``{"input_ids", "completion_mask"}``: token for token the
+    examples ``train_sft`` trains on (``cfg``: our SFTConfig, for ``max_length`` and the prompt format), EOS included,
+    mask 1 where our labels are kept. ``trl_sft`` trains on these rather than on :func:`sft_rows`' text: TRL tokenizes
+    prompt + completion as one string, ours tokenizes the response alone, and with a tokenizer that puts a space
+    before a text tokenized alone (the tiny model's does) the response's first token differs. The two sides would
+    then learn, and be measured on, different tokens at the very position that starts every answer."""
+    from ..sft import tokenize_records
+
+    return [{"input_ids": list(e["input_ids"]), "completion_mask": [int(l != -100) for l in e["labels"]]}
+            for e in tokenize_records(tokenizer, records, cfg)]
+
+
 def preference_rows(records: Sequence[dict]) -> list[dict]:
     """Ranked comparison records -> TRL's explicit-prompt preference rows ``{"prompt", "chosen", "rejected"}``:
     one row per (winner, loser) pair of each ranking, all C(K,2) of them, best pairs first, ties skipped.
@@ -113,8 +126,9 @@ def _train(trainer) -> dict:
 # ---------------------------------------------------------------------------------------------
 def trl_sft(model, tokenizer, records: Sequence[dict], cfg, steps: int, progress: bool = False,
             lora: LoRAConfig | None = None):
-    """SFTTrainer with completion-only loss on ``records`` (Dolly format), LoRA as ``cfg`` (our SFTConfig) says.
-    Returns (the trained peft model, {"seconds", "log"})."""
+    """SFTTrainer with completion-only loss on ``records`` (Dolly format), tokenized exactly as ours
+    (:func:`sft_token_rows`), LoRA as ``cfg`` (our SFTConfig) says. Returns (the trained peft model,
+    {"seconds", "log"})."""
     from datasets import Dataset
 
     trl = require_trl()
@@ -122,9 +136,9 @@ def trl_sft(model, tokenizer, records: Sequence[dict], cfg, steps: int, progress
         args = _args(trl.SFTConfig, out, lr=cfg.lr, batch_size=cfg.batch_size, steps=steps, warmup=cfg.warmup_steps,
                      seed=cfg.seed, grad_clip=cfg.grad_clip, progress=progress, max_length=cfg.max_length,
                      completion_only_loss=True, packing=False)
-        trainer = trl.SFTTrainer(model=model, args=args, train_dataset=Dataset.from_list(sft_rows(records, tokenizer,
-                                 cfg.prompt_format)), processing_class=tokenizer,
-                                 peft_config=lora_config(lora))
+        trainer = trl.SFTTrainer(model=model, args=args,
+                                 train_dataset=Dataset.from_list(sft_token_rows(records, tokenizer, cfg)),
+                                 processing_class=tokenizer, peft_config=lora_config(lora))
         info = _train(trainer)
     return trainer.model.eval(), info
 
