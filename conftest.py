@@ -31,9 +31,11 @@ if os.environ.get("PYTEST_XDIST_WORKER_COUNT"):
 
 
 def pytest_collection_modifyitems(config, items):
-    """Executing a notebook (nbval) trains smoke models: slow, so `pytest -m "not slow"` skips the notebooks."""
+    """Executing a notebook (nbval) trains smoke models: slow, so `pytest -m "not slow"` skips the notebooks; they are
+    also marked `notebook` (`-m "not slow or notebook"`: the fast tests and the notebooks named)."""
     import pytest
 
     for item in items:
         if str(item.fspath).endswith(".ipynb"):
             item.add_marker(pytest.mark.slow)
+            item.add_marker(pytest.mark.notebook)
