@@ -8,20 +8,8 @@ import sys
 
 import pytest
 
-from rlhf_lite.tools.gpt2_shape import GPT2_TOKENIZER, write_gpt2_shape
-
-needs_tokenizer = pytest.mark.skipif(not GPT2_TOKENIZER.is_dir(), reason="../shared/gpt2-tokenizer not present")
-
-
-@pytest.fixture(scope="module")
-def small_gpt2(tmp_path_factory):
-    if not GPT2_TOKENIZER.is_dir():
-        pytest.skip("../shared/gpt2-tokenizer not present")
-    return write_gpt2_shape(tmp_path_factory.mktemp("gpt2") / "small-gpt2", small=True)
-
 
 @pytest.mark.slow
-@needs_tokenizer
 def test_gpt2_hub_smoke_runs_every_stage_offline(small_gpt2, tmp_path):
     """The gpt2-hub code path on local files in Dolly's and HH-RLHF's schemas (data/hub-smoke), as a Colab user's
     first run goes: sft, reward, ppo, dpo and the pipeline, each a command, offline."""

@@ -14,16 +14,6 @@ from rlhf_lite.config import get_profile
 from rlhf_lite.evaluate import kl_to_reference
 from rlhf_lite.models import generate
 from rlhf_lite.reward import score_responses
-from rlhf_lite.tools.gpt2_shape import GPT2_TOKENIZER, write_gpt2_shape
-
-needs_tokenizer = pytest.mark.skipif(not GPT2_TOKENIZER.is_dir(), reason="../shared/gpt2-tokenizer not present")
-
-
-@pytest.fixture(scope="module")
-def small_gpt2(tmp_path_factory):
-    if not GPT2_TOKENIZER.is_dir():
-        pytest.skip("../shared/gpt2-tokenizer not present")
-    return write_gpt2_shape(tmp_path_factory.mktemp("gpt2") / "small-gpt2", small=True)
 
 
 def test_base_model_override_for_gpt2_profiles_only(monkeypatch):
@@ -44,7 +34,6 @@ def test_gpt2_is_tinyworld_scaled_up():
     assert hub.data == "dolly" and hub.reward.source == "hh-rlhf"
 
 
-@needs_tokenizer
 def test_small_gpt2_shape_has_the_real_tokenizer(small_gpt2):
     from rlhf_lite.models import load_base
 
@@ -54,7 +43,6 @@ def test_small_gpt2_shape_has_the_real_tokenizer(small_gpt2):
 
 
 @pytest.mark.slow
-@needs_tokenizer
 def test_gpt2_smoke_pipeline_runs_offline_end_to_end(small_gpt2, tmp_path):
     runs, out = tmp_path / "runs", tmp_path / "out"
     env = {**__import__("os").environ, "RLHF_LITE_RUNS": str(runs), "HF_HUB_OFFLINE": "1", "TQDM_DISABLE": "1"}
@@ -87,7 +75,6 @@ def _write_jsonl(path, rows):
 
 
 @pytest.mark.slow
-@needs_tokenizer
 def test_real_data_path_on_local_dolly_and_hh_files(small_gpt2, tmp_path, monkeypatch):
     from rlhf_lite.policy_stages import ppo_stage
     from rlhf_lite.stages import comparison_data, reward_checkpoint, sft_checkpoint
@@ -123,7 +110,6 @@ def test_real_data_path_on_local_dolly_and_hh_files(small_gpt2, tmp_path, monkey
 
 
 @pytest.mark.slow
-@needs_tokenizer
 def test_a_restored_sft_model_sits_on_the_base_it_was_trained_on(small_gpt2, tmp_path, monkeypatch):
     """gpt2-smoke's SFT adapters were trained on GPT-2 after continued pretraining: restored from the saved
     adapters, the SFT model is the trained one bit for bit (not the adapters merged into the raw hub model)."""
