@@ -16,14 +16,13 @@ import os
 import time
 from dataclasses import asdict, replace
 from pathlib import Path
-from types import SimpleNamespace
 
 import matplotlib
 import torch
 
 from .cache import code_digest, config_key, continues_pretraining, device_tag
 from .config import Profile, get_profile
-from .data import load_instruction_dataset, render_prompt
+from .data import render_prompt
 from .evaluate import (
     bootstrap_ci,
     closed_tasks,
@@ -35,7 +34,7 @@ from .evaluate import (
 )
 from .files import clear_output_dir, open_output_dir, write_text
 from .models import generate, load_base
-from .policy_stages import context_limit, fitting_prompts, ppo_stage
+from .policy_stages import context_limit, fitting_prompts, ppo_stage, rl_prompts
 from .pretrain import corpus_blocks
 from .reward import load_reward_model, score_responses
 from .runtime import course_precision, placement, quiet, rounded, runs_dir, seed_everything
@@ -177,10 +176,9 @@ def reward_model_evaluation(prof: Profile, tok, sft_dir: Path, ppo, rm_dir: Path
     differences are the reward model's, with 95 % paired-bootstrap intervals over prompts. PPO optimised this very
     reward model, so its gain here is a proxy gain (Gao et al. 2023): read it beside the KL.
     Returns (per-model results with the generations, metrics)."""
-    rows = load_instruction_dataset(prof.data)["validation"]
+    _, held_out = rl_prompts(prof, "validation")
     sft_model = load_base(str(sft_dir), device=device)[0]
-    tasks = [SimpleNamespace(instruction=r["instruction"], context=r["context"] or "") for r in rows]
-    tasks = fitting_prompts(tasks, tok, prof.sft.prompt_format, context_limit(sft_model, prof), prof.max_new_tokens,
+    tasks = fitting_prompts(held_out, tok, prof.sft.prompt_format, context_limit(sft_model, prof), prof.max_new_tokens,
                             what="evaluation prompts")
     tasks = tasks[: prof.n_eval_prompts]
     prompts = [render_prompt(tok, t.instruction, t.context, prof.sft.prompt_format) for t in tasks]
@@ -206,7 +204,7 @@ def reward_model_evaluation(prof: Profile, tok, sft_dir: Path, ppo, rm_dir: Path
                           f"rm_score_vs_{other}": sum(diffs) / len(diffs),
                           f"rm_score_vs_{other}_ci": bootstrap_ci(diffs, seed=seed)})
     metrics = {name: {k: v for k, v in r.items() if k not in ("gens", "scores")} for name, r in res.items()}
-    metrics["setup_prompts"] = {"held_out": len(rows), "evaluated": len(prompts)}
+    metrics["setup_prompts"] = {"held_out": len(held_out), "evaluated": len(prompts)}
     return res, metrics
 
 

@@ -295,12 +295,13 @@ def fitting_prompts(tasks: Sequence, tokenizer, fmt: str, limit: int, max_new_to
     return kept
 
 
-def rl_prompts(profile: Profile) -> tuple[object | None, list]:
-    """(world, prompts) for the RL stage: TinyWorld's training-user tasks and the world, whose gold panel then
+def rl_prompts(profile: Profile, split: str = "train") -> tuple[object | None, list]:
+    """(world, prompts) for the RL stage: TinyWorld's tasks of ``split`` and the world, whose gold panel then
     scores every batch of rollouts; for real data, the instructions (and contexts) of the demonstration data's
-    training split, and no world: the reward model is the only judge there."""
+    ``split`` ("validation": the held-out prompts a real-data run is evaluated on), and no world: the reward model
+    is the only judge there."""
     if profile.data == "tinyworld":
         world = world_from_config(profile.world)
-        return world, world.splits["train"]
-    rows = load_instruction_dataset(profile.data)["train"]
+        return world, world.splits[split]
+    rows = load_instruction_dataset(profile.data)[split]
     return None, [SimpleNamespace(instruction=r["instruction"], context=r.get("context") or "") for r in rows]
