@@ -43,11 +43,16 @@ def gold_eval(model, tokenizer, world: World, tasks: list[Task], max_new_tokens:
             "samples": list(zip(tasks, gens, golds))}
 
 
-def mean_criteria(world: World, tasks: Sequence[Task], gens: Sequence[Generation]) -> dict[str, float]:
-    """Mean of each criterion of the panel's score over ``tasks`` and their responses ``gens`` (the criteria do not
-    depend on the labeler, only their weights do)."""
-    crit = [world.panel.labelers[0].score(t.instruction, t.context, g.text, g.finished, task=t).criteria
+def criteria_scores(world: World, tasks: Sequence[Task], gens: Sequence[Generation]) -> list[dict[str, float]]:
+    """Per prompt, each criterion of the panel's score of its response (the criteria do not depend on the
+    labeler, only their weights do)."""
+    return [world.panel.labelers[0].score(t.instruction, t.context, g.text, g.finished, task=t).criteria
             for t, g in zip(tasks, gens)]
+
+
+def mean_criteria(world: World, tasks: Sequence[Task], gens: Sequence[Generation]) -> dict[str, float]:
+    """Mean of each criterion of the panel's score over ``tasks`` and their responses ``gens``."""
+    crit = criteria_scores(world, tasks, gens)
     return {c: mean(x[c] for x in crit) for c in CRITERIA}
 
 
@@ -93,6 +98,32 @@ def bootstrap_ci(values: Sequence[float], n_boot: int = 2000, level: float = 0.9
     tail = (1 - level) / 2
     lo, hi = torch.quantile(means, torch.tensor([tail, 1 - tail], dtype=torch.float64)).tolist()
     return [lo, hi]
+
+
+def compare_policies(world: World, tasks: Sequence[Task], a: dict, b: dict, seed: int = 0,
+                     labelers: Sequence[Labeler] | None = None) -> dict:
+    """The course's one way to say whether policy a is better than policy b: both answered the same ``tasks``
+    (the test users' prompts) with fixed sampling seeds, ``a`` and ``b`` are :func:`evaluate_model`'s results
+    (``gens``: one response per task; ``gold_scores``: their gold scores). Returns
+
+    * ``winrate``: how often the held-out ``labelers`` (default: the panel's) prefer a's answer, and ``winrate_ci``;
+    * ``gold_diff``: mean gold score of a minus b, and ``gold_diff_ci``;
+    * ``criteria_diff``: per criterion, the mean change from b to a, and ``criteria_diff_ci``;
+
+    each interval a 95 % paired bootstrap over the prompts (:func:`bootstrap_ci`). A win rate whose interval holds
+    0.5, or a difference whose interval holds 0, is noise."""
+    if not (len(tasks) == len(a["gens"]) == len(b["gens"])):
+        raise ValueError(f"compare_policies: {len(tasks)} prompts but {len(a['gens'])} and {len(b['gens'])} answers; "
+                         "evaluate both policies on the same prompts")
+    labelers = world.panel.held_out if labelers is None else labelers
+    wins = prompt_win_rates(tasks, a["gens"], b["gens"], labelers)  # [prompts] P(a ≻ b)
+    gold = [x - y for x, y in zip(a["gold_scores"], b["gold_scores"])]  # [prompts]
+    ca, cb = criteria_scores(world, tasks, a["gens"]), criteria_scores(world, tasks, b["gens"])
+    crit = {c: [x[c] - y[c] for x, y in zip(ca, cb)] for c in CRITERIA}
+    return {"winrate": mean(wins), "winrate_ci": bootstrap_ci(wins, seed=seed),
+            "gold_diff": mean(gold), "gold_diff_ci": bootstrap_ci(gold, seed=seed),
+            "criteria_diff": {c: mean(v) for c, v in crit.items()},
+            "criteria_diff_ci": {c: bootstrap_ci(v, seed=seed) for c, v in crit.items()}}
 
 
 # ---------------------------------------------------------------------------------------------

@@ -26,6 +26,7 @@ from .data import render_prompt
 from .evaluate import (
     bootstrap_ci,
     closed_tasks,
+    compare_policies,
     demonstration_quality,
     evaluate_model,
     fluency_probes,
@@ -131,7 +132,7 @@ def run_pipeline(profile: str | Profile | None = None, out: str | Path | None = 
                                         seed, heldout, pol, progress) for name, (m, pol) in models.items()}
         held = world.panel.held_out
         for name, other in (("sft", "base"), ("ppo", "sft"), ("ppo_ptx", "sft")):
-            res[name].update(comparison(tasks, res[name], res[other], other, held, seed))
+            res[name].update(comparison(world, tasks, res[name], res[other], other, seed))
         for name in ("ppo", "ppo_ptx"):  # the alignment tax against SFT, the model PPO started from
             res[name]["pretrain_loss_vs_sft"] = res[name]["pretrain_loss"] - res["sft"]["pretrain_loss"]
         tax = res["ppo"]["pretrain_loss_vs_sft"]
@@ -238,13 +239,14 @@ def shown_path(path: Path) -> str:
     return rel if not rel.startswith("../../") else str(path)
 
 
-def comparison(tasks, a: dict, b: dict, b_name: str, labelers, seed: int = 0) -> dict:
-    """Model a against model b on the same prompts: the held-out labelers' win rate of a and the gold-score
-    difference, each with its 95 % paired-bootstrap interval (``…_ci: [lo, hi]``)."""
-    wins = prompt_win_rates(tasks, a["gens"], b["gens"], labelers)
-    diffs = [x - y for x, y in zip(a["gold_scores"], b["gold_scores"])]
-    return {f"winrate_vs_{b_name}": sum(wins) / len(wins), f"winrate_vs_{b_name}_ci": bootstrap_ci(wins, seed=seed),
-            f"gold_vs_{b_name}": sum(diffs) / len(diffs), f"gold_vs_{b_name}_ci": bootstrap_ci(diffs, seed=seed)}
+def comparison(world, tasks, a: dict, b: dict, b_name: str, seed: int = 0) -> dict:
+    """Model a against model b by the course's protocol (:func:`~rlhf_lite.evaluate.compare_policies`), under
+    the metric names of ``metrics.json``: ``winrate_vs_<b>``, ``gold_vs_<b>``, ``criteria_vs_<b>``, each with
+    its 95 % paired-bootstrap interval (``…_ci``)."""
+    c = compare_policies(world, tasks, a, b, seed)
+    return {f"winrate_vs_{b_name}": c["winrate"], f"winrate_vs_{b_name}_ci": c["winrate_ci"],
+            f"gold_vs_{b_name}": c["gold_diff"], f"gold_vs_{b_name}_ci": c["gold_diff_ci"],
+            f"criteria_vs_{b_name}": c["criteria_diff"], f"criteria_vs_{b_name}_ci": c["criteria_diff_ci"]}
 
 
 def writers_vs_sft(tasks, sft_gens, labelers, seed: int = 0) -> dict:

@@ -11,6 +11,8 @@ from rlhf_lite.best_of_n import best_of_n, best_of_n_kl
 from rlhf_lite.evaluate import (
     bootstrap_ci,
     closed_tasks,
+    compare_policies,
+    criteria_scores,
     demonstration_quality,
     fit_overoptimization,
     fluency_probes,
@@ -37,7 +39,8 @@ REQUIRED = ["base.gold_score", "sft.gold_score", "ppo.gold_score", "sft.winrate_
             "demonstrations.by_writer.ana", "fluency_probes.gold_drop_garbled", "fluency_probes.gold_drop_shuffled",
             "fluency_probes.rm_prefers_reference_garbled", "fluency_probes.rm_prefers_reference_shuffled",
             "sft.criteria.correct", "ppo.criteria.fluent", "demonstrations.winrate_vs_sft",
-            "demonstrations.reference_winrate_vs_sft", "sft.closed_stating_rate", "ppo.closed_stating_rate"]
+            "demonstrations.reference_winrate_vs_sft", "sft.closed_stating_rate", "ppo.closed_stating_rate",
+            "ppo.criteria_vs_sft.correct", "sft.criteria_vs_base.concise"]
 INTERVALS = ["sft.winrate_vs_base_ci", "ppo.winrate_vs_sft_ci", "ppo_ptx.winrate_vs_sft_ci", "sft.gold_vs_base_ci",
              "ppo.gold_vs_sft_ci", "ppo_ptx.gold_vs_sft_ci", "sft.hallucination_rate_ci", "ppo.hallucination_rate_ci",
              "fluency_probes.gold_drop_garbled_ci", "fluency_probes.gold_drop_shuffled_ci",
@@ -256,3 +259,28 @@ def test_writers_vs_sft_is_one_half_against_itself(world):
     assert same["reference_winrate_vs_sft_ci"] == pytest.approx([0.5, 0.5])
     rude = writers_vs_sft(tasks, ["Nobody asked." for _ in tasks], world.panel.held_out)
     assert rude["reference_winrate_vs_sft"] > 0.9 and rude["winrate_vs_sft"] > 0.5
+
+
+def test_compare_policies_by_hand(world):
+    """The course's one protocol: win rate, gold difference and criteria changes of a against b on the same
+    prompts, checked against values computed here from the panel directly."""
+    tasks = world.splits["test"][:6]
+    good = [Generation(t.response, [], True) for t in tasks]
+    bad = [Generation("Nobody asked.", [], True) for t in tasks]
+    golds = {id(x): [world.panel.gold_score(t.instruction, t.context, g.text, g.finished, task=t)
+                     for t, g in zip(tasks, x)] for x in (good, bad)}
+    a, b = {"gens": good, "gold_scores": golds[id(good)]}, {"gens": bad, "gold_scores": golds[id(bad)]}
+    c = compare_policies(world, tasks, a, b)
+    assert c["winrate"] == pytest.approx(win_rate(tasks, good, bad, world.panel.held_out)) and c["winrate"] > 0.5
+    diffs = [x - y for x, y in zip(golds[id(good)], golds[id(bad)])]
+    assert c["gold_diff"] == pytest.approx(sum(diffs) / 6) and c["gold_diff_ci"] == bootstrap_ci(diffs)
+    ca, cb = criteria_scores(world, tasks, good), criteria_scores(world, tasks, bad)
+    assert c["criteria_diff"]["polite"] == pytest.approx(sum(x["polite"] - y["polite"] for x, y in zip(ca, cb)) / 6)
+    assert c["criteria_diff"]["polite"] > 0  # the brush-off is rude
+    lo, hi = c["criteria_diff_ci"]["polite"]
+    assert lo <= c["criteria_diff"]["polite"] <= hi
+    same = compare_policies(world, tasks, a, a)  # a policy against itself: a coin flip, no difference
+    assert same["winrate"] == pytest.approx(0.5) and same["gold_diff"] == 0
+    assert all(v == 0 for v in same["criteria_diff"].values())
+    with pytest.raises(ValueError, match="same prompts"):
+        compare_policies(world, tasks[:5], a, b)

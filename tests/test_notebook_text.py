@@ -99,3 +99,54 @@ READINGS = [  # (notebook, markdown cell that reads its outputs, numbers it take
 def test_the_prose_that_reads_an_output_quotes_it(notebook, cell_id, constants):
     """Sentences written from an execution ("What this run says") must not outlive the next one."""
     assert unquoted_numbers(NOTEBOOKS / notebook, cell_id, constants=set(constants)) == []
+
+
+CITED = {  # numbers the prose takes from a paper or a library (cited beside them), not from an output
+    "00_tour.ipynb": {"45.6", "12.4", "11.2", "8.4", "6.6", "4.2", "3.5",  # InstructGPT Table 1, the use-case mix
+                      "72.6", "1.5"},  # InstructGPT §3.4: labelers agreed on 72.6 ± 1.5 % of comparisons
+    "03_human_feedback.ipynb": {"72.6", "1.5"},
+    "04_reward_model.ipynb": {"72.4", "69.6", "72.6"},  # InstructGPT's reward-model and labeler agreement
+    "06_evaluation.ipynb": {"77.3", "1.3"},  # InstructGPT's held-out labelers' agreement, 77.3 ± 1.3 %
+    "08_trl_bridge.ipynb": {"1.10"},  # the TRL release that dropped PPOTrainer
+}
+ARITHMETIC = {  # numbers the prose computes from printed ones, with how
+    ("03_human_feedback.ipynb", "answer-key"): {"1.5"},  # 6 comparisons / 4 answers read, printed in section 2
+    ("06_evaluation.ipynb", "answer-key"): {"1.78"},  # log 15 − 14/15, the formula of section 4
+}
+SECTION = re.compile(r"§[\d.]*[–-]?$")  # "§3.5", and the second number of "§3.2–3.4"
+
+
+def test_every_number_in_the_prose_is_printed_or_cited():
+    """00–08 quote no result they do not compute: every decimal number in a markdown cell is printed by the
+    notebook's own outputs (or is the difference of two numbers one output prints), names a paper's section, or
+    is a figure from a paper or a library listed in CITED. Results measured elsewhere are in docs/results.md."""
+    problems = []
+    for path in sorted(NOTEBOOKS.glob("[0-9][0-9]_*.ipynb")):
+        for cell in json.loads(path.read_text())["cells"]:
+            if cell["cell_type"] != "markdown":
+                continue
+            text = "".join(cell["source"])
+            sections = {m.group().replace("−", "-").replace(",", "") for m in NUMBER.finditer(text)
+                        if SECTION.search(text[:m.start()])}
+            allowed = CITED.get(path.name, set()) | ARITHMETIC.get((path.name, cell["id"]), set()) | sections
+            missing = [x for x in unquoted_numbers(path, cell["id"]) if x.lstrip("+-") not in allowed]
+            if missing:
+                problems.append(f"{path.name} cell {cell['id']}: {missing}")
+    assert not problems, "numbers no output prints:\n" + "\n".join(problems)
+
+
+def test_what_we_found_is_short():
+    """A notebook's closing findings: at most 150 words, at most two numbers to a sentence."""
+    found = 0
+    for path in sorted(NOTEBOOKS.glob("[0-9][0-9]_*.ipynb")):
+        for cell in json.loads(path.read_text())["cells"]:
+            text = "".join(cell["source"])
+            if cell["cell_type"] != "markdown" or not text.startswith("## What we found"):
+                continue
+            found += 1
+            body = text.removeprefix("## What we found")
+            assert len(body.split()) <= 150, f"{path.name}: 'What we found' has {len(body.split())} words"
+            for sentence in re.split(r"(?<=[.!?])\s+|\n- ", body):
+                numbers = re.findall(r"(?<![\w.])[−+-]?\d[\d,]*(?:\.\d+)?", sentence)
+                assert len(numbers) <= 2, f"{path.name}: more than two numbers in {sentence.strip()!r}"
+    assert found >= 1

@@ -10,7 +10,8 @@ from safetensors.torch import load_file
 
 from rlhf_lite.checkpoint import load_trainable, trainable_state
 from rlhf_lite.config import get_profile
-from rlhf_lite.course.saved import restore_stages, save_stages, saved_cell, stage_names
+from rlhf_lite.course.saved import missing_stages, reruns, restore_stages, save_stages, saved_cell, stage_names
+from rlhf_lite.files import load_state, save_state
 from rlhf_lite.models import generate, load_base
 from rlhf_lite.ppo import build_policy, train_ppo
 from rlhf_lite.reward import load_reward_model, score_responses
@@ -32,7 +33,7 @@ def test_saved_cell_computes_once_then_loads_under_the_same_key_only(tmp_path, m
     assert calls == [1] and not first.loaded and (tmp_path / "smoke" / "demo.safetensors").is_file()
     again = saved_cell("demo", compute, key=("settings", 1), profile=SMOKE, rerun=False)
     assert calls == [1] and again.loaded and again.seconds == first.seconds
-    assert "RERUN = True" in capsys.readouterr().out
+    assert "RERUN = {'demo'}" in capsys.readouterr().out  # how to compute this cell alone
     # the computed result is handed on as loading gives it, so both ways match
     assert first["ci"] == again["ci"] == (0.1, 0.2) and first["history"] == again["history"]
     assert torch.equal(first["weights"]["w"], again["weights"]["w"])
@@ -40,11 +41,41 @@ def test_saved_cell_computes_once_then_loads_under_the_same_key_only(tmp_path, m
     assert calls == [1, 1] and "other settings" in capsys.readouterr().out
     saved_cell("demo", compute, key=("settings", 2), profile=SMOKE, rerun=True)  # RERUN: always computed
     assert calls == [1, 1, 1]
+    saved_cell("demo", compute, key=("settings", 2), profile=SMOKE, rerun={"other"})  # another cell named: loads
+    assert calls == [1, 1, 1]
+    saved_cell("demo", compute, key=("settings", 2), profile=SMOKE, rerun={"other", "demo"})  # this one: computes
+    assert calls == [1, 1, 1, 1]
     # work reused from an earlier run (the pipeline's) reports how long that work took, not the reuse
     reused = saved_cell("reused", lambda: {"runtime_s": 645.0}, key=(), profile=SMOKE, rerun=False,
                         took=lambda r: r["runtime_s"])
     assert reused.seconds == 645.0
     assert saved_cell("reused", compute, key=(), profile=SMOKE, rerun=False).seconds == 645.0
+
+
+def test_rerun_names_cells_and_says_where_a_result_came_from(tmp_path, monkeypatch, capsys):
+    assert reruns("a", True) and not reruns("a", False) and reruns("a", {"a"}) and not reruns("a", ["b"])
+    with pytest.raises(TypeError, match="RERUN = {'a'}"):  # a bare string would match by its letters
+        reruns("a", "a")
+    monkeypatch.setenv("RLHF_LITE_SAVED", str(tmp_path))
+    saved_cell("demo", lambda: {"x": 1}, key=(), profile=SMOKE, rerun=False)
+    path = tmp_path / "smoke" / "demo.safetensors"
+    s = load_state(path)  # saved with the device it was computed on
+    assert s["device"] == [] and s["seconds"] >= 0  # [] is the CPU
+    save_state(path, {**s, "key": "other", "device": ["cuda-bf16"]})  # as if computed on a GPU
+    capsys.readouterr()
+    saved_cell("demo", lambda: {"x": 1}, key=(), profile=SMOKE, rerun=False)
+    assert "was computed on cuda-bf16, this is cpu" in capsys.readouterr().out
+
+
+def test_restore_stages_names_the_stages_it_will_train_before_training(tmp_path, monkeypatch, capsys):
+    """RERUN = True (or nothing saved): the notebook says which shared stages train first, before any work."""
+    monkeypatch.setenv("RLHF_LITE_RUNS", str(tmp_path / "runs"))
+    monkeypatch.setenv("RLHF_LITE_SAVED", str(tmp_path / "saved"))
+    assert restore_stages(SMOKE, True) == []
+    out = capsys.readouterr().out
+    assert out.startswith("RERUN = True: the notebook first trains the SFT model (no saved copy to time it by)")
+    assert "the comparisons" in out and "the reward model" in out
+    assert len(missing_stages(SMOKE)) == 3
 
 
 @pytest.mark.slow

@@ -1,6 +1,8 @@
 """Results saved with the notebooks: a heavy cell loads in seconds what it computed when the notebook was executed.
 
-A notebook with such cells sets ``RERUN = False`` at its top. Then
+A notebook with such cells sets ``RERUN`` at its top: ``False`` (load everything saved), ``True`` (compute every
+heavy cell again, and the stages the notebooks share when ``runs/cache`` lacks them), or a set of cell names, e.g.
+``{"05-ppo-sweep"}`` (compute those cells alone; the rest loads). Then
 
 * :func:`restore_stages` puts the SFT model, the comparisons and the reward model that the notebooks were executed
   with into ``runs/cache``, where :mod:`rlhf_lite.stages` finds them, instead of training them again;
@@ -22,7 +24,7 @@ import re
 import shutil
 import time
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Collection
 
 from ..cache import code_digest, comparisons_key, config_key, reward_key, sft_key, where
 from ..checkpoint import load_trained_state
@@ -50,35 +52,51 @@ class SavedResult(dict):
     seconds: float = 0.0
 
 
-def saved_cell(name: str, compute: Callable[[], dict], *, key, profile: Profile, rerun: bool,
+def reruns(name: str, rerun: bool | Collection[str]) -> bool:
+    """Whether the cell ``name`` computes again under a notebook's ``RERUN``: ``True`` (every cell), ``False``
+    (none) or a collection of cell names (those)."""
+    if isinstance(rerun, bool):
+        return rerun
+    if isinstance(rerun, str):
+        raise TypeError(f"RERUN = {rerun!r}: write a set of cell names, e.g. RERUN = {{{rerun!r}}}, or True / False")
+    return name in rerun
+
+
+def saved_cell(name: str, compute: Callable[[], dict], *, key, profile: Profile, rerun: bool | Collection[str],
                code: tuple[str, ...] = (), took: Callable[[dict], float] | None = None) -> SavedResult:
     """Run ``compute()`` (it returns a dict of numbers, strings, lists, dicts and tensors) and save its result as
-    ``<saved_dir>/<name>.safetensors``; or, when ``rerun`` is False and that file holds a result saved under the same
-    key, load it instead. The key hashes ``key`` (anything :func:`rlhf_lite.cache.config_key` takes: settings,
-    upstream stage names), the profile's LoRA settings, the device (a GPU's results are not the CPU's) and the source
-    of the package modules named in ``code`` and of everything they import (e.g. ``("ppo",)``). ``compute()`` runs
-    in the course's precision (:func:`rlhf_lite.runtime.course_precision`), as the stages do.
+    ``<saved_dir>/<name>.safetensors``; or, when ``rerun`` does not name this cell (:func:`reruns`) and that file
+    holds a result saved under the same key, load it instead. The key hashes ``key`` (anything
+    :func:`rlhf_lite.cache.config_key` takes: settings, upstream stage names), the profile's LoRA settings, the
+    device (a GPU's results are not the CPU's) and the source of the package modules named in ``code`` and of
+    everything they import (e.g. ``("ppo",)``). ``compute()`` runs in the course's precision
+    (:func:`rlhf_lite.runtime.course_precision`), as the stages do.
     ``took(result)``, for work that ``compute`` may reuse from an earlier run (the pipeline's), gives the seconds
     the work itself took; by default it is how long ``compute()`` ran. Either way the result is a
     :class:`SavedResult`."""
     path = saved_dir(profile) / f"{name}.safetensors"
+    device = where(None)
     digest = config_key(profile.name, name, *(key if isinstance(key, tuple) else (key,)), profile.lora,
-                        *where(None), code_digest(*(c.replace(".", "/") for c in code)))  # "course.trl_bridge" too
-    if not rerun and path.is_file():
+                        *device, code_digest(*(c.replace(".", "/") for c in code)))  # "course.trl_bridge" too
+    if not reruns(name, rerun) and path.is_file():
         state = load_state(path)
         if state.get("key") == digest:
             out = SavedResult(state["result"])
             out.loaded, out.seconds = True, state["seconds"]
             print(f"loaded this cell's saved result ({_show(path)}); computing it took {_duration(out.seconds)} "
-                  f"on {profile.name}: set RERUN = True at the top to run it again")
+                  f"on {profile.name}: set RERUN = {{{name!r}}} at the top to run this cell again")
             return out
-        print(f"the saved result in {_show(path)} is for other settings or code: computing this cell again")
+        saved_on, here = state.get("device", ["cpu"]) or ["cpu"], device or ["cpu"]
+        why = (f"was computed on {saved_on[0]}, this is {here[0]}" if saved_on != here
+               else "is for other settings or code")
+        print(f"the saved result in {_show(path)} {why}: computing this cell again (it took "
+              f"{_duration(state['seconds'])} there)")
     t0 = time.time()
     with course_precision():  # on a GPU, the stages' precision (TF32, bf16 autocast where native); the CPU: as is
         result = _plain(compute())
     seconds = round(took(result) if took else time.time() - t0, 1)
     path.parent.mkdir(parents=True, exist_ok=True)
-    save_state(path, {"key": digest, "seconds": seconds, "result": result})
+    save_state(path, {"key": digest, "seconds": seconds, "device": device, "result": result})
     out = SavedResult(load_state(path)["result"])  # what loading gives, so both ways hand on the same objects
     out.seconds = seconds
     return out
@@ -126,12 +144,44 @@ def save_stages(profile: Profile) -> list[str]:
     return done
 
 
-def restore_stages(profile: Profile) -> list[str]:
+def restore_stages(profile: Profile, rerun: bool | Collection[str] = False) -> list[str]:
     """Put the saved stage outputs that match the current code and settings into ``runs/cache`` where they are
     missing, so :func:`~rlhf_lite.stages.sft_checkpoint`, :func:`~rlhf_lite.stages.comparison_data` and
     :func:`~rlhf_lite.stages.reward_checkpoint` find them. The SFT model is rebuilt from its adapters exactly (the
-    same merge as after training). Returns the names restored; a stage with no matching saved output is left to
-    the stage functions, which train it."""
+    same merge as after training). ``rerun`` True (a notebook's ``RERUN = True``): restore nothing, so the stages
+    train again unless ``runs/cache`` holds them. Either way, a stage that will train first is named, before any
+    work, with how long it took when it was saved. Returns the names restored."""
+    done = [] if rerun is True else _restore(profile)
+    missing = missing_stages(profile)
+    if missing:
+        why = "RERUN = True" if rerun is True else "nothing saved matches this device, these settings and this code"
+        print(f"{why}: the notebook first trains " + ", ".join(missing))
+    return done
+
+
+def missing_stages(profile: Profile) -> list[str]:
+    """The shared stages ``runs/cache`` lacks, each with the time its saved copy took (when there is one)."""
+    sft_name, comp_name, rm_name = stage_names(profile)
+    cache, src = runs_dir() / "cache", saved_dir(profile) / STAGES
+    out = []
+    for what, name, marker, took in (
+            ("the SFT model", sft_name, "config.json",
+             lambda: load_state(src / f"{sft_name}.safetensors")["history"]["wall_time_s"]),
+            ("the comparisons", comp_name, "train.jsonl",
+             lambda: json.loads((src / comp_name / "info.json").read_text())["seconds"]),
+            ("the reward model", rm_name, "reward_model.json",
+             lambda: json.loads((src / rm_name / "reward_model.json").read_text())["history"]["wall_time_s"])):
+        if (cache / name / marker).is_file():
+            continue
+        try:
+            out.append(f"{what} (it took {_duration(float(took()))} on {profile.name} when saved)")
+        except (OSError, KeyError, ValueError):
+            out.append(f"{what} (no saved copy to time it by)")
+    return out
+
+
+def _restore(profile: Profile) -> list[str]:
+    """:func:`restore_stages`' copying."""
     sft_name, comp_name, rm_name = stage_names(profile)
     cache, src = runs_dir() / "cache", saved_dir(profile) / STAGES
     done = []
