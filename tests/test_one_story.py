@@ -34,6 +34,16 @@ def test_notebook_05_measures_the_main_jobs_ppo(metrics):
     assert f"gold: SFT {metrics['sft']['gold_score']:.3f}, PPO {ppo['gold_score']:.3f}" in out
 
 
+def test_notebook_02_measures_the_main_jobs_sft(metrics):
+    """02 trains the SFT model the stages train (the same adapters) and compares it with the base model by the
+    same protocol: the main job's win rate and gold scores."""
+    sft = metrics["sft"]
+    lo, hi = sft["winrate_vs_base_ci"]
+    out = outputs("02_sft_lora.ipynb")
+    assert f"prefer SFT over base {sft['winrate_vs_base']:.1%} of the time [95 %: {lo:.1%}, {hi:.1%}]" in out
+    assert f"base {metrics['base']['gold_score']:.3f} -> SFT {sft['gold_score']:.3f}" in out
+
+
 def test_notebook_06_and_the_readme_quote_the_main_job(metrics):
     out = outputs("06_evaluation.ipynb")
     readme = (ROOT / "README.md").read_text()
