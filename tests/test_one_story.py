@@ -24,24 +24,22 @@ def metrics() -> dict:
     return load_state(SAVED / "06-pipeline.safetensors")["result"]["metrics"]
 
 
-def test_notebook_05_measures_the_main_jobs_ppo(metrics):
-    """05 trains PPO with the main job's settings and seed and compares it with SFT by the same protocol: the
-    same win rate, interval and gold scores as the main job."""
-    ppo = metrics["ppo"]
-    lo, hi = ppo["winrate_vs_sft_ci"]
-    out = outputs("05_ppo.ipynb")
-    assert f"win rate {ppo['winrate_vs_sft']:.1%} [{lo:.1%}, {hi:.1%}]" in out
-    assert f"gold: SFT {metrics['sft']['gold_score']:.3f}, PPO {ppo['gold_score']:.3f}" in out
+PROTOCOL_LINES = [  # (notebook, model, baseline, its win-rate line, its gold line)
+    ("02_sft_lora.ipynb", "sft", "base", "prefer SFT over base {w} of the time [95 %: {lo}, {hi}]",
+     "base {a:.3f} -> SFT {b:.3f}"),
+    ("05_ppo.ipynb", "ppo", "sft", "win rate {w} [{lo}, {hi}]", "gold: SFT {a:.3f}, PPO {b:.3f}"),
+]
 
 
-def test_notebook_02_measures_the_main_jobs_sft(metrics):
-    """02 trains the SFT model the stages train (the same adapters) and compares it with the base model by the
-    same protocol: the main job's win rate and gold scores."""
-    sft = metrics["sft"]
-    lo, hi = sft["winrate_vs_base_ci"]
-    out = outputs("02_sft_lora.ipynb")
-    assert f"prefer SFT over base {sft['winrate_vs_base']:.1%} of the time [95 %: {lo:.1%}, {hi:.1%}]" in out
-    assert f"base {metrics['base']['gold_score']:.3f} -> SFT {sft['gold_score']:.3f}" in out
+@pytest.mark.parametrize("notebook,model,other,win_line,gold_line", PROTOCOL_LINES, ids=["02", "05"])
+def test_notebooks_02_and_05_measure_the_main_jobs_models(metrics, notebook, model, other, win_line, gold_line):
+    """02 trains the stages' SFT model (the same adapters) and 05 the main job's PPO (the same settings and seed);
+    each compares it with its baseline by the same protocol on the same answers: the main job's numbers."""
+    r = metrics[model]
+    lo, hi = r[f"winrate_vs_{other}_ci"]
+    out = outputs(notebook)
+    assert win_line.format(w=f"{r[f'winrate_vs_{other}']:.1%}", lo=f"{lo:.1%}", hi=f"{hi:.1%}") in out
+    assert gold_line.format(a=metrics[other]["gold_score"], b=r["gold_score"]) in out
 
 
 def test_notebook_06_and_the_readme_quote_the_main_job(metrics):
