@@ -90,8 +90,10 @@ READINGS = [  # (notebook, markdown cell that reads its outputs, numbers it take
     ("02_sft_lora.ipynb", "7576fb15", ()),
     ("04_reward_model.ipynb", "7cf445cc", ()),
     ("04_reward_model.ipynb", "d1a9c0e3", ()),
-    ("07_beyond_ppo.ipynb", "5219e8d8", ("0.04",)),
+    ("07_beyond_ppo.ipynb", "kl-reading", ("0.04",)),
+    ("07_beyond_ppo.ipynb", "what-we-found", ()),
     ("08_trl_bridge.ipynb", "c5b45f28", ()),
+    ("08_trl_bridge.ipynb", "what-we-found", ()),
 ]
 
 

@@ -51,3 +51,17 @@ def test_notebook_06_and_the_readme_quote_the_main_job(metrics):
         assert f"{w:.1%} [{lo:.1%}, {hi:.1%}] vs {label}" in out, name  # the results table
         row = f"{w * 100:.1f} % [{lo * 100:.1f}, {hi * 100:.1f}] vs {label}"
         assert re.search(rf"\| {r['gold_score']:.3f} \| {re.escape(row)} \|", readme), (name, row)
+
+
+def test_notebook_07_puts_the_main_jobs_runs_on_its_scale(metrics):
+    """07 retrains the main job's PPO and PPO-ptx (the same settings and seeds, measured along the way without
+    touching training's random state) and compares every method with SFT's protocol answers: the main job's table."""
+    out = outputs("07_beyond_ppo.ipynb")
+    assert f"gold {metrics['sft']['gold_score']:.3f}" in next(line for line in out.splitlines()
+                                                               if line.startswith("SFT on "))
+    for name, label in (("ppo", "PPO"), ("ppo_ptx", "PPO-ptx")):
+        r = metrics[name]
+        lo, hi = r["winrate_vs_sft_ci"]
+        row = next(line for line in out.splitlines() if line.startswith(label + " ") and "[" in line)  # the table's
+        assert row.split()[1] == f"{r['gold_score']:.3f}", row
+        assert f"{r['winrate_vs_sft']:.1%} [{lo:.1%}, {hi:.1%}]" in row, row
