@@ -154,3 +154,17 @@ def test_grade_passes_the_solutions_and_explains_stubs_and_mistakes(tmp_path, ca
     assert main(["grade", str(student)]) == 1
     out = capsys.readouterr().out
     assert "0/4 exercises pass" in out and "padding" in out and "my_compute_gae" in out
+
+
+def test_grade_fails_a_notebook_with_nothing_to_grade_or_a_cell_that_is_not_text(tmp_path, capsys):
+    """A notebook whose exercise tags were stripped (or that has no cells) is not a pass, and a cell whose source is
+    a number is an error naming the cell, not a traceback; the other notebooks are still graded."""
+    empty, untagged, numeric = tmp_path / "empty.ipynb", tmp_path / "untagged.ipynb", tmp_path / "numeric.ipynb"
+    empty.write_text(json.dumps({"cells": []}))
+    untagged.write_text(json.dumps({"cells": [{"cell_type": "code", "metadata": {}, "source": "def my_f():\n    pass\n",
+                                               "outputs": [], "execution_count": None}]}))
+    numeric.write_text(json.dumps({"cells": [{"cell_type": "code", "metadata": {}, "source": 42}]}))
+    assert main(["grade", str(empty), str(untagged), str(numeric)]) == 1
+    out = capsys.readouterr().out
+    assert out.count("no exercises to grade") == 2 and "cell 0's source is 42, not text" in out
+    assert "0/3 exercises pass" in out

@@ -109,6 +109,11 @@ def read_notebook(path: str | Path) -> dict:
             not all(isinstance(c, dict) and "cell_type" in c for c in nb["cells"]):
         raise ValueError(f"{path} is not a notebook: expected a JSON object with a list of cells (nbformat 4), got "
                          f"{json.dumps(nb)[:60]}")
+    for i, c in enumerate(nb["cells"]):
+        src = c.get("source", "")
+        if not (isinstance(src, str) or isinstance(src, list) and all(isinstance(line, str) for line in src)):
+            raise ValueError(f"{path} is not a valid notebook: cell {i}'s source is {json.dumps(src)[:40]}, not text "
+                             "(a string or a list of strings)")
     return nb
 
 
@@ -235,6 +240,11 @@ def grade_command(notebooks: list[str]) -> dict:
         except (ValueError, OSError) as e:  # a damaged or missing notebook fails alone; the others are still graded
             total += 1
             print(f"✗ {path}: cannot grade it: {e}")
+            continue
+        if not graded:  # nothing to grade is not a pass: the exercise tags may have been stripped
+            total += 1
+            print(f"✗ {path}: no exercises to grade (no cell tagged 'exercise' or 'solution'); grade the student "
+                  "version that student-notebooks wrote, with its cell tags")
             continue
         for row in graded:
             total, passed = total + 1, passed + row["passed"]
