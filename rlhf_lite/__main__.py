@@ -139,12 +139,18 @@ COMMANDS: dict[str, tuple[str, str, list]] = {
         opt("--n", type=at_least(1), default=300, help="test prompts for --policy (default 300)"), *DEVICE]),
     "save-stages": ("course.saved:save_stages_command", "keep the cached SFT model, comparisons and reward model with "
                     "the notebooks (notebooks/saved/PROFILE), where RERUN = False restores them from", []),
-    "student-notebooks": ("course.student:student_notebooks_command", "write the notebooks with solutions replaced "
-                          "by stubs, outputs cleared", [
+    "student-notebooks": ("course.student:student_notebooks_command", "write the notebooks with solution regions "
+                          "replaced by stubs, outputs cleared", [
         opt("--out", required=True, help="folder for the student notebooks (not the notebooks folder itself)"),
         opt("--src", help="folder of the solution notebooks (default: the course's notebooks/)")]),
-    "grade": ("course.student:grade_command", "run the checkers on the implement-exercises of (students') notebooks",
-              [opt("notebooks", nargs="+", help="notebook files to grade")]),
+    "homework": ("course.homework:homework_command", "write an nbgrader course folder: the notebooks as source "
+                 "assignments, a config for generate_assignment and autograde (needs the instructor extra)", [
+        opt("--out", required=True, help="the course folder to write"),
+        opt("--notebooks", nargs="+", metavar="NN", help="only these notebooks (e.g. 00 05; default: all)")]),
+    "grade": ("course.grader:grade_command", "grade the implement-exercises of students' notebooks, each answer in "
+              "a fenced-in process", [
+        opt("notebooks", nargs="+", help="notebook files to grade (named as the course's notebooks)"),
+        opt("--course", help="folder of the course notebooks the exercises are read from (default: notebooks/)")]),
     "bench": ("tools.bench:bench_command", "our trainers vs TRL's on the same model and data: rates, peak memory", [
         opt("--model", default="tiny", choices=["tiny", "gpt2-shape"],
             help="tiny (the shipped model) or gpt2-shape (GPT2Config(), random weights, the real tokenizer)"),

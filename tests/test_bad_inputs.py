@@ -14,7 +14,7 @@ import torch
 
 from rlhf_lite.__main__ import main
 from rlhf_lite.config import DPOConfig, GRPOConfig, PPOConfig, RewardConfig, SFTConfig, validate_config
-from rlhf_lite.course.student import grade_notebook, read_notebook
+from rlhf_lite.course.student import read_notebook
 from rlhf_lite.data import DataFormatError, read_records
 from rlhf_lite.feedback import RankingStore, load_preference_dataset, read_comparisons, split_hh
 from rlhf_lite.files import OUTPUT_MARKER, atomic_dir, check_output_dir, load_state, save_state
@@ -169,63 +169,14 @@ def test_a_crafted_checkpoint_runs_no_code(tmp_path):
 
 
 # ---------------------------------------------------------------------------------------------
-# 5. The grader: only a checker that ran to the end is a pass
+# 5. A notebook that is not one (the grader's own tests are in test_grader.py)
 # ---------------------------------------------------------------------------------------------
-def notebook_with(*bodies: str) -> dict:
-    """A notebook with one exercise cell per body (each followed by its checker cell)."""
-    cells = []
-    for body in bodies:
-        cells.append({"cell_type": "code", "metadata": {"tags": ["exercise"]}, "outputs": [], "execution_count": None,
-                      "source": "from rlhf_lite.feedback import ranking_to_pairs\n" + body})
-        cells.append({"cell_type": "code", "metadata": {}, "outputs": [], "execution_count": None,
-                      "source": "from rlhf_lite.course.exercises import check_ranking_to_pairs\n"
-                                "check_ranking_to_pairs(my_ranking_to_pairs)"})
-    return {"cells": cells, "metadata": {}, "nbformat": 4, "nbformat_minor": 5}
-
-
-RIGHT = "def my_ranking_to_pairs(r):\n    return ranking_to_pairs(r)\n"
-WAYS_OUT = {  # a student cell that does not pass: the reason the grader must give
-    "raise SystemExit(0)\n": "exit()",
-    "import os\nos._exit(0)\n": "process ended (exit code 0)",
-    "def my_ranking_to_pairs(r):\n    while True:\n        pass\n": "did not finish within",
-    "def my_ranking_to_pairs(r):\n    return []\n": "missing pairs",
-}
-
-
-def test_every_way_out_that_is_not_a_pass_is_a_fail(tmp_path):
-    # the endless loop is graded with a short time limit; the others with the grader's own, so that a loaded
-    # machine (tests in parallel workers, each process importing torch) cannot make them time out too
-    endless = next(body for body, reason in WAYS_OUT.items() if reason == "did not finish within")
-    others = [body for body in WAYS_OUT if body != endless]
-    for bodies, timeout in (([endless], 20), ([*others, RIGHT], None)):
-        nb = tmp_path / "s.ipynb"
-        nb.write_text(json.dumps(notebook_with(*bodies)))
-        rows = grade_notebook(nb, **({"timeout": timeout} if timeout else {}))  # each in its own process
-        for row, body in zip(rows, bodies):
-            if body == RIGHT:
-                assert row["passed"], row  # the right answer passes in its own process
-            else:
-                assert not row["passed"] and WAYS_OUT[body] in row["message"], (WAYS_OUT[body], row)
-
-
 @pytest.mark.parametrize("content", ["[]", "{}", '{"cells": 3}', "not json"])
 def test_a_broken_notebook_is_named(tmp_path, content):
     broken = tmp_path / "broken.ipynb"
     broken.write_text(content)
     with pytest.raises(ValueError, match="broken.ipynb"):
         read_notebook(broken)
-
-
-def test_grade_reports_broken_notebooks_and_grades_the_rest(tmp_path, capsys):
-    paths = []
-    for i, content in enumerate(["[]", "{}", "not json"]):
-        paths.append(tmp_path / f"broken{i}.ipynb")
-        paths[-1].write_text(content)
-    good = tmp_path / "good.ipynb"
-    good.write_text(json.dumps(notebook_with(RIGHT)))
-    assert main(["grade", *map(str, paths), str(good)]) == 1
-    out = capsys.readouterr().out
-    assert out.count("cannot grade it") == 3 and "✓" in out and "1/4 exercises pass" in out
 
 
 # ---------------------------------------------------------------------------------------------
@@ -402,7 +353,7 @@ def test_student_notebooks_never_overwrite_a_students_own_notebook(tmp_path):
 
     src, out = tmp_path / "src", tmp_path / "out"
     src.mkdir()
-    (src / "00_a.ipynb").write_text(json.dumps(notebook_with(RIGHT)))
+    (src / "00_a.ipynb").write_text((PACKAGE.parent / "notebooks" / "00_tour.ipynb").read_text())
     write_student_notebooks(out, src)
     write_student_notebooks(out, src)  # its own earlier output: replaced
     (out / "00_a.ipynb").unlink()

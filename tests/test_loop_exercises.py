@@ -8,14 +8,14 @@ import torch
 
 from rlhf_lite.course.exercises import ExerciseError
 from rlhf_lite.course.loop_exercises import check_ppo_iteration, check_reward_batch_loss, check_sft_step
-from rlhf_lite.course.student import stub_source
+from rlhf_lite.course.student import CODE_STUB, clear_solution, is_solution
 
 NOTEBOOKS = Path(__file__).resolve().parent.parent / "notebooks"
 
 
 def solution(notebook: str, cell_id: str) -> str:
     cell = next(c for c in json.loads((NOTEBOOKS / notebook).read_text())["cells"] if c.get("id") == cell_id)
-    assert "solution" in cell["metadata"]["tags"]
+    assert is_solution(cell)
     return "".join(cell["source"])
 
 
@@ -40,7 +40,7 @@ def wrong(spec, *edits):
 
 def test_the_stubs_keep_the_numbered_stages():
     for spec, stages in [(SFT, 5), (RM, 4), (PPO, 5)]:
-        stub = stub_source(solution(*spec[:2]))
+        stub = clear_solution(solution(*spec[:2]), CODE_STUB)
         assert sum(line.strip().startswith(("# 1", "# 2", "# 3", "# 4", "# 5", "# 6", "# 7"))
                    for line in stub.splitlines()) >= stages, stub
         body = stub.split('"""')[-1].splitlines()

@@ -112,8 +112,8 @@ CITED = {  # numbers the prose takes from a paper or a library (cited beside the
     "08_trl_bridge.ipynb": {"1.10"},  # the TRL release that dropped PPOTrainer
 }
 ARITHMETIC = {  # numbers the prose computes from printed ones, with how
-    ("03_human_feedback.ipynb", "answer-key"): {"1.5"},  # 6 comparisons / 4 answers read, printed in section 2
-    ("06_evaluation.ipynb", "answer-key"): {"1.78"},  # log 15 − 14/15, the formula of section 4
+    ("03_human_feedback.ipynb", "answer-2"): {"1.5"},  # 6 comparisons / 4 answers read, printed in section 2
+    ("06_evaluation.ipynb", "answer-2"): {"1.78"},  # log 15 − 14/15, the formula of section 4
 }
 SECTION = re.compile(r"§[\d.]*[–-]?$")  # "§3.5", and the second number of "§3.2–3.4"
 

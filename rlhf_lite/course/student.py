@@ -1,100 +1,199 @@
-"""Instructor mode: student versions of the notebooks.
+"""Homework in nbgrader's format: the course's notebooks are nbgrader source notebooks.
 
-Markdown cells tagged ``answer-key`` (the answers to the predict and tweak exercises, for instructors) are left out.
-A code cell tagged ``solution`` holds the reference answer to an implement-it-yourself exercise; the cell after
-it calls a checker from :mod:`rlhf_lite.course.exercises` (a function) or
-:mod:`rlhf_lite.course.loop_exercises` (a training loop). The student version keeps every other cell as it is, clears
-all outputs, and turns each solution cell into a stub: its imports and the ``def`` lines of its functions stay
-(names and arguments are what the checker calls), the bodies become their numbered stage comments (a loop
-exercise's scaffold), ``# YOUR CODE HERE`` and ``raise NotImplementedError``.
-``python -m rlhf_lite student-notebooks --out DIR`` writes them.
+The markup (nbgrader's, cell metadata ``nbgrader``; https://nbgrader.readthedocs.io):
+
+* an **implement-exercise** is a code cell with ``solution: true, grade: false``. Its code between
+  ``### BEGIN SOLUTION`` and ``### END SOLUTION`` is the answer; what lies outside (imports, ``def`` lines,
+  docstrings, a loop's numbered stage comments and its given lines) is the scaffold every student gets;
+* the cell after it is an **autograded test cell** (``grade: true, solution: false, locked: true``, with
+  ``points``): it imports its checker from :mod:`rlhf_lite.course.exercises` or
+  :mod:`rlhf_lite.course.loop_exercises` itself and calls it on the student's function;
+* a **written answer** (to a predict or tweak exercise) is a markdown cell with ``solution: true, grade: true``
+  under "Your answers" at the end of the notebook, our answer inside the solution region.
+
+In the course's own notebooks a solution is out of a learner's sight until asked for: its source is collapsed in
+JupyterLab (``jupyter.source_hidden``) and shown as a form in Colab (``cellView: form`` and a ``#@title`` first
+line). A student version (:func:`student_notebook`, what ``nbgrader generate_assignment`` gives with
+:class:`rlhf_lite.course.homework.ShowExerciseCells`) replaces each solution region with nbgrader's stub (``# YOUR
+CODE HERE`` / ``raise NotImplementedError()``, or ``YOUR ANSWER HERE``), shows every cell and clears the outputs.
+``python -m rlhf_lite student-notebooks --out DIR`` writes them without nbgrader.
 """
 from __future__ import annotations
 
 import ast
 import copy
 import json
-import os
 import re
-import subprocess
-import sys
-import tempfile
-from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..files import write_text
 from ..models import REPO_ROOT
 
-SOLUTION_TAG = "solution"
-ANSWER_KEY_TAG = "answer-key"
-"""A markdown cell for instructors (the answers to the predict and tweak exercises): left out of student versions."""
-STUB_LINES = ("# YOUR CODE HERE", "raise NotImplementedError")
-STAGE = re.compile(r"^\s*# \d")
-"""A numbered stage comment (``# 1. Tokenize …``) in a solution: the scaffold of a loop exercise, kept in the stub."""
+BEGIN, END = "### BEGIN SOLUTION", "### END SOLUTION"
+"""nbgrader's solution delimiters (``ClearSolutions.begin_solution_delimeter`` / ``end_solution_delimeter``)."""
+CODE_STUB = "# YOUR CODE HERE\nraise NotImplementedError()"
+TEXT_STUB = "YOUR ANSWER HERE"
+"""nbgrader's stubs (``ClearSolutions.code_stub["python"]`` and ``text_stub``)."""
+COLAB_TITLE = re.compile(r"^#\s*@title\b")
+"""The first line of a Colab form cell: with ``cellView: form`` Colab shows this title and hides the code."""
+
+
+def nbgrader(cell: dict) -> dict:
+    return cell.get("metadata", {}).get("nbgrader", {}) or {}
 
 
 def is_solution(cell: dict) -> bool:
-    return cell.get("cell_type") == "code" and SOLUTION_TAG in cell.get("metadata", {}).get("tags", [])
+    """An implement-exercise: a code cell a student writes, graded by the test cell after it."""
+    m = nbgrader(cell)
+    return cell.get("cell_type") == "code" and bool(m.get("solution")) and not m.get("grade")
 
 
-def _source(cell: dict) -> str:
+def is_answer(cell: dict) -> bool:
+    """A written answer (manually graded)."""
+    m = nbgrader(cell)
+    return bool(m.get("solution")) and bool(m.get("grade"))
+
+
+def is_test(cell: dict) -> bool:
+    """An autograded test cell (it calls a checker)."""
+    m = nbgrader(cell)
+    return cell.get("cell_type") == "code" and bool(m.get("grade")) and not m.get("solution")
+
+
+def source(cell: dict) -> str:
     s = cell.get("source", "")
     return "".join(s) if isinstance(s, list) else s
 
 
-def stub_source(source: str) -> str:
-    """The stub of a solution cell: imports kept, each top-level function reduced to its signature (and
-    docstring), its numbered stage comments (``# 1. …``, the scaffold of a loop exercise) and ``# YOUR CODE HERE`` /
-    ``raise NotImplementedError``. Other statements are dropped."""
-    tree = ast.parse(source)
-    lines = source.splitlines()
-    imports, functions = [], []
-    for node in tree.body:
-        if isinstance(node, (ast.Import, ast.ImportFrom)):
-            imports.append("\n".join(lines[node.lineno - 1:node.end_lineno]))
-        elif isinstance(node, ast.FunctionDef):
-            first = node.body[0]
-            has_doc = isinstance(first, ast.Expr) and isinstance(getattr(first, "value", None), ast.Constant) \
-                and isinstance(first.value.value, str)
-            head_end = first.end_lineno if has_doc else first.lineno - 1
-            start = min([d.lineno for d in node.decorator_list] + [node.lineno])
-            indent = " " * first.col_offset
-            stages = [indent + line.strip() for line in lines[head_end:node.end_lineno] if STAGE.match(line)]
-            functions.append("\n".join(lines[start - 1:head_end] + stages + [indent + s for s in STUB_LINES]))
-    parts = ["\n".join(imports)] if imports else []
-    return "\n\n".join(parts + (functions or [STUB_LINES[0]])) + "\n"
+def clear_solution(text: str, stub: str) -> str:
+    """nbgrader's ``ClearSolutions`` on one cell's source: every ``BEGIN``…``END`` region replaced by ``stub``
+    (indented as the ``BEGIN`` line), or the whole source if it has no region."""
+    lines, out, inside, found = text.split("\n"), [], False, False
+    for line in lines:
+        if "BEGIN SOLUTION" in line:
+            if inside:
+                raise ValueError(f"a solution region starts inside another one:\n{text}")
+            inside = found = True
+            indent = re.match(r"\s*", line).group(0)
+            out += [indent + s for s in stub.split("\n")]
+        elif "END SOLUTION" in line:
+            inside = False
+        elif not inside:
+            out.append(line)
+    if inside:
+        raise ValueError(f"a solution region has no '{END}':\n{text}")
+    return "\n".join(out) if found else stub
 
 
-def defined_functions(source: str) -> list[str]:
-    """Names of the top-level functions a (solution) cell defines."""
-    return [n.name for n in ast.parse(source).body if isinstance(n, ast.FunctionDef)]
+def without_title(text: str) -> str:
+    """A cell's source without its Colab ``#@title`` first line."""
+    first, _, rest = text.partition("\n")
+    return rest if COLAB_TITLE.match(first) else text
+
+
+def show_cell(cell: dict) -> None:
+    """Undo what hides a solution from a learner (in place): the Colab form and title, JupyterLab's collapsed
+    source."""
+    md = cell.get("metadata", {})
+    md.pop("cellView", None)
+    jupyter = md.get("jupyter", {})
+    jupyter.pop("source_hidden", None)
+    if "jupyter" in md and not jupyter:
+        del md["jupyter"]
+    if cell.get("cell_type") == "code":
+        cell["source"] = without_title(source(cell))
 
 
 def student_notebook(nb: dict) -> dict:
-    """A student copy of a notebook (nbformat JSON as a dict): solution cells stubbed, answer keys left out, outputs
-    and execution counts cleared. The notebook passed in is not modified."""
+    """The student version of a course notebook (nbformat JSON as a dict): solution regions replaced by nbgrader's
+    stubs, every cell shown, outputs and execution counts cleared; nbgrader's metadata kept, so that ``grade`` and
+    nbgrader find the exercises. The notebook passed in is not modified."""
     nb = copy.deepcopy(nb)
-    nb["cells"] = [c for c in nb["cells"] if ANSWER_KEY_TAG not in c.get("metadata", {}).get("tags", [])]
     for cell in nb["cells"]:
-        if cell["cell_type"] != "code":
-            continue
-        cell["outputs"], cell["execution_count"] = [], None
-        cell.get("metadata", {}).pop("execution", None)
-        if is_solution(cell):
-            cell["source"] = stub_source(_source(cell))
-            cell["metadata"]["tags"] = [t for t in cell["metadata"]["tags"] if t != SOLUTION_TAG] + ["exercise"]
+        m = nbgrader(cell)
+        if m.get("solution"):
+            cell["source"] = clear_solution(source(cell), CODE_STUB if cell["cell_type"] == "code" else TEXT_STUB)
+        show_cell(cell)
+        if cell["cell_type"] == "code":
+            cell["outputs"], cell["execution_count"] = [], None
+            cell.get("metadata", {}).pop("execution", None)
     return nb
 
 
-CHECK_CALL = re.compile(r"\b(check_\w+)\(\s*(my_\w+)")
+# ---------------------------------------------------------------------------------------------
+# What a notebook asks: its exercises, read from the course's (instructor's) notebook
+# ---------------------------------------------------------------------------------------------
+@dataclass
+class Exercise:
+    """An implement-exercise of a course notebook, as the grader sees it."""
+    grade_id: str
+    """nbgrader's ``grade_id`` of the solution cell."""
+    functions: list[str]
+    """The functions the cell defines (what the checker calls)."""
+    given: str
+    """The scaffold: the cell with its solution regions replaced by the stub (what every student starts from)."""
+    checks: list[tuple[str, str, list[str]]] = field(default_factory=list)
+    """The test cell's checker calls: (module, checker, argument names), e.g.
+    ``("rlhf_lite.course.exercises", "check_prefer_prob", ["my_prefer_prob"])``."""
+    points: float = 0
+    """The test cell's points."""
 
 
-def exercise_checkers(nb: dict) -> list[tuple[str, str | None]]:
-    """For each solution cell, each function it defines and the checker a later cell calls on it (None if
-    no cell does): ``[(function, checker)]``."""
-    cells = nb["cells"]
-    calls = {fn: chk for c in cells if c["cell_type"] == "code" for chk, fn in CHECK_CALL.findall(_source(c))}
-    return [(fn, calls.get(fn)) for c in cells if is_solution(c) for fn in defined_functions(_source(c))]
+def _checker_calls(test_source: str) -> list[tuple[str, str, list[str]]]:
+    tree = ast.parse(test_source)
+    modules = {a.asname or a.name: n.module for n in tree.body if isinstance(n, ast.ImportFrom) for a in n.names}
+    calls = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id.startswith("check_"):
+            args = [a.id for a in node.args if isinstance(a, ast.Name)]
+            if node.func.id not in modules or len(args) != len(node.args) or node.keywords:
+                raise ValueError(f"test cell call {ast.unparse(node)}: a checker imported in the same cell, called "
+                                 "with names only")
+            calls.append((modules[node.func.id], node.func.id, args))
+    return calls
+
+
+def defined_functions(text: str) -> list[str]:
+    """Names of the top-level functions a cell defines."""
+    return [n.name for n in ast.parse(text).body if isinstance(n, ast.FunctionDef)]
+
+
+def notebook_exercises(nb: dict) -> list[Exercise]:
+    """The implement-exercises of a course notebook, each with the checker calls of the test cell after it."""
+    cells, found = nb["cells"], []
+    for i, c in enumerate(cells):
+        if not is_solution(c):
+            continue
+        text = without_title(source(c))
+        ex = Exercise(nbgrader(c)["grade_id"], defined_functions(text), clear_solution(text, CODE_STUB))
+        test = next((d for d in cells[i + 1:] if is_test(d)), None)
+        if test is not None:
+            ex.checks, ex.points = _checker_calls(source(test)), nbgrader(test).get("points", 0)
+        found.append(ex)
+    return found
+
+
+def course_imports(nb: dict) -> list[str]:
+    """The top-level import statements of a course notebook's code cells, but not those of ``rlhf_lite``: the names
+    an answer may use without importing them (``torch``, ``F``, ``math``). What it uses from ``rlhf_lite`` the exercise
+    cell imports itself, in its scaffold."""
+    out = []
+    for c in nb["cells"]:
+        if c.get("cell_type") != "code":
+            continue
+        text = clear_solution(without_title(source(c)), CODE_STUB) if is_solution(c) else source(c)  # scaffolds too
+        try:
+            tree = ast.parse(text)
+        except SyntaxError:  # notebook magics
+            continue
+        for n in tree.body:
+            module = n.module if isinstance(n, ast.ImportFrom) else None
+            names = [a.name for a in n.names] if isinstance(n, ast.Import) else []
+            if isinstance(n, (ast.Import, ast.ImportFrom)) and not any(
+                    (m or "").split(".")[0] == "rlhf_lite" for m in [module, *names]):
+                out.append(ast.unparse(n))
+    return list(dict.fromkeys(out))
 
 
 def read_notebook(path: str | Path) -> dict:
@@ -114,6 +213,8 @@ def read_notebook(path: str | Path) -> dict:
         if not (isinstance(src, str) or isinstance(src, list) and all(isinstance(line, str) for line in src)):
             raise ValueError(f"{path} is not a valid notebook: cell {i}'s source is {json.dumps(src)[:40]}, not text "
                              "(a string or a list of strings)")
+        if not isinstance(c.get("metadata", {}), dict) or not isinstance(nbgrader(c), dict):
+            raise ValueError(f"{path} is not a valid notebook: cell {i}'s metadata is not an object")
     return nb
 
 
@@ -128,8 +229,7 @@ def write_student_notebooks(out: str | Path, src: str | Path | None = None) -> l
         raise FileNotFoundError(f"no notebooks (NN_name.ipynb) in {src}; pass --src with the course's notebooks folder")
     if out.resolve() == src.resolve():
         raise ValueError(f"--out {out} is the notebooks folder itself: the student versions would replace the "
-                         "solutions. "
-                         "Pick another folder")
+                         "solutions. Pick another folder")
     out.mkdir(parents=True, exist_ok=True)
     marker = out / ".rlhf-lite-student-notebooks.json"  # the notebooks an earlier run wrote here: safe to replace
     ours = set(json.loads(marker.read_text())) if marker.is_file() else set()
@@ -147,109 +247,15 @@ def write_student_notebooks(out: str | Path, src: str | Path | None = None) -> l
     return written
 
 
-GRADE_TIMEOUT_S = 120
-"""Time one exercise's checker may take in its own process before it counts as failed (an endless loop)."""
-
-
-def grade_notebook(path: str | Path, timeout: float = GRADE_TIMEOUT_S) -> list[dict]:
-    """Grade the implement-exercises of a student's notebook without running the whole notebook. Each exercise
-    runs in a fresh Python process (:func:`rlhf_lite.course.sandbox.run_exercise`) with a time limit, several at
-    once: the notebook's imports, the tiny tokenizer as ``tok`` for checkers that need one, the exercise (or
-    solution) cell, then the checker calls of the cell after it. An exercise passes only when every checker call
-    returned; anything else (a checker's explanation, a crash, ``exit()``, a killed process, the time limit) fails
-    with its reason. Returns one row per exercise: ``{"cell", "functions", "checker", "passed", "message"}``."""
-    cells = read_notebook(path)["cells"]
-    imports = []
-    for c in cells:
-        if c["cell_type"] == "code":  # every import of the notebook, the exercise cells' own included
-            try:
-                tree = ast.parse(_source(c))
-            except SyntaxError:  # notebook magics: not Python, not imports
-                continue
-            lines = _source(c).splitlines()
-            imports += ["\n".join(lines[n.lineno - 1:n.end_lineno]) for n in tree.body
-                        if isinstance(n, (ast.Import, ast.ImportFrom)) and n.col_offset == 0]
-    rows, jobs = [], []
-    for i, c in enumerate(cells):
-        if not (is_solution(c) or "exercise" in c.get("metadata", {}).get("tags", [])):
-            continue
-        check_cell = next((_source(d) for d in cells[i + 1:]
-                           if d["cell_type"] == "code" and CHECK_CALL.search(_source(d))), "")
-        calls = CHECK_CALL.findall(check_cell)
-        row = {"cell": i, "functions": defined_functions(_source(c)) if _parses(_source(c)) else [],
-               "checker": ", ".join(sorted({chk for chk, _ in calls})) or None, "passed": False,
-               "message": "" if calls else "no checker call (check_…(my_…)) follows this exercise"}
-        rows.append(row)
-        if calls:
-            checks = [line.strip() for line in check_cell.splitlines() if CHECK_CALL.search(line)]
-            jobs.append((row, {"imports": imports, "cell": _source(c), "needs_tok": "tok" in check_cell,
-                               "checks": checks}))
-    with ThreadPoolExecutor(max_workers=max(1, os.cpu_count() or 1)) as pool:  # each job waits on its own process
-        for (row, _), outcome in zip(jobs, pool.map(lambda job: _run_isolated(job[1], timeout), jobs)):
-            row.update(outcome)
-    return rows
-
-
-def _run_isolated(spec: dict, timeout: float) -> dict:
-    """One exercise in its own Python process with a time limit; the outcome is what the process wrote to its
-    result file, or the reason there is none."""
-    with tempfile.TemporaryDirectory() as tmp:
-        result = Path(tmp) / "result.json"
-        try:
-            proc = subprocess.run([sys.executable, "-c", "from rlhf_lite.course.sandbox import run_exercise; "
-                                   "run_exercise()"], input=json.dumps({**spec, "result": str(result)}),
-                                  capture_output=True, text=True, timeout=timeout, cwd=tmp,
-                                  env={**os.environ, "OMP_NUM_THREADS": "1"})  # one process per core
-        except subprocess.TimeoutExpired:
-            return {"passed": False, "message": f"the exercise did not finish within {timeout:.0f} s (an endless "
-                                                "loop?); it was stopped"}
-        if result.is_file():
-            return json.loads(result.read_text())
-        tail = (proc.stderr or proc.stdout).strip().splitlines()[-1:] or [""]
-        return {"passed": False, "message": f"the exercise's process ended (exit code {proc.returncode}) before its "
-                                            f"checker finished {tail[0][:200]}".rstrip()}
-
-
-def _parses(source: str) -> bool:
-    try:
-        ast.parse(source)
-    except SyntaxError:
-        return False
-    return True
-
-
 def student_notebooks_command(out: str, src: str | None = None) -> dict:
     """``student-notebooks``: :func:`write_student_notebooks`, with each notebook's exercises printed."""
     written = write_student_notebooks(out, src)
     for path in written:
-        stubs = [fn for c in read_notebook(path)["cells"] if "exercise" in c.get("metadata", {}).get("tags", [])
-                 for fn in defined_functions("".join(c["source"]))]
-        print(f"{path}: " + (f"implement {', '.join(stubs)}" if stubs else "no implement-exercises"))
-    print(f"student notebooks written to {out}: solutions replaced by '# YOUR CODE HERE' stubs, outputs cleared; "
-          "the cell after each stub runs its checker")
+        nb = read_notebook(path)
+        stubs = [fn for ex in notebook_exercises(nb) for fn in ex.functions]
+        n_written = sum(1 for c in nb["cells"] if is_answer(c))
+        print(f"{path}: " + (f"implement {', '.join(stubs)}" if stubs else "no implement-exercises") +
+              f"; {n_written} written answers")
+    print(f"student notebooks written to {out}: solution regions replaced by '# YOUR CODE HERE' stubs and written "
+          "answers by 'YOUR ANSWER HERE', outputs cleared; the cell after each stub runs its checker")
     return {"written": [str(p) for p in written]}
-
-
-def grade_command(notebooks: list[str]) -> dict:
-    """``grade``: run every implement-exercise's checker in each notebook; a notebook that cannot be read fails alone.
-    Fails (exit 1) unless every exercise passes."""
-    total = passed = 0
-    for path in notebooks:
-        try:
-            graded = grade_notebook(path)
-        except (ValueError, OSError) as e:  # a damaged or missing notebook fails alone; the others are still graded
-            total += 1
-            print(f"✗ {path}: cannot grade it: {e}")
-            continue
-        if not graded:  # nothing to grade is not a pass: the exercise tags may have been stripped
-            total += 1
-            print(f"✗ {path}: no exercises to grade (no cell tagged 'exercise' or 'solution'); grade the student "
-                  "version that student-notebooks wrote, with its cell tags")
-            continue
-        for row in graded:
-            total, passed = total + 1, passed + row["passed"]
-            name = ", ".join(row["functions"]) or f"cell {row['cell']}"
-            detail = "" if row["passed"] else f"\n    {row['message']}"
-            print(f"{'✓' if row['passed'] else '✗'} {path}: {name}{detail}")
-    print(f"{passed}/{total} exercises pass their checkers")
-    return {"passed": passed, "total": total, "exit": 0 if passed == total else 1}

@@ -5,8 +5,9 @@
 1. copies the notebooks to a temporary folder (JupyterLab autosaves, and the committed files must stay as they
    are) and starts JupyterLab on it, its kernels on the ``smoke`` profile with an empty runs folder;
 2. opens each notebook untrusted, without running it, takes a screenshot (``DIR/NN_name.png``) and checks the page
-   for what a reader must never see: a widget's ``repr`` (``VBox(children=…``) instead of its static fallback, a
-   progress bar frozen in the saved output, an unreadable character, a path of the machine that executed it;
+   for what a reader must never see: a solution whose source is shown before the learner opens it, a widget's
+   ``repr`` (``VBox(children=…``) instead of its static fallback, a progress bar frozen in the saved output, an
+   unreadable character, a path of the machine that executed it;
 3. runs notebook 03 in the browser, ranks the first prompt through the widget (Submit), and checks the ranking
    reached the file the widget says it saved to.
 
@@ -123,6 +124,9 @@ KERNEL_IDLE = (f"(() => {{ const w = {NOTEBOOK_PANEL};"
 CLOSE_ALL = ("(async () => { for (const w of [...window.jupyterapp.shell.widgets('main')]) "
              "{ if (w.sessionContext) await w.sessionContext.shutdown(); w.close(); } return true; })()")
 # what the cells show as output, not their source (where `W.Output()` is code, not a widget's repr)
+SOLUTIONS_HIDDEN = ("(() => { const nb = window.jupyterapp.shell.currentWidget.content; return nb.widgets"
+                    ".filter(c => (c.model.getMetadata('nbgrader') || {}).solution).map(c => c.inputHidden); })()")
+"""For each solution cell (an exercise's code, a written answer) of the open notebook: is its source collapsed?"""
 PAGE_TEXT = ("[...document.querySelectorAll('.jp-Notebook .jp-OutputArea')].map(c => c.innerText).join('\\n')")
 
 
@@ -171,6 +175,11 @@ def browser_check(out: str | Path, chromium: str = "chromium", notebooks: str | 
                     if hit:
                         context = text[max(0, hit.start() - 60):hit.end() + 60]
                         report["problems"].append(f"{nb.name}: {what}: …{context}…")
+                hidden = page.js(SOLUTIONS_HIDDEN) or []
+                if not hidden or not all(hidden):
+                    report["problems"].append(f"{nb.name}: {hidden.count(False) if hidden else 'no'} of its solution "
+                                              "cells open with their source shown (JupyterLab's collapsed input: "
+                                              "metadata jupyter.source_hidden)")
                 shot = out / f"{nb.stem}.png"
                 page.screenshot(shot)
                 report["screenshots"].append(str(shot))
