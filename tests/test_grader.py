@@ -25,7 +25,7 @@ TRICKS = {  # name: (the student's cell, what the static reading says, what the 
     "forges the result file": ("import os\nopen('result.json', 'w').write('{\"passed\": true}')\nos._exit(0)\n",
                                "imports os", "process ended (exit code 0)"),
     "patches json.dumps": ("import json\njson.dumps = lambda *a, **k: '{\"passed\": true}'\n" + WRONG,
-                           "changes json.dumps", "got 0.50000"),
+                           "changes json.dumps", "sent something that is not data"),
     "patches torch.allclose": ("import torch\nt = torch\nt.allclose = lambda *a, **k: True\n" + WRONG,
                                "changes t.allclose", "got 0.50000"),
     "imports the reference": ("from rlhf_lite.world.labelers import prefer_prob\nmy_prefer_prob = prefer_prob\n",

@@ -49,7 +49,6 @@ from .student import (
     Exercise,
     course_imports,
     defined_functions,
-    is_solution,
     nbgrader,
     notebook_exercises,
     read_notebook,
@@ -72,7 +71,7 @@ FORBIDDEN_MODULES = {"os", "sys", "subprocess", "ctypes", "signal", "socket", "s
 FORBIDDEN_NAMES = {"exec", "eval", "compile", "__import__", "open", "globals", "locals", "vars", "setattr", "delattr",
                    "breakpoint", "input", "exit", "quit", "memoryview", "__builtins__", "__loader__", "__spec__"}
 UNREADABLE = [REPO_ROOT / "notebooks"]
-"""Folders the sandbox may not read: the course's notebooks hold the solutions."""
+"""Folders the sandbox may not read: the course's notebooks hold the solutions (and so does ``--course``)."""
 
 
 # ---------------------------------------------------------------------------------------------
@@ -207,7 +206,8 @@ def _unprivileged_uid() -> int | None:
 class Sandbox:
     """One exercise's process: started with the answer, ended (its whole process group) by :meth:`close`."""
 
-    def __init__(self, ex: Exercise, cell: str, imports: list[str], mode: str, deadline: float):
+    def __init__(self, ex: Exercise, cell: str, imports: list[str], mode: str, deadline: float,
+                 unreadable: list[Path] = ()):
         self.deadline, self.timeout = deadline, deadline - time.monotonic()
         self.tmp = tempfile.TemporaryDirectory(prefix="rlhf-lite-grade-")
         uid = _unprivileged_uid()
@@ -218,7 +218,7 @@ class Sandbox:
         self.rep_r, rep_w = os.pipe()
         spec = {"imports": imports, "cell": cell, "functions": ex.functions, "mode": mode, "checks": ex.checks,
                 "needs_tok": any("tok" in args for _, _, args in ex.checks),
-                "workdir": self.tmp.name, "unreadable": [str(p) for p in UNREADABLE],
+                "workdir": self.tmp.name, "unreadable": [str(p) for p in [*UNREADABLE, *unreadable]],
                 "requests": req_r, "replies": rep_w, "preload": _given_imports(ex.given)}
         env = {"PATH": "/usr/bin:/bin", "HOME": self.tmp.name, "LANG": "C.UTF-8", "PYTHONDONTWRITEBYTECODE": "1",
                "PYTHONNOUSERSITE": "1", "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
@@ -375,7 +375,7 @@ def _printed():
 
 
 def grade_exercise(ex: Exercise, cell: str | None, imports: list[str], timeout: float = GRADE_TIMEOUT_S,
-                   read_source: bool = True) -> dict:
+                   read_source: bool = True, unreadable: list[Path] = ()) -> dict:
     """One exercise: ``{"passed", "message"}``. ``read_source=False`` skips the static reading (step 2), to test
     the fences behind it."""
     if not ex.checks:
@@ -388,7 +388,7 @@ def grade_exercise(ex: Exercise, cell: str | None, imports: list[str], timeout: 
         return {"passed": False, "message": "not graded: the cell " + "; it ".join(problems)}
     functions = {name for _, _, args in ex.checks for name in args if name.startswith("my_")}
     pure = all(module == "rlhf_lite.course.exercises" for module, _, _ in ex.checks)
-    box = Sandbox(ex, cell, imports, "serve" if pure else "check", time.monotonic() + timeout)
+    box = Sandbox(ex, cell, imports, "serve" if pure else "check", time.monotonic() + timeout, unreadable)
     try:
         first = box.reply()
         if not pure:
@@ -448,17 +448,17 @@ def grade_notebook(path: str | Path, course: str | Path | None = None, timeout: 
     several at once. Returns one row per exercise of the course notebook: ``{"grade_id", "functions", "points",
     "passed", "message"}``."""
     submitted = read_notebook(path)
-    reference = read_notebook(course_notebook(Path(path), Path(course) if course else None))
+    source_path = course_notebook(Path(path), Path(course) if course else None)
+    reference = read_notebook(source_path)
     imports = course_imports(reference)
     exercises = notebook_exercises(reference)
     rows = [{"grade_id": ex.grade_id, "functions": ex.functions, "points": ex.points} for ex in exercises]
     cells = [_student_cell(submitted, ex) for ex in exercises]
-    if any(is_solution(c) for c in submitted["cells"]) and not exercises:
-        raise ValueError(f"{path}: the course notebook has no exercises")
     stdout = sys.stdout
     try:
         with ThreadPoolExecutor(max_workers=max(1, min(4, os.cpu_count() or 1))) as pool:
-            outcomes = list(pool.map(lambda job: grade_exercise(job[0], job[1], imports, timeout),
+            outcomes = list(pool.map(lambda job: grade_exercise(job[0], job[1], imports, timeout,
+                                                                unreadable=[source_path.parent]),
                                      zip(exercises, cells)))
     finally:
         sys.stdout = stdout

@@ -112,7 +112,9 @@ def decode(data: bytes):
             return tensors[v]
         if kind == "dict":
             return {walk(k): walk(val) for k, val in v}
-        return [walk(i) for i in v] if kind == "list" else tuple(walk(i) for i in v)
+        if kind in ("list", "tuple") and isinstance(v, list):
+            return [walk(i) for i in v] if kind == "list" else tuple(walk(i) for i in v)
+        raise ValueError(f"not a message: {str(x)[:80]}")
 
     return walk(tree)
 
