@@ -187,3 +187,17 @@ def test_as_root_the_sandbox_is_unprivileged_where_it_can_be():
 
     uid = _unprivileged_uid()
     assert uid is None or uid != 0
+
+
+def test_a_submission_that_is_not_a_notebook_fails_alone(tmp_path, capsys):
+    """A cell whose source is a number, or a file that is not JSON, is named; the command still grades the rest and
+    fails."""
+    numeric = tmp_path / "a" / "00_tour.ipynb"
+    numeric.parent.mkdir()
+    numeric.write_text(json.dumps({"cells": [{"cell_type": "code", "metadata": {}, "source": 42}]}))
+    broken = tmp_path / "03_human_feedback.ipynb"
+    broken.write_text("not json")
+    assert main(["grade", str(numeric), str(broken)]) == 1
+    out = capsys.readouterr().out
+    assert "cell 0's source is 42, not text" in out and "is not a valid notebook (JSON error" in out
+    assert "0/2 exercises pass" in out

@@ -65,7 +65,7 @@ def test_exercises_are_nbgrader_cells_and_hidden_from_a_learner(path):
     for i in solutions:
         c = cells[i]
         assert c["metadata"]["jupyter"]["source_hidden"] and c["metadata"]["cellView"] == "form", path.name
-        assert src(c).startswith("#@title Solution:"), f"{path.name}: a Colab form needs its title first"
+        assert src(c).startswith("#@title Our solution:"), f"{path.name}: a Colab form needs its title first"
         assert BEGIN in src(c) and END in src(c)
         test = cells[i + 1]
         assert is_test(test) and nbgrader(test)["locked"] and nbgrader(test)["points"] > 0, f"{path.name} cell {i + 1}"
