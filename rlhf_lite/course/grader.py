@@ -29,7 +29,6 @@ import hashlib
 import io
 import json
 import os
-import resource
 import select
 import signal
 import struct
@@ -163,22 +162,6 @@ def course_notebook(path: Path, course: Path | None = None) -> Path:
 # ---------------------------------------------------------------------------------------------
 # 3. The sandbox process
 # ---------------------------------------------------------------------------------------------
-def _limits(uid: int | None, seconds: float, memory_gb: float | None = None):
-    """What the sandbox's process sets on itself before it starts (``preexec_fn``: runs in the child)."""
-    def apply():
-        if memory_gb:
-            resource.setrlimit(resource.RLIMIT_AS, (int(memory_gb * 2**30),) * 2)
-        resource.setrlimit(resource.RLIMIT_FSIZE, (OUTPUT_LIMIT_BYTES,) * 2)
-        resource.setrlimit(resource.RLIMIT_CPU, (int(seconds) * 2 + 10,) * 2)
-        resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
-        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # past the output limit a write fails, the process goes on
-        if uid is not None:
-            os.setgroups([])
-            os.setgid(uid)
-            os.setuid(uid)
-    return apply
-
-
 _UID: list = []
 
 
@@ -197,7 +180,7 @@ def _unprivileged_uid() -> int | None:
                 nobody = 65534
             with contextlib.suppress(OSError, subprocess.SubprocessError):
                 probe = subprocess.run([sys.executable, "-c", "import rlhf_lite.course.sandbox"], capture_output=True,
-                                       cwd="/", timeout=60, preexec_fn=_limits(nobody, 60))
+                                       cwd="/", timeout=60, user=nobody, group=nobody, extra_groups=[])
                 uid = nobody if probe.returncode == 0 else None
         _UID.append(uid)
     return _UID[0]
@@ -219,7 +202,9 @@ class Sandbox:
         spec = {"imports": imports, "cell": cell, "functions": ex.functions, "mode": mode, "checks": ex.checks,
                 "needs_tok": any("tok" in args for _, _, args in ex.checks),
                 "workdir": self.tmp.name, "unreadable": [str(p) for p in [*UNREADABLE, *unreadable]],
-                "requests": req_r, "replies": rep_w, "preload": _given_imports(ex.given)}
+                "requests": req_r, "replies": rep_w, "preload": _given_imports(ex.given),
+                "limits": {"memory_gb": MEMORY_LIMIT_GB[mode], "output_bytes": OUTPUT_LIMIT_BYTES,
+                           "cpu_seconds": int(self.timeout) * 2 + 10}}
         env = {"PATH": "/usr/bin:/bin", "HOME": self.tmp.name, "LANG": "C.UTF-8", "PYTHONDONTWRITEBYTECODE": "1",
                "PYTHONNOUSERSITE": "1", "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
                "HF_DATASETS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", "TMPDIR": self.tmp.name,
@@ -229,8 +214,7 @@ class Sandbox:
                                      [sys.executable, "-c", "from rlhf_lite.course.sandbox import main; main()"],
                                      stdin=subprocess.PIPE, stdout=self.out, stderr=subprocess.STDOUT,
                                      cwd=self.tmp.name, env=env, pass_fds=(req_r, rep_w), start_new_session=True,
-                                     preexec_fn=_limits(uid, max(1.0, deadline - time.monotonic()),
-                                                        MEMORY_LIMIT_GB[mode]))
+                                     **({"user": uid, "group": uid, "extra_groups": []} if uid is not None else {}))
         os.close(req_r)
         os.close(rep_w)
         try:

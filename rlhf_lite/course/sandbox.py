@@ -11,8 +11,8 @@ notebook's imports), the student's cell, and what to do with it:
 Before any student code runs the process closes the doors a homework answer never needs, with a Python audit hook
 (PEP 578: it cannot be removed once added): no new processes, no signals to other processes, no writing outside its
 own temporary folder, no reading the course's notebooks (they hold the solutions), no network, no ``ctypes``.
-The grader also gives it a minimal environment, its own process group, limits on memory, CPU time and output
-size, and, when the grader runs as root, an unprivileged user.
+It sets its own limits on memory, CPU time and output size first. The grader gives it a minimal environment, its
+own process group and, when the grader runs as root, an unprivileged user.
 """
 from __future__ import annotations
 
@@ -26,7 +26,8 @@ BLOCKED = {
     "subprocess.Popen", "os.system", "os.exec", "os.spawn", "os.posix_spawn", "os.fork", "os.forkpty", "pty.spawn",
     "os.startfile", "os.kill", "os.killpg", "signal.pthread_kill", "ctypes.dlopen", "ctypes.dlsym",
     "ctypes.call_function", "ctypes.cdata", "ctypes.addressof", "ctypes.string_at", "ctypes.wstring_at",
-    "socket.connect", "socket.bind", "socket.getaddrinfo", "sys.remote_exec",
+    "socket.connect", "socket.bind", "socket.getaddrinfo", "sys.remote_exec", "resource.setrlimit",
+    "resource.prlimit",
 }
 """Audit events refused once the student's code may run."""
 PATH_WRITES = {"os.remove", "os.rename", "os.rmdir", "os.chmod", "os.chown", "os.truncate", "os.link", "os.symlink",
@@ -147,8 +148,22 @@ TOKENIZER = "__rlhf_lite_tiny_tokenizer__"
 """Stands for the tiny tokenizer in a message: the grader sends this string, the sandbox passes its own copy."""
 
 
+def set_limits(memory_gb: float, output_bytes: int, cpu_seconds: int) -> None:
+    """Address space, file size (what it prints goes to a file) and CPU time of this process; past the file size a
+    write fails (instead of the signal ending the process)."""
+    import resource
+    import signal
+
+    resource.setrlimit(resource.RLIMIT_AS, (int(memory_gb * 2**30),) * 2)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (output_bytes,) * 2)
+    resource.setrlimit(resource.RLIMIT_CPU, (cpu_seconds,) * 2)
+    resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+
+
 def main() -> None:
     spec = json.loads(sys.stdin.read())
+    set_limits(**spec["limits"])  # first: before anything is loaded (the guard then refuses raising them)
     requests, replies = spec["requests"], spec["replies"]
     import torch  # noqa: F401  (loaded before the guard: it opens shared libraries with ctypes)
 
