@@ -157,26 +157,33 @@ def test_what_to_grade_comes_from_the_course_not_the_submission(tmp_path, capsys
 
 
 @pytest.mark.slow
-def test_grade_passes_the_solutions_and_explains_stubs_and_mistakes(tmp_path, capsys):
+def test_grade_passes_the_solutions_and_explains_stubs_and_mistakes(tmp_path, capsys, monkeypatch):
     """Notebook 04 (two functions and the grouped reward-model batch, a loop): the course's own solutions pass, the
-    student version's stubs are waiting, a wrong answer gets the checker's explanation."""
+    student version's stubs are waiting, a wrong answer gets the checker's explanation, and the command counts
+    exercises and points."""
+    from rlhf_lite.course import grader
+
     rm = ROOT / "notebooks" / "04_reward_model.ipynb"
-    assert [r["passed"] for r in grade_notebook(rm)] == [True, True, True]
+    solutions = grade_notebook(rm)
+    assert [r["passed"] for r in solutions] == [True, True, True]
     nb = student_notebook(json.loads(rm.read_text()))
-    student = tmp_path / rm.name
-    student.write_text(json.dumps(nb))
-    rows = grade_notebook(student)
-    assert [r["functions"] for r in rows] == [["my_pairwise_loss"], ["my_ranking_loss"], ["my_reward_batch_loss"]]
-    assert all(not r["passed"] and "not implemented yet" in r["message"] for r in rows), rows
     for c in nb["cells"]:  # pairs the wrong way round
         if nbgrader(c).get("grade_id") == "pairwise-loss":
             c["source"] = ("import torch.nn.functional as F\n\n"
                            "def my_pairwise_loss(chosen_rewards, rejected_rewards):\n"
                            "    return -F.logsigmoid(rejected_rewards - chosen_rewards).mean()\n")
+    student = tmp_path / rm.name
     student.write_text(json.dumps(nb))
+    rows = grade_notebook(student)
+    assert [r["functions"] for r in rows] == [["my_pairwise_loss"], ["my_ranking_loss"], ["my_reward_batch_loss"]]
+    assert not rows[0]["passed"] and "the sign is flipped" in rows[0]["message"], rows[0]
+    assert all(not r["passed"] and "not implemented yet" in r["message"] for r in rows[1:]), rows
+    graded = {str(rm): solutions, str(student): rows}  # the command prints and counts what grade_notebook found
+    monkeypatch.setattr(grader, "grade_notebook", lambda path, *a, **k: graded[str(path)])
+    assert main(["grade", str(rm)]) == 0 and "3/3 exercises pass their checkers (5/5 points)" in capsys.readouterr().out
     assert main(["grade", str(student)]) == 1
     out = capsys.readouterr().out
-    assert "✗" in out and "my_pairwise_loss" in out and "0/3 exercises pass" in out and "(0/5 points)" in out
+    assert "✗" in out and "my_pairwise_loss" in out and "0/3 exercises pass their checkers (0/5 points)" in out
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="the unprivileged user is used only when grading runs as root")
