@@ -224,9 +224,8 @@ class Sandbox:
             pass
 
     def call(self, name: str, args: list):
-        data = sandbox.encode((name, [sandbox.TOKENIZER if _is_tokenizer(a) else a for a in args]))
         try:
-            os.write(self.req_w, struct.pack("<Q", len(data)) + data)
+            sandbox.send(self.req_w, (name, [sandbox.TOKENIZER if _is_tokenizer(a) else a for a in args]))
         except BrokenPipeError:
             raise SandboxEnded(self.ended("while it was being called")) from None
         return self.reply()

@@ -24,7 +24,7 @@ from traitlets import Bool
 
 from ..files import write_text
 from ..models import REPO_ROOT
-from .student import read_notebook, show_cell
+from .student import CODE_STUB, read_notebook, show_cell
 
 CONFIG = '''\
 # nbgrader's configuration for the rlhf-lite course (written by `python -m rlhf_lite homework`)
@@ -41,7 +41,7 @@ c.GenerateAssignment.preprocessors = [IncludeHeaderFooter, InstantiateTests, Loc
                                       ShowExerciseCells, ClearOutput, CheckCellMetadata, ComputeChecksums, SaveCells,
                                       ClearHiddenTests, ClearMarkScheme, ComputeChecksums, CheckCellMetadata]
 c.ExecutePreprocessor.timeout = 3600  # a notebook on `tiny` computing a cell whose saved result is missing
-c.ClearSolutions.code_stub = {{"python": "# YOUR CODE HERE\\nraise NotImplementedError()"}}
+c.ClearSolutions.code_stub = {{"python": {stub!r}}}  # the stub `student-notebooks` writes too
 '''
 
 
@@ -78,7 +78,7 @@ def write_course(out: str | Path, notebooks: list[str] | None = None) -> list[Pa
         target.parent.mkdir(parents=True, exist_ok=True)
         write_text(target, json.dumps(read_notebook(p), indent=1, ensure_ascii=False) + "\n")
         written.append(target)
-    write_text(out / "nbgrader_config.py", CONFIG.format(root=str(out)))
+    write_text(out / "nbgrader_config.py", CONFIG.format(root=str(out), stub=CODE_STUB))
     write_text(marker, json.dumps([p.stem for p in paths]))
     return written
 
