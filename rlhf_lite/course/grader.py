@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import ast
 import contextlib
+import functools
 import hashlib
 import io
 import json
@@ -162,28 +163,24 @@ def course_notebook(path: Path, course: Path | None = None) -> Path:
 # ---------------------------------------------------------------------------------------------
 # 3. The sandbox process
 # ---------------------------------------------------------------------------------------------
-_UID: list = []
-
-
+@functools.cache
 def _unprivileged_uid() -> int | None:
     """As root, the sandbox runs as ``nobody`` where that user can run this Python and read the package: it then
     cannot write the package or signal the grader at all. Elsewhere (not root, or a Python installed under
     /root) the audit hook alone keeps it in."""
-    if not _UID:
-        uid = None
-        if os.geteuid() == 0:
-            import pwd
+    uid = None
+    if os.geteuid() == 0:
+        import pwd
 
-            try:
-                nobody = pwd.getpwnam("nobody").pw_uid
-            except KeyError:
-                nobody = 65534
-            with contextlib.suppress(OSError, subprocess.SubprocessError):
-                probe = subprocess.run([sys.executable, "-c", "import rlhf_lite.course.sandbox"], capture_output=True,
-                                       cwd="/", timeout=60, user=nobody, group=nobody, extra_groups=[])
-                uid = nobody if probe.returncode == 0 else None
-        _UID.append(uid)
-    return _UID[0]
+        try:
+            nobody = pwd.getpwnam("nobody").pw_uid
+        except KeyError:
+            nobody = 65534
+        with contextlib.suppress(OSError, subprocess.SubprocessError):
+            probe = subprocess.run([sys.executable, "-c", "import rlhf_lite.course.sandbox"], capture_output=True,
+                                   cwd="/", timeout=60, user=nobody, group=nobody, extra_groups=[])
+            uid = nobody if probe.returncode == 0 else None
+    return uid
 
 
 class Sandbox:
@@ -292,17 +289,13 @@ def _is_tokenizer(a) -> bool:
     return type(a).__name__.endswith(("Tokenizer", "TokenizerFast"))
 
 
-_ISOLATED: list[bool] = []
-
-
+@functools.cache
 def _isolated_imports_work() -> bool:
     """``python -I`` (no environment variables, no user site, no current folder on the path) still finds the
     package when it is installed; an uninstalled checkout needs the path."""
-    if not _ISOLATED:
-        r = subprocess.run([sys.executable, "-I", "-c", "import rlhf_lite.course.sandbox"], capture_output=True,
-                           cwd=tempfile.gettempdir())
-        _ISOLATED.append(r.returncode == 0)
-    return _ISOLATED[0]
+    r = subprocess.run([sys.executable, "-I", "-c", "import rlhf_lite.course.sandbox"], capture_output=True,
+                       cwd=tempfile.gettempdir())
+    return r.returncode == 0
 
 
 class _Remote:
@@ -377,9 +370,9 @@ def grade_exercise(ex: Exercise, cell: str | None, imports: list[str], timeout: 
         if not pure:
             if first and first[0] in ("passed", "failed"):
                 return {"passed": first[0] == "passed", "message": str(first[1])}
-            return {"passed": False, "message": _cell_error(first)}
+            return {"passed": False, "message": _cell_error(first, "check")}
         if first != ("ready",):
-            return {"passed": False, "message": _cell_error(first)}
+            return {"passed": False, "message": _cell_error(first, "serve")}
         with _printed() as buf:  # the checker's ✓ line, this thread's alone
             for module, checker, args in ex.checks:
                 fn = getattr(exercises_module, checker)
@@ -396,26 +389,23 @@ def grade_exercise(ex: Exercise, cell: str | None, imports: list[str], timeout: 
         box.close()
 
 
-def _cell_error(reply) -> str:
+def _cell_error(reply, mode: str) -> str:
     if isinstance(reply, tuple) and len(reply) == 3 and reply[0] == "error":
         if reply[1] == "MemoryError":
             return (f"the cell did not run: it asked for more memory than grading allows "
-                    f"({MEMORY_LIMIT_GB['serve']:g} GB of address space for a function)")
+                    f"({MEMORY_LIMIT_GB[mode]:g} GB of address space for this exercise)")
         if reply[1] == "NotImplementedError":
             return "not implemented yet: the cell still raises NotImplementedError (its '# YOUR CODE HERE' stub)"
         return f"the cell did not run: {reply[1]}: {reply[2]}"
     return "the exercise's process sent a reply the grader did not ask for"
 
 
-_TOK: list = []
-
-
+@functools.cache
 def _tok():
-    if not _TOK:
-        from ..models import load_base
+    """The tiny tokenizer, for checkers that take one."""
+    from ..models import load_base
 
-        _TOK.append(load_base("tiny")[1])
-    return _TOK[0]
+    return load_base("tiny")[1]
 
 
 def package_digest() -> str:
